@@ -1,0 +1,63 @@
+//! The command line (clap derive). No I/O here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Linear-interpolation sweeps of neural-network training.
+#[derive(Debug, Parser)]
+#[command(name = "linesweep", version, about, long_about = None)]
+pub struct Cli {
+    /// Only print warnings and errors (LINESWEEP_LOG=debug for more).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one shard in this process: train, snapshot, evaluate the line and the trajectory,
+    /// write Parquet.
+    Exec(ExecArgs),
+    /// Print the default shard config (every field, with its default) as TOML.
+    DefaultConfig,
+    /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
+    Bench(BenchArgs),
+}
+
+/// `linesweep exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Shard config (TOML); every field has a default.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Output location: a directory or file:///dir.
+    #[arg(long, short)]
+    pub out: String,
+    /// Device: cpu, wgpu[:N] or cuda[:N] (GPU backends need the cargo feature of that name).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Sweep name used as the results partition (`sweep=<name>`).
+    #[arg(long, default_value = "exec")]
+    pub sweep: String,
+    /// Print the run summary as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `linesweep bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shard config to measure (the default shard if omitted).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Device to measure.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Repetitions; each one is a full shard written to a temporary directory.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}

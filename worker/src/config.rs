@@ -1,0 +1,531 @@
+//! The shard config: one TOML file describes one training run and its evaluation.
+//!
+//! Every field has a default, so an empty file is a valid config (the default shard: MLP
+//! 784-1024-1024-10 on the built-in `mnist-10k`, 10 epochs of SGD at lr 0.1). Unknown keys
+//! and unknown enum values are refused by serde with the line and column; range checks run
+//! afterwards in [`ShardConfig::validate`], and [`ConfigError`] locates the offending key in
+//! the source so that every error names file, line and field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::results::SCHEMA_VERSION;
+use crate::science::{AlphaGrid, GridError};
+
+/// A shard config could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the config: {source}")]
+    Read { file: String, source: std::io::Error },
+    /// TOML syntax, an unknown key or an unknown value (the message carries line and column).
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    /// A value out of range.
+    #[error("{file}:{line}: field `{field}`: {message}")]
+    Invalid { file: String, line: usize, field: String, message: String },
+}
+
+/// Datasets a shard can train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// The 10,000-digit MNIST sample compiled into the binary (8,000 train, 2,000 test).
+    #[serde(rename = "mnist-10k")]
+    Mnist10k,
+    /// MNIST IDX files (raw or gzip) in `data.dir`.
+    Mnist,
+}
+
+impl DatasetName {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mnist10k => "mnist-10k",
+            Self::Mnist => "mnist",
+        }
+    }
+}
+
+/// Architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Fully connected network.
+    Mlp,
+}
+
+impl Arch {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mlp => "mlp",
+        }
+    }
+}
+
+/// Hidden-layer nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// 1/(1+e^−x).
+    Sigmoid,
+}
+
+impl Activation {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relu => "relu",
+            Self::Tanh => "tanh",
+            Self::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// Optimizers, with PyTorch's semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// SGD with optional (Nesterov) momentum, dampening 0.
+    Sgd,
+    /// Adam (ε = 1e-8 by default, as in PyTorch).
+    Adam,
+}
+
+impl OptimizerName {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sgd => "sgd",
+            Self::Adam => "adam",
+        }
+    }
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// lr throughout.
+    Constant,
+    /// lr × gamma^(number of milestones passed), milestones in epochs (PyTorch `MultiStepLR`).
+    Step,
+    /// Cosine annealing from lr to 0 over all steps.
+    Cosine,
+}
+
+impl Schedule {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Step => "step",
+            Self::Cosine => "cosine",
+        }
+    }
+}
+
+/// One shard: everything that determines a run and its evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardConfig {
+    /// Free-form label, copied to the `runs` table.
+    pub name: String,
+    /// Fixes the initial weights and the data order.
+    pub seed: u64,
+    /// Training and evaluation data.
+    pub data: DataConfig,
+    /// Architecture.
+    pub model: ModelConfig,
+    /// Optimizer and schedule.
+    pub train: TrainConfig,
+    /// Which weights are kept.
+    pub snapshot: SnapshotConfig,
+    /// The line and the trajectory evaluation.
+    pub eval: EvalConfig,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Which dataset.
+    pub dataset: DatasetName,
+    /// Directory of the dataset files (not used by built-in datasets). Relative paths are
+    /// resolved against the config file's directory.
+    pub dir: Option<PathBuf>,
+    /// Train on this many training examples (a fixed, seed-independent subset); all if unset.
+    pub max_train_examples: Option<usize>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Hidden-layer widths of the MLP.
+    pub hidden: Vec<usize>,
+    /// Hidden nonlinearity.
+    pub activation: Activation,
+    /// Batch norm after every hidden linear layer, before the nonlinearity.
+    pub batch_norm: bool,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer.
+    pub optimizer: OptimizerName,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum (0 = plain SGD).
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient, as PyTorch's `weight_decay`.
+    pub weight_decay: f64,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Mini-batch size; the last, partial batch of an epoch is kept.
+    pub batch_size: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Epochs at which the `step` schedule multiplies the lr by `gamma`.
+    pub milestones: Vec<usize>,
+    /// Factor of the `step` schedule.
+    pub gamma: f64,
+}
+
+/// `[snapshot]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Keep θ_t every this many optimizer steps (θ_i and θ_c are always kept); 0 = never.
+    pub every: usize,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// First α of the line.
+    pub alpha_start: f64,
+    /// Last α of the line.
+    pub alpha_stop: f64,
+    /// Number of α points; 0 and 1 must be among them.
+    pub alpha_points: usize,
+    /// Examples per evaluation forward pass.
+    pub batch_size: usize,
+    /// Evaluate each split on this many examples (a fixed subset); the full split if unset.
+    pub max_examples: Option<usize>,
+    /// Also compute the full-train-set loss at every snapshot (costs one pass per snapshot).
+    pub trajectory_train_loss: bool,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            seed: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: DatasetName::Mnist10k, dir: None, max_train_examples: None }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Mlp,
+            hidden: vec![1024, 1024],
+            activation: Activation::Relu,
+            batch_norm: false,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerName::Sgd,
+            lr: 0.1,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            batch_size: 128,
+            epochs: 10,
+            schedule: Schedule::Constant,
+            milestones: Vec::new(),
+            gamma: 0.1,
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self { every: 10 }
+    }
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            alpha_start: -0.5,
+            alpha_stop: 1.5,
+            alpha_points: 41,
+            batch_size: 1000,
+            max_examples: None,
+            trajectory_train_loss: false,
+        }
+    }
+}
+
+/// A range violation found by [`ShardConfig::validate`], before it is located in a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// TOML section, e.g. `train` (empty for top-level keys).
+    pub section: &'static str,
+    /// Key inside the section.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ShardConfig {
+    /// Reads, parses and validates a config file; relative `data.dir` is resolved against the
+    /// file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let mut cfg = Self::from_toml(&src, &file)?;
+        if let Some(dir) = &cfg.data.dir
+            && dir.is_relative()
+        {
+            let base = path.parent().unwrap_or_else(|| Path::new("."));
+            cfg.data.dir = Some(base.join(dir));
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; `file` names the source in errors.
+    pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(src).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        if let Err(v) = cfg.validate() {
+            let line = locate_key(src, v.section, v.key).unwrap_or(1);
+            let field =
+                if v.section.is_empty() { v.key.to_owned() } else { format!("{}.{}", v.section, v.key) };
+            return Err(ConfigError::Invalid { file: file.to_owned(), line, field, message: v.message });
+        }
+        Ok(cfg)
+    }
+
+    /// Range checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), Violation> {
+        let bad = |section, key, message: String| Err(Violation { section, key, message });
+        let t = &self.train;
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return bad("train", "lr", format!("must be a positive number, got {}", t.lr));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return bad("train", "momentum", format!("must be in [0, 1), got {}", t.momentum));
+        }
+        if t.nesterov && t.momentum == 0.0 {
+            return bad("train", "nesterov", "Nesterov momentum needs momentum > 0".into());
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return bad("train", "weight_decay", format!("must be ≥ 0, got {}", t.weight_decay));
+        }
+        for (key, v) in [("beta1", t.beta1), ("beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad("train", key, format!("must be in [0, 1), got {v}"));
+            }
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            return bad("train", "eps", format!("must be > 0, got {}", t.eps));
+        }
+        if t.batch_size == 0 {
+            return bad("train", "batch_size", "must be at least 1".into());
+        }
+        if t.epochs == 0 {
+            return bad("train", "epochs", "must be at least 1".into());
+        }
+        if !(t.gamma.is_finite() && t.gamma > 0.0) {
+            return bad("train", "gamma", format!("must be > 0, got {}", t.gamma));
+        }
+        if t.schedule == Schedule::Step && t.milestones.is_empty() {
+            return bad("train", "milestones", "the step schedule needs at least one milestone epoch".into());
+        }
+        if t.milestones.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("train", "milestones", "milestones must be strictly increasing".into());
+        }
+        let m = &self.model;
+        if m.hidden.contains(&0) {
+            return bad("model", "hidden", "hidden widths must be at least 1".into());
+        }
+        match self.data.dataset {
+            DatasetName::Mnist if self.data.dir.is_none() => {
+                return bad("data", "dir", "dataset \"mnist\" needs `dir`, the folder of its IDX files".into());
+            }
+            _ => {}
+        }
+        if self.data.max_train_examples == Some(0) {
+            return bad("data", "max_train_examples", "must be at least 1".into());
+        }
+        let e = &self.eval;
+        if let Err(err) = AlphaGrid::linspace(e.alpha_start, e.alpha_stop, e.alpha_points) {
+            let key = match err {
+                GridError::TooFewPoints(_) => "alpha_points",
+                GridError::NotIncreasing { .. } | GridError::NotFinite => "alpha_stop",
+                GridError::MissingEndpoint { missing, .. } => {
+                    if missing == 0.0 { "alpha_start" } else { "alpha_stop" }
+                }
+            };
+            return bad("eval", key, err.to_string());
+        }
+        if e.batch_size == 0 {
+            return bad("eval", "batch_size", "must be at least 1".into());
+        }
+        if e.max_examples == Some(0) {
+            return bad("eval", "max_examples", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The α grid of the line (valid after [`validate`](Self::validate)).
+    pub fn alpha_grid(&self) -> Result<AlphaGrid, GridError> {
+        AlphaGrid::linspace(self.eval.alpha_start, self.eval.alpha_stop, self.eval.alpha_points)
+    }
+
+    /// Canonical JSON of the config: field order fixed by the struct, no whitespace.
+    pub fn canonical_json(&self) -> String {
+        // Serializing plain structs of numbers, strings and vectors cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Stable shard id: a hash of the canonical config and the result-schema version, so that
+    /// the same config under the same schema always lands in the same place.
+    pub fn shard_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.canonical_json().as_bytes());
+        h.update(format!("|schema={SCHEMA_VERSION}").as_bytes());
+        let digest = h.finalize();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Line (1-based) of `key` inside `[section]` (or the top level when `section` is empty).
+fn locate_key(src: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut section_line = None;
+    for (i, raw) in src.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            current = rest.trim_end_matches(']').trim().to_owned();
+            if current == section {
+                section_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == section
+            && let Some((k, _)) = line.split_once('=')
+            && k.trim().trim_matches('"') == key
+        {
+            return Some(i + 1);
+        }
+    }
+    section_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_shard() {
+        let cfg = ShardConfig::from_toml("", "empty.toml").unwrap();
+        assert_eq!(cfg, ShardConfig::default());
+        assert_eq!(cfg.model.hidden, vec![1024, 1024]);
+        assert_eq!(cfg.train.eps, 1e-8);
+        assert_eq!(cfg.alpha_grid().unwrap().len(), 41);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = ShardConfig::from_toml("seed = 1\n[train]\nlr = 0.1\nlearning_rate = 3\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("a.toml: "), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn unknown_values_list_the_valid_ones() {
+        let err = ShardConfig::from_toml("[model]\nactivation = \"gelu\"\n", "b.toml").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("gelu") && err.contains("relu"), "{err}");
+        let err = ShardConfig::from_toml("[train]\noptimizer = \"lion\"\n", "b.toml").unwrap_err().to_string();
+        assert!(err.contains("lion") && err.contains("adam"), "{err}");
+        let err = ShardConfig::from_toml("[data]\ndataset = \"svhn\"\n", "b.toml").unwrap_err().to_string();
+        assert!(err.contains("svhn") && err.contains("mnist-10k"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_reported_with_position() {
+        let err = ShardConfig::from_toml("[train\nlr = 1\n", "c.toml").unwrap_err().to_string();
+        assert!(err.starts_with("c.toml: ") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_file_line_and_field() {
+        let src = "seed = 3\n\n[eval]\nalpha_start = 0.1\nalpha_points = 10\n";
+        let err = ShardConfig::from_toml(src, "d.toml").unwrap_err().to_string();
+        assert!(err.starts_with("d.toml:4: field `eval.alpha_start`"), "{err}");
+        let err = ShardConfig::from_toml("[eval]\nalpha_points = 2\n", "d.toml").unwrap_err().to_string();
+        assert!(err.starts_with("d.toml:2: field `eval.alpha_points`"), "{err}");
+        let err = ShardConfig::from_toml("[train]\nbatch_size = 1\nlr = -1\n", "d.toml").unwrap_err().to_string();
+        assert!(err.starts_with("d.toml:3: field `train.lr`"), "{err}");
+        let err = ShardConfig::from_toml("[data]\ndataset = \"mnist\"\n", "d.toml").unwrap_err().to_string();
+        assert!(err.contains("field `data.dir`"), "{err}");
+    }
+
+    #[test]
+    fn shard_id_is_stable_and_config_sensitive() {
+        let a = ShardConfig::default();
+        let mut b = a.clone();
+        assert_eq!(a.shard_id(), b.shard_id());
+        assert_eq!(a.shard_id().len(), 16);
+        b.seed = 1;
+        assert_ne!(a.shard_id(), b.shard_id());
+    }
+}

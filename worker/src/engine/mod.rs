@@ -1,0 +1,270 @@
+//! One shard, top to bottom: seed → data → model → train with snapshots → line and
+//! trajectory evaluation → metrics.
+//!
+//! **Architecture invariant:** the engine never touches storage, the network or result
+//! formats. Snapshots leave through a [`SnapshotSink`], progress through [`Progress`], and the
+//! outcome is plain data ([`ShardOutcome`]) that the caller encodes and stores.
+
+pub mod eval;
+pub mod line;
+pub mod train;
+
+use std::time::Instant;
+
+use burn::prelude::*;
+
+use crate::config::ShardConfig;
+use crate::data::{self, DataError};
+use crate::science::{self, LineShape, Projector};
+use crate::snapshot::SnapshotError;
+pub use eval::LossAcc;
+pub use line::LinePoint;
+pub use train::{SnapshotSink, TrajectorySample};
+
+/// A shard could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The dataset is missing or corrupt.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A snapshot could not be captured or encoded.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot sink failed (storage).
+    #[error("storing a snapshot failed: {0}")]
+    Sink(String),
+    /// The config is inconsistent with the data.
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+/// Phases that report progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Optimizer steps.
+    Training,
+    /// α points of the line.
+    Line,
+}
+
+/// Receives progress; implemented by the CLI's progress bars and, later, by worker heartbeats.
+pub trait Progress: Sync {
+    /// A phase starts with `total` units of work.
+    fn start(&self, phase: Phase, total: u64);
+    /// `n` units done; `loss` is the latest training loss, when there is one.
+    fn advance(&self, n: u64, loss: Option<f64>);
+    /// The current phase is over.
+    fn finish(&self);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: Phase, _: u64) {}
+    fn advance(&self, _: u64, _: Option<f64>) {}
+    fn finish(&self) {}
+}
+
+/// The evaluation splits, in the order of [`LinePoint::split`].
+pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// One row of the trajectory: a snapshot projected onto the init→final line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrajectoryRow {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// (θ_t − θ_i)·u.
+    pub alpha_raw: f64,
+    /// alpha_raw/‖θ_c − θ_i‖.
+    pub alpha_frac: f64,
+    /// Distance of θ_t from the line.
+    pub beta: f64,
+    /// Mini-batch training loss at t.
+    pub batch_loss: f64,
+    /// Full-train-set loss at θ_t, when requested.
+    pub train_loss: Option<f64>,
+}
+
+/// Wall-clock seconds per phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Reading and normalising the dataset.
+    pub data: f64,
+    /// Training, including snapshots.
+    pub train: f64,
+    /// Capturing and storing snapshots (included in `train`).
+    pub snapshots: f64,
+    /// The interpolation line.
+    pub line: f64,
+    /// The trajectory projection.
+    pub trajectory: f64,
+    /// Everything.
+    pub total: f64,
+}
+
+/// Per-run metrics (the `runs` table without the config columns).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunMetrics {
+    /// Training stopped on a non-finite loss.
+    pub diverged: bool,
+    /// The step whose loss was not finite.
+    pub diverged_step: Option<u64>,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Trainable parameters.
+    pub parameters: u64,
+    /// Training examples used.
+    pub train_examples: u64,
+    /// Examples per evaluated split: train, test.
+    pub eval_examples: [u64; 2],
+    /// Shape of the train and test lines on [0, 1].
+    pub shape: [Option<LineShape>; 2],
+    /// ‖θ_c − θ_i‖, ‖θ_i‖, ‖θ_c‖ over parameters.
+    pub dist_init_final: Option<f64>,
+    /// ‖θ_i‖.
+    pub norm_init: Option<f64>,
+    /// ‖θ_c‖.
+    pub norm_final: Option<f64>,
+    /// Loss and accuracy of θ_i on train and test (the α = 0 points).
+    pub initial: [Option<LossAcc>; 2],
+    /// Loss and accuracy of θ_c on train and test (the α = 1 points).
+    pub last: [Option<LossAcc>; 2],
+    /// ln K.
+    pub ln_k: f64,
+    /// The α of the lowest train loss on the grid.
+    pub alpha_min_train_loss: Option<f64>,
+    /// Training samples per second (excluding snapshot time).
+    pub train_samples_per_s: f64,
+    /// α points per second (each point covers every split).
+    pub line_points_per_s: f64,
+    /// Phase timings.
+    pub timings: Timings,
+}
+
+/// Everything one shard produced, ready to be encoded.
+#[derive(Debug, Clone)]
+pub struct ShardOutcome {
+    /// Per-run metrics.
+    pub metrics: RunMetrics,
+    /// Points of the line (empty for a diverged run).
+    pub line: Vec<LinePoint>,
+    /// Projected snapshots (empty for a diverged run).
+    pub trajectory: Vec<TrajectoryRow>,
+    /// Name of the device the shard ran on.
+    pub device: String,
+}
+
+/// Runs one shard on `device`.
+pub fn run_shard(
+    cfg: &ShardConfig,
+    device: &Device,
+    sink: &mut dyn SnapshotSink,
+    progress: &dyn Progress,
+) -> Result<ShardOutcome, EngineError> {
+    let t_all = Instant::now();
+    let grid = cfg.alpha_grid().map_err(|e| EngineError::Config(e.to_string()))?;
+
+    let t = Instant::now();
+    let dataset = data::load(&cfg.data)?;
+    let train_split = dataset.train.subset(cfg.data.max_train_examples);
+    let eval_train = train_split.subset(cfg.eval.max_examples);
+    let eval_test = dataset.test.subset(cfg.eval.max_examples);
+    let sets = [
+        eval::EvalSet::new(&eval_train, cfg.eval.batch_size, device),
+        eval::EvalSet::new(&eval_test, cfg.eval.batch_size, device),
+    ];
+    let mut timings = Timings { data: t.elapsed().as_secs_f64(), ..Timings::default() };
+    tracing::info!(
+        dataset = dataset.name,
+        train = train_split.len(),
+        eval_train = eval_train.len(),
+        eval_test = eval_test.len(),
+        "data loaded"
+    );
+
+    let t = Instant::now();
+    let trajectory_set = cfg.eval.trajectory_train_loss.then_some(&sets[0]);
+    let trained =
+        train::train(cfg, device, &train_split, trajectory_set, dataset.classes, sink, progress)?;
+    timings.train = t.elapsed().as_secs_f64();
+    timings.snapshots = trained.snapshot_seconds;
+
+    let mut metrics = RunMetrics {
+        diverged: trained.diverged_at.is_some(),
+        diverged_step: trained.diverged_at,
+        steps: trained.steps,
+        parameters: trained.parameter_count as u64,
+        train_examples: train_split.len() as u64,
+        eval_examples: [eval_train.len() as u64, eval_test.len() as u64],
+        ln_k: science::ln_k(dataset.classes),
+        ..RunMetrics::default()
+    };
+    let pure_train = (timings.train - timings.snapshots).max(1e-9);
+    metrics.train_samples_per_s =
+        (trained.steps as f64 / trained.steps_per_epoch.max(1) as f64) * train_split.len() as f64 / pure_train;
+
+    let (line, trajectory) = if metrics.diverged {
+        tracing::warn!("the run diverged: no line and no trajectory are evaluated");
+        (Vec::new(), Vec::new())
+    } else {
+        let t = Instant::now();
+        let line = line::evaluate_line(&trained.init, &trained.last, &grid, &[&sets[0], &sets[1]], progress);
+        timings.line = t.elapsed().as_secs_f64();
+        metrics.line_points_per_s = grid.len() as f64 / timings.line.max(1e-9);
+        line_metrics(&mut metrics, &grid, &line);
+
+        let t = Instant::now();
+        let trajectory = project(&trained.samples);
+        if let (Some(first), Some(last)) = (trained.samples.first(), trained.samples.last()) {
+            let projector = Projector::new(&first.parameters, &last.parameters);
+            metrics.dist_init_final = Some(projector.distance());
+            metrics.norm_init = Some(science::projection::norm(&first.parameters));
+            metrics.norm_final = Some(science::projection::norm(&last.parameters));
+        }
+        timings.trajectory = t.elapsed().as_secs_f64();
+        (line, trajectory)
+    };
+    timings.total = t_all.elapsed().as_secs_f64();
+    metrics.timings = timings;
+    Ok(ShardOutcome { metrics, line, trajectory, device: format!("{device:?}") })
+}
+
+fn line_metrics(m: &mut RunMetrics, grid: &science::AlphaGrid, line: &[LinePoint]) {
+    for split in 0..SPLITS.len() {
+        let pts: Vec<&LinePoint> = line.iter().filter(|p| p.split == split).collect();
+        let losses: Vec<f64> = pts.iter().map(|p| p.value.map_or(f64::NAN, |v| v.loss)).collect();
+        m.shape[split] = science::shape_on_unit_interval(grid.values(), &losses);
+        let at = |a: f64| pts.iter().find(|p| p.alpha == a).and_then(|p| p.value);
+        m.initial[split] = at(0.0);
+        m.last[split] = at(1.0);
+        if split == 0 {
+            m.alpha_min_train_loss = science::alpha_of_min(grid.values(), &losses);
+        }
+    }
+}
+
+/// Projects every snapshot onto the line from the first (θ_i) to the last (θ_c).
+fn project(samples: &[TrajectorySample]) -> Vec<TrajectoryRow> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Vec::new();
+    };
+    let projector = Projector::new(&first.parameters, &last.parameters);
+    samples
+        .iter()
+        .map(|s| {
+            let p = projector.project(&s.parameters);
+            TrajectoryRow {
+                step: s.step,
+                epoch: s.epoch,
+                alpha_raw: p.alpha_raw,
+                alpha_frac: p.alpha_frac,
+                beta: p.beta,
+                batch_loss: s.batch_loss,
+                train_loss: s.train_loss,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,235 @@
+//! The explicit training loop: seeded init, seeded data order, snapshots, divergence.
+//!
+//! Determinism: on the CPU backend the same config gives bit-identical snapshots. The weights
+//! come from burn's process-global generator, seeded here, so one process must never train two
+//! shards at once; the data order comes from a ChaCha generator of our own, seeded from the
+//! config, so it does not depend on how many random numbers the model init drew.
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::eval::{EvalSet, cross_entropy, evaluate, features_tensor, labels_tensor};
+use super::{EngineError, Phase, Progress};
+use crate::config::{OptimizerName, Schedule, ShardConfig, TrainConfig};
+use crate::data::Split;
+use crate::model::Mlp;
+use crate::snapshot::HostSnapshot;
+
+/// Mixed into the seed of the data-order generator so that it differs from the weight seed.
+const DATA_ORDER_SALT: u64 = 0x6461_7461_6f72_6472;
+
+/// Receives each snapshot as soon as it is taken (θ_i, every `snapshot.every` steps, θ_c).
+pub trait SnapshotSink {
+    /// Stores one snapshot; `epoch` is fractional (steps / steps per epoch).
+    fn snapshot(&mut self, snapshot: &HostSnapshot, epoch: f64, is_final: bool) -> Result<(), EngineError>;
+}
+
+/// One point of the training trajectory, before projection.
+#[derive(Debug, Clone)]
+pub struct TrajectorySample {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// Trainable parameters, concatenated (never batch-norm buffers).
+    pub parameters: Vec<f32>,
+    /// Training-mode loss of the mini-batch of the step that produced these weights (for θ_i:
+    /// of the first mini-batch, at θ_i).
+    pub batch_loss: f64,
+    /// Full-train-set loss in evaluation mode, when requested.
+    pub train_loss: Option<f64>,
+}
+
+/// What training produced.
+pub struct Trained {
+    /// θ_i, without autodiff.
+    pub init: Mlp,
+    /// θ_c (the last finite weights if the run diverged), without autodiff.
+    pub last: Mlp,
+    /// θ_i, periodic snapshots and θ_c, in step order, each step once.
+    pub samples: Vec<TrajectorySample>,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// The step whose loss was not finite, if any.
+    pub diverged_at: Option<u64>,
+    /// Trainable parameters.
+    pub parameter_count: usize,
+    /// Wall seconds spent capturing and storing snapshots (part of training time).
+    pub snapshot_seconds: f64,
+}
+
+/// The learning rate at `step` (0-based) for schedule `cfg`.
+pub fn learning_rate(cfg: &TrainConfig, step: u64, steps_per_epoch: u64, total_steps: u64) -> f64 {
+    match cfg.schedule {
+        Schedule::Constant => cfg.lr,
+        Schedule::Step => {
+            let epoch = step / steps_per_epoch.max(1);
+            let passed = cfg.milestones.iter().filter(|&&m| m as u64 <= epoch).count();
+            cfg.lr * cfg.gamma.powi(passed as i32)
+        }
+        Schedule::Cosine => {
+            let t = step as f64 / total_steps.max(1) as f64;
+            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
+    let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
+    match cfg.optimizer {
+        // PyTorch semantics: dampening 0 (burn's default is 0.1).
+        OptimizerName::Sgd => SgdConfig::new()
+            .with_momentum((cfg.momentum > 0.0).then(|| {
+                MomentumConfig::new().with_momentum(cfg.momentum).with_dampening(0.0).with_nesterov(cfg.nesterov)
+            }))
+            .with_weight_decay(decay)
+            .init(),
+        // PyTorch semantics: ε = 1e-8 by default (burn's default is 1e-5).
+        OptimizerName::Adam => AdamConfig::new()
+            .with_beta_1(cfg.beta1 as f32)
+            .with_beta_2(cfg.beta2 as f32)
+            .with_epsilon(cfg.eps as f32)
+            .with_weight_decay(decay)
+            .init(),
+    }
+}
+
+/// Trains the model of `cfg` on `train` (and, when asked, evaluates the full training set at
+/// each snapshot on `train_eval`).
+pub fn train(
+    cfg: &ShardConfig,
+    device: &Device,
+    train: &Split,
+    train_eval: Option<&EvalSet>,
+    classes: usize,
+    sink: &mut dyn SnapshotSink,
+    progress: &dyn Progress,
+) -> Result<Trained, EngineError> {
+    let tc = &cfg.train;
+    let ad = device.clone().autodiff();
+    // burn's generator is process-global: see the module doc.
+    ad.seed(cfg.seed);
+    let mut model = Mlp::new(&cfg.model, train.dim, classes, &ad);
+    let mut optim = optimizer(tc);
+
+    let n = train.len();
+    let steps_per_epoch = n.div_ceil(tc.batch_size) as u64;
+    let total_steps = steps_per_epoch * tc.epochs as u64;
+    let x_all = features_tensor(train, &ad);
+    let y_all = labels_tensor(&train.labels, &ad);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DATA_ORDER_SALT);
+
+    let mut snapshots = SnapshotTaker { sink, train_eval, seconds: 0.0, samples: Vec::new(), steps_per_epoch };
+    let init = model.valid();
+    let mut pending_init = Some(snapshots.take(&init, 0, false)?);
+    let parameter_count = pending_init.as_ref().map_or(0, |s| s.parameters.len());
+
+    progress.start(Phase::Training, total_steps);
+    let mut step: u64 = 0;
+    let mut diverged_at = None;
+    let mut last_loss = f64::NAN;
+    'epochs: for _epoch in 0..tc.epochs {
+        order.shuffle(&mut rng);
+        for batch in order.chunks(tc.batch_size) {
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(batch.to_vec(), [batch.len()]), &ad);
+            let x = x_all.clone().select(0, idx.clone()); // [batch, dim]
+            let y = y_all.clone().select(0, idx); // [batch]
+            let loss = cross_entropy(model.forward(x), y).mean();
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                diverged_at = Some(step + 1);
+                tracing::warn!(step = step + 1, loss = loss_value, "training loss is not finite; stopping the run as diverged");
+                break 'epochs;
+            }
+            if let Some(mut s) = pending_init.take() {
+                s.batch_loss = loss_value;
+                snapshots.samples.push(s);
+            }
+            let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            step += 1;
+            last_loss = loss_value;
+            progress.advance(1, Some(loss_value));
+            if cfg.snapshot.every > 0 && step % cfg.snapshot.every as u64 == 0 && step != total_steps {
+                let mut s = snapshots.take(&model.valid(), step, false)?;
+                s.batch_loss = loss_value;
+                snapshots.samples.push(s);
+            }
+        }
+    }
+    progress.finish();
+    if let Some(s) = pending_init.take() {
+        // Diverged on the very first batch.
+        snapshots.samples.push(s);
+    }
+    let last = model.valid();
+    // θ_c is stored once; a run that diverged right after a periodic snapshot (or before its
+    // first step) already has its last finite weights on record.
+    if snapshots.samples.last().is_some_and(|s| s.step != step) {
+        let mut fin = snapshots.take(&last, step, true)?;
+        fin.batch_loss = last_loss;
+        snapshots.samples.push(fin);
+    }
+    let SnapshotTaker { samples, seconds, .. } = snapshots;
+    Ok(Trained {
+        init,
+        last,
+        samples,
+        steps: step,
+        steps_per_epoch,
+        diverged_at,
+        parameter_count,
+        snapshot_seconds: seconds,
+    })
+}
+
+struct SnapshotTaker<'a> {
+    sink: &'a mut dyn SnapshotSink,
+    train_eval: Option<&'a EvalSet>,
+    seconds: f64,
+    samples: Vec<TrajectorySample>,
+    steps_per_epoch: u64,
+}
+
+impl SnapshotTaker<'_> {
+    fn take(&mut self, model: &Mlp, step: u64, is_final: bool) -> Result<TrajectorySample, EngineError> {
+        let started = std::time::Instant::now();
+        let snap = HostSnapshot::capture(model, step)?;
+        let epoch = step as f64 / self.steps_per_epoch.max(1) as f64;
+        self.sink.snapshot(&snap, epoch, is_final)?;
+        self.seconds += started.elapsed().as_secs_f64();
+        let train_loss = self.train_eval.map(|set| evaluate(set, |x| model.forward(x)).loss);
+        Ok(TrajectorySample { step, epoch, parameters: snap.parameter_vector(), batch_loss: f64::NAN, train_loss })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let mut c = TrainConfig { lr: 0.1, ..TrainConfig::default() };
+        assert_eq!(learning_rate(&c, 500, 10, 1000), 0.1);
+        c.schedule = Schedule::Step;
+        c.milestones = vec![2, 4];
+        c.gamma = 0.5;
+        assert_eq!(learning_rate(&c, 19, 10, 100), 0.1);
+        assert_eq!(learning_rate(&c, 20, 10, 100), 0.05);
+        assert_eq!(learning_rate(&c, 45, 10, 100), 0.025);
+        c.schedule = Schedule::Cosine;
+        assert_eq!(learning_rate(&c, 0, 10, 100), 0.1);
+        assert!((learning_rate(&c, 50, 10, 100) - 0.05).abs() < 1e-12);
+        assert!(learning_rate(&c, 100, 10, 100).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,248 @@
+//! Weight snapshots: host copies of a model's tensors under PyTorch names, and their
+//! safetensors encoding.
+//!
+//! **Architecture invariant:** this is the only module that knows the snapshot file format.
+//! A snapshot loads into the PyTorch module of the same architecture with `load_state_dict`:
+//! names and layouts come from burn-store's `BurnToPyTorchAdapter` (linear weights as
+//! `[out, in]`, batch-norm γ/β as `weight`/`bias`), and every batch-norm layer also gets the
+//! `num_batches_tracked` counter PyTorch keeps.
+
+use std::collections::HashMap;
+
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use burn::tensor::DType;
+use safetensors::tensor::{Dtype, TensorView};
+
+/// A snapshot could not be captured, encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading a tensor back from the device failed.
+    #[error("cannot read tensor `{name}` from the device: {message}")]
+    Device { name: String, message: String },
+    /// A tensor of a type snapshots do not hold.
+    #[error("tensor `{name}` has dtype {dtype}; snapshots hold f32 tensors")]
+    Dtype { name: String, dtype: String },
+    /// The safetensors container is malformed.
+    #[error("{file}: not a valid snapshot: {message}")]
+    Format { file: String, message: String },
+}
+
+/// Whether a tensor is a trainable coordinate of parameter space or a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Weights, biases, batch-norm γ/β: the coordinates the geometry is computed in.
+    Parameter,
+    /// Batch-norm running statistics: state, never part of α/β or norms.
+    Buffer,
+}
+
+/// One tensor of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// PyTorch state-dict key, e.g. `layers.0.weight`.
+    pub name: String,
+    /// PyTorch shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+    /// Parameter or buffer.
+    pub kind: TensorKind,
+}
+
+/// The weights of a model at one optimizer step, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSnapshot {
+    /// Optimizer steps taken before this snapshot (0 = θ_i).
+    pub step: u64,
+    /// Tensors in module traversal order.
+    pub tensors: Vec<NamedTensor>,
+}
+
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+impl HostSnapshot {
+    /// Copies every float tensor of `model` to the host, under PyTorch names and layouts.
+    pub fn capture<M: Module>(model: &M, step: u64) -> Result<Self, SnapshotError> {
+        let collected = model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+        let mut tensors = Vec::with_capacity(collected.len());
+        for t in collected {
+            if t.dtype != DType::F32 {
+                return Err(SnapshotError::Dtype { name: t.name.clone(), dtype: format!("{:?}", t.dtype) });
+            }
+            let shape = t.shape.to_vec();
+            let (name, _, _, _, bytes) =
+                t.into_parts().map_err(|e| SnapshotError::Device { name: String::new(), message: e.to_string() })?;
+            let data = f32s_from_le(&bytes);
+            let kind = if is_buffer(&name) { TensorKind::Buffer } else { TensorKind::Parameter };
+            tensors.push(NamedTensor { name, shape, data, kind });
+        }
+        Ok(Self { step, tensors })
+    }
+
+    /// All parameters (never buffers) concatenated in traversal order: the vector θ of the
+    /// trajectory geometry.
+    pub fn parameter_vector(&self) -> Vec<f32> {
+        let n = self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter).map(|t| t.data.len()).sum();
+        let mut out = Vec::with_capacity(n);
+        for t in self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter) {
+            out.extend_from_slice(&t.data);
+        }
+        out
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter).map(|t| t.data.len()).sum()
+    }
+
+    /// The safetensors file: every tensor, plus `num_batches_tracked` (i64, = `step`) for each
+    /// batch-norm layer, and `step` in the metadata.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, SnapshotError> {
+        let counter = (self.step as i64).to_le_bytes();
+        let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), f32s_to_le(&t.data), t.shape.clone(), Dtype::F32))
+            .collect();
+        for t in &self.tensors {
+            if let Some(prefix) = t.name.strip_suffix("running_mean") {
+                owned.push((format!("{prefix}num_batches_tracked"), counter.to_vec(), vec![], Dtype::I64));
+            }
+        }
+        let views = owned
+            .iter()
+            .map(|(name, bytes, shape, dtype)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| SnapshotError::Format { file: name.clone(), message: e.to_string() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = HashMap::from([
+            ("format".to_owned(), "pt".to_owned()),
+            ("step".to_owned(), self.step.to_string()),
+            ("producer".to_owned(), format!("linesweep {}", crate::CODE_VERSION)),
+        ]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| SnapshotError::Format { file: "<memory>".into(), message: e.to_string() })
+    }
+
+    /// Decodes a file written by [`to_safetensors`](Self::to_safetensors), validating it;
+    /// `file` names the source in errors. Tensors come back in name order.
+    pub fn from_safetensors(bytes: &[u8], file: &str) -> Result<Self, SnapshotError> {
+        let bad = |message: String| SnapshotError::Format { file: file.to_owned(), message };
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no `step` in the metadata".into()))?;
+        let mut tensors = Vec::new();
+        let mut names = st.names();
+        names.sort_unstable();
+        for name in names {
+            let view = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+            match view.dtype() {
+                Dtype::F32 => tensors.push(NamedTensor {
+                    name: name.to_owned(),
+                    shape: view.shape().to_vec(),
+                    data: f32s_from_le(view.data()),
+                    kind: if is_buffer(name) { TensorKind::Buffer } else { TensorKind::Parameter },
+                }),
+                Dtype::I64 if name.ends_with("num_batches_tracked") => {}
+                other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            }
+        }
+        Ok(Self { step, tensors })
+    }
+}
+
+fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn f32s_to_le(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::model::Mlp;
+    use burn::prelude::*;
+
+    #[test]
+    fn names_and_shapes_match_pytorch() {
+        let device = Device::flex();
+        device.seed(1);
+        let cfg = ModelConfig { hidden: vec![6, 5], batch_norm: true, ..ModelConfig::default() };
+        let m = Mlp::new(&cfg, 4, 3, &device);
+        let s = HostSnapshot::capture(&m, 0).unwrap();
+        let got: Vec<(&str, &[usize], TensorKind)> =
+            s.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.kind)).collect();
+        use TensorKind::{Buffer as B, Parameter as P};
+        let want: Vec<(&str, &[usize], TensorKind)> = vec![
+            ("layers.0.weight", &[6, 4], P),
+            ("layers.0.bias", &[6], P),
+            ("layers.1.weight", &[5, 6], P),
+            ("layers.1.bias", &[5], P),
+            ("layers.2.weight", &[3, 5], P),
+            ("layers.2.bias", &[3], P),
+            ("norms.0.weight", &[6], P),
+            ("norms.0.bias", &[6], P),
+            ("norms.0.running_mean", &[6], B),
+            ("norms.0.running_var", &[6], B),
+            ("norms.1.weight", &[5], P),
+            ("norms.1.bias", &[5], P),
+            ("norms.1.running_mean", &[5], B),
+            ("norms.1.running_var", &[5], B),
+        ];
+        let mut got_sorted = got.clone();
+        got_sorted.sort_by_key(|t| t.0);
+        let mut want_sorted = want.clone();
+        want_sorted.sort_by_key(|t| t.0);
+        assert_eq!(got_sorted, want_sorted);
+        assert_eq!(s.parameter_count(), 4 * 6 + 6 + 6 * 5 + 5 + 5 * 3 + 3 + 2 * 6 + 2 * 5);
+    }
+
+    #[test]
+    fn linear_weight_is_transposed_to_out_by_in() {
+        let device = Device::flex();
+        let cfg = ModelConfig { hidden: vec![], ..ModelConfig::default() };
+        let m = Mlp::new(&cfg, 2, 3, &device);
+        let s = HostSnapshot::capture(&m, 0).unwrap();
+        let w = s.tensors.iter().find(|t| t.name == "layers.0.weight").unwrap();
+        // PyTorch's y = x·Wᵀ + b: logits for x = e₀ are column 0 of W (its first `in` entry
+        // of every row).
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &device);
+        let b = s.tensors.iter().find(|t| t.name == "layers.0.bias").unwrap();
+        let y: Vec<f32> = m.forward(x).into_data().try_into_vec::<f32>().unwrap();
+        for o in 0..3 {
+            assert!((y[o] - (w.data[o * 2] + b.data[o])).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn safetensors_round_trip_with_batch_counter() {
+        let device = Device::flex();
+        let cfg = ModelConfig { hidden: vec![3], batch_norm: true, ..ModelConfig::default() };
+        let s = HostSnapshot::capture(&Mlp::new(&cfg, 2, 2, &device), 42).unwrap();
+        let bytes = s.to_safetensors().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let counter = st.tensor("norms.0.num_batches_tracked").unwrap();
+        assert_eq!((counter.dtype(), counter.shape()), (Dtype::I64, &[][..]));
+        assert_eq!(i64::from_le_bytes(counter.data().try_into().unwrap()), 42);
+        let back = HostSnapshot::from_safetensors(&bytes, "x.safetensors").unwrap();
+        assert_eq!(back.step, 42);
+        let mut orig = s.tensors.clone();
+        orig.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.tensors, orig);
+        let err = HostSnapshot::from_safetensors(&bytes[..bytes.len() / 2], "x.safetensors").unwrap_err();
+        assert!(err.to_string().starts_with("x.safetensors: not a valid snapshot"), "{err}");
+    }
+}

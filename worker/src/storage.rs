@@ -1,0 +1,172 @@
+//! Where snapshots and results go: an `object_store` behind a location string.
+//!
+//! Locations are `file:///absolute/dir` or a plain directory path (created if missing);
+//! object-store URLs (`s3://…`) are refused with a clear message until that backend lands.
+//! Calls are blocking: the engine is synchronous and runs on its own thread, so this wraps a
+//! private current-thread runtime rather than making every caller async.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The location string is not usable.
+    #[error("storage location `{location}`: {problem}")]
+    Location { location: String, problem: String },
+    /// A create-only write found the key already there.
+    #[error("{key} already exists in {root}; results are never overwritten (use a new output location)")]
+    AlreadyExists { key: String, root: String },
+    /// Any other failure of the store.
+    #[error("{op} {key} in {root}: {message}")]
+    Store { op: &'static str, key: String, root: String, message: String },
+}
+
+/// A blocking handle on one storage root.
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    root: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("root", &self.root).finish()
+    }
+}
+
+impl Storage {
+    /// Opens (and for local directories, creates and probes for writability) a location.
+    pub fn open(location: &str) -> Result<Self, StorageError> {
+        let bad = |problem: String| StorageError::Location { location: location.to_owned(), problem };
+        let dir: PathBuf = match location.split_once("://") {
+            Some(("file", rest)) => {
+                let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
+                if !rest.starts_with('/') {
+                    return Err(bad("file URLs need an absolute path: file:///dir".into()));
+                }
+                url.to_file_path().map_err(|_| bad("not a local path".into()))?
+            }
+            Some((scheme, _)) => {
+                return Err(bad(format!(
+                    "the `{scheme}` scheme is not supported by this build; use a directory or file:///dir"
+                )));
+            }
+            None => PathBuf::from(location),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+        probe_writable(&dir).map_err(|e| bad(format!("the directory is not writable: {e}")))?;
+        let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(Self { store: Arc::new(fs), root: dir.display().to_string(), rt })
+    }
+
+    /// Human-readable root of the store.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn key(key: &str) -> Key {
+        Key::from(key)
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> StorageError {
+        match e {
+            object_store::Error::AlreadyExists { .. } => {
+                StorageError::AlreadyExists { key: key.to_owned(), root: self.root.clone() }
+            }
+            other => StorageError::Store { op, key: key.to_owned(), root: self.root.clone(), message: other.to_string() },
+        }
+    }
+
+    /// Writes `bytes` at `key`, replacing what was there (atomic on local disks).
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let payload = PutPayload::from(Bytes::from(bytes));
+        self.rt
+            .block_on(self.store.put(&Self::key(key), payload))
+            .map(|_| ())
+            .map_err(|e| self.err("writing", key, e))
+    }
+
+    /// Writes `bytes` at `key` only if nothing is there yet.
+    pub fn put_create(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let payload = PutPayload::from(Bytes::from(bytes));
+        self.rt
+            .block_on(self.store.put_opts(&Self::key(key), payload, PutMode::Create.into()))
+            .map(|_| ())
+            .map_err(|e| self.err("creating", key, e))
+    }
+
+    /// Reads the object at `key`.
+    pub fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.rt
+            .block_on(async { self.store.get(&Self::key(key)).await?.bytes().await })
+            .map_err(|e| self.err("reading", key, e))
+    }
+
+    /// Whether an object exists at `key`.
+    pub fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.rt.block_on(self.store.head(&Self::key(key))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("checking", key, e)),
+        }
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        use futures_util::TryStreamExt;
+        let p = Self::key(prefix);
+        let mut keys: Vec<String> = self
+            .rt
+            .block_on(self.store.list(Some(&p)).map_ok(|m| m.location.to_string()).try_collect())
+            .map_err(|e| self.err("listing", prefix, e))?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".linesweep-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_only_refuses_a_second_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Storage::open(tmp.path().to_str().unwrap()).unwrap();
+        s.put_create("a/b.bin", vec![1, 2]).unwrap();
+        let err = s.put_create("a/b.bin", vec![3]).unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        assert_eq!(s.get("a/b.bin").unwrap().as_ref(), &[1, 2]);
+        assert!(s.exists("a/b.bin").unwrap());
+        assert!(!s.exists("a/c.bin").unwrap());
+        s.put("a/c.bin", vec![9]).unwrap();
+        assert_eq!(s.list("a").unwrap(), vec!["a/b.bin", "a/c.bin"]);
+    }
+
+    #[test]
+    fn file_urls_and_bad_locations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/sub", tmp.path().display());
+        let s = Storage::open(&url).unwrap();
+        assert!(s.root().ends_with("sub"));
+        let err = Storage::open("s3://bucket/x").unwrap_err().to_string();
+        assert!(err.contains("`s3` scheme is not supported"), "{err}");
+        let err = Storage::open("file://relative/x").unwrap_err().to_string();
+        assert!(err.contains("absolute path"), "{err}");
+    }
+}
