@@ -15,12 +15,22 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let filter = EnvFilter::try_from_env("LINESWEEP_LOG")
         .unwrap_or_else(|_| EnvFilter::new(if cli.quiet { "warn" } else { "info" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     match cmd::dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line a user can act on: the chain of causes, outermost first.
-            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            eprintln!(
+                "error: {}",
+                e.chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -18,9 +18,17 @@ pub fn summary(shard: &str, sweep: &str, out_root: &str, o: &ShardOutcome) -> St
         o.device,
         m.steps,
         m.parameters,
-        if m.diverged { format!(", DIVERGED at step {}", m.diverged_step.unwrap_or(0)) } else { String::new() }
+        if m.diverged {
+            format!(", DIVERGED at step {}", m.diverged_step.unwrap_or(0))
+        } else {
+            String::new()
+        }
     );
-    let _ = writeln!(s, "{:<7}{:>11}{:>11}{:>10}{:>10}{:>11}", "split", "loss θ_i", "loss θ_c", "acc θ_c", "monotone", "Δ_min");
+    let _ = writeln!(
+        s,
+        "{:<7}{:>11}{:>11}{:>10}{:>10}{:>11}",
+        "split", "loss θ_i", "loss θ_c", "acc θ_c", "monotone", "Δ_min"
+    );
     for (i, split) in SPLITS.iter().enumerate() {
         let shape = m.shape[i];
         let _ = writeln!(
@@ -46,12 +54,22 @@ pub fn summary(shard: &str, sweep: &str, out_root: &str, o: &ShardOutcome) -> St
     let _ = writeln!(
         s,
         "time: data {:.2}s · train {:.2}s ({:.0} samples/s; snapshots {:.2}s) · line {:.2}s ({:.2} α/s) · trajectory {:.2}s · total {:.2}s",
-        t.data, t.train, m.train_samples_per_s, t.snapshots, t.line, m.line_points_per_s, t.trajectory, t.total
+        t.data,
+        t.train,
+        m.train_samples_per_s,
+        t.snapshots,
+        t.line,
+        m.line_points_per_s,
+        t.trajectory,
+        t.total
     );
     if !o.line.is_empty() {
         s.push_str(&plot(&o.line));
     }
-    let _ = writeln!(s, "results: {out_root}/results   snapshots: {out_root}/snapshots/{shard}");
+    let _ = writeln!(
+        s,
+        "results: {out_root}/results   snapshots: {out_root}/snapshots/{shard}"
+    );
     let _ = writeln!(
         s,
         "query:   duckdb -c \"select alpha, split, loss from read_parquet('{out_root}/results/interpolation/**/*.parquet', hive_partitioning=true) order by split, alpha\""
@@ -71,7 +89,10 @@ pub fn plot(line: &[LinePoint]) -> String {
         .filter(|p| (0.0..=1.0).contains(&p.alpha))
         .filter_map(|p| p.value.map(|v| v.loss))
         .collect();
-    let (Some(lo), Some(hi)) = (inner.iter().copied().reduce(f64::min), inner.iter().copied().reduce(f64::max)) else {
+    let (Some(lo), Some(hi)) = (
+        inner.iter().copied().reduce(f64::min),
+        inner.iter().copied().reduce(f64::max),
+    ) else {
         return String::new();
     };
     let lo = lo.min(0.0);
@@ -79,12 +100,17 @@ pub fn plot(line: &[LinePoint]) -> String {
     let mut grid = vec![vec![' '; alphas.len()]; ROWS];
     for p in line {
         let Some(v) = p.value else { continue };
-        let Ok(col) = alphas.binary_search_by(|a| a.total_cmp(&p.alpha)) else { continue };
+        let Ok(col) = alphas.binary_search_by(|a| a.total_cmp(&p.alpha)) else {
+            continue;
+        };
         let (row, mark) = if v.loss > hi {
             (0, '^')
         } else {
             let frac = (v.loss - lo) / (hi - lo);
-            (ROWS - 1 - ((frac * (ROWS - 1) as f64).round() as usize).min(ROWS - 1), if p.split == 0 { '*' } else { 'o' })
+            (
+                ROWS - 1 - ((frac * (ROWS - 1) as f64).round() as usize).min(ROWS - 1),
+                if p.split == 0 { '*' } else { 'o' },
+            )
         };
         let cell = &mut grid[row][col];
         *cell = match (*cell, mark) {

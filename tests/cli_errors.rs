@@ -9,12 +9,19 @@ use common::*;
 fn exec_err(config: &str, out: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("c.toml"), config).unwrap();
-    let o = linesweep(&["exec", "--config", "c.toml", "--out", out], tmp.path(), Duration::from_secs(60));
+    let o = linesweep(
+        &["exec", "--config", "c.toml", "--out", out],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
     assert!(!o.status.success(), "expected failure for {config:?}");
     let err = text(&o.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "one error line expected:\n{err}");
-    assert!(!tmp.path().join(out).join("results").exists(), "results written despite the error");
+    assert!(
+        !tmp.path().join(out).join("results").exists(),
+        "results written despite the error"
+    );
     lines[0].to_owned()
 }
 
@@ -27,13 +34,22 @@ fn malformed_toml() {
 #[test]
 fn unknown_key_names_key_and_line() {
     let e = exec_err("[train]\nlr = 0.1\nlearnin_rate = 0.2\n", "out");
-    assert!(e.contains("c.toml") && e.contains("line 3") && e.contains("learnin_rate"), "{e}");
+    assert!(
+        e.contains("c.toml") && e.contains("line 3") && e.contains("learnin_rate"),
+        "{e}"
+    );
 }
 
 #[test]
 fn grid_without_endpoints_or_points() {
-    let e = exec_err("[eval]\nalpha_start = 0.1\nalpha_stop = 1.0\nalpha_points = 10\n", "out");
-    assert!(e.contains("c.toml:2: field `eval.alpha_start`") && e.contains("α = 0"), "{e}");
+    let e = exec_err(
+        "[eval]\nalpha_start = 0.1\nalpha_stop = 1.0\nalpha_points = 10\n",
+        "out",
+    );
+    assert!(
+        e.contains("c.toml:2: field `eval.alpha_start`") && e.contains("α = 0"),
+        "{e}"
+    );
     let e = exec_err("[eval]\nalpha_points = 2\n", "out");
     assert!(e.contains("c.toml:2: field `eval.alpha_points`"), "{e}");
 }
@@ -41,7 +57,10 @@ fn grid_without_endpoints_or_points() {
 #[test]
 fn unknown_names_list_the_valid_ones() {
     let e = exec_err("[model]\nactivation = \"swish\"\n", "out");
-    assert!(e.contains("swish") && e.contains("relu") && e.contains("line 2"), "{e}");
+    assert!(
+        e.contains("swish") && e.contains("relu") && e.contains("line 2"),
+        "{e}"
+    );
     let e = exec_err("[train]\noptimizer = \"rmsprop\"\n", "out");
     assert!(e.contains("rmsprop") && e.contains("sgd"), "{e}");
     let e = exec_err("[data]\ndataset = \"cifar100\"\n", "out");
@@ -55,8 +74,16 @@ fn missing_and_corrupt_dataset_files() {
     std::fs::create_dir(&dir).unwrap();
     let cfg = format!("[data]\ndataset = \"mnist\"\ndir = \"{}\"\n", dir.display());
     let e = exec_err(&cfg, "out");
-    assert!(e.contains("train-images-idx3-ubyte") && e.contains("missing"), "{e}");
-    for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+    assert!(
+        e.contains("train-images-idx3-ubyte") && e.contains("missing"),
+        "{e}"
+    );
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
         std::fs::copy(repo().join("data/mnist-10k").join(f), dir.join(f)).unwrap();
     }
     // Truncate the test images: gzip then fails its length check or the IDX size check.
@@ -74,22 +101,35 @@ fn unwritable_output_and_unknown_device() {
     std::fs::write(&file, b"x").unwrap();
     let out = file.join("out");
     let e = exec_err("", out.to_str().unwrap());
-    assert!(e.contains("cannot create the directory") && e.contains("plain-file"), "{e}");
+    assert!(
+        e.contains("cannot create the directory") && e.contains("plain-file"),
+        "{e}"
+    );
 
     std::fs::write(tmp.path().join("c.toml"), "").unwrap();
     let o = linesweep(
-        &["exec", "--config", "c.toml", "--out", "o", "--device", "tpu:0"],
+        &[
+            "exec", "--config", "c.toml", "--out", "o", "--device", "tpu:0",
+        ],
         tmp.path(),
         Duration::from_secs(60),
     );
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("unknown device `tpu:0`"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("unknown device `tpu:0`"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
 fn missing_config_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = linesweep(&["exec", "--config", "nope.toml", "--out", "o"], tmp.path(), Duration::from_secs(60));
+    let o = linesweep(
+        &["exec", "--config", "nope.toml", "--out", "o"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("nope.toml: cannot read the config"), "{err}");

@@ -40,8 +40,15 @@ fn one_epoch_shard_lands_in_duckdb_and_polars() {
         Duration::from_secs(600),
     );
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "exec failed:\n{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("monotone") && stdout.contains("duckdb -c"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "exec failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("monotone") && stdout.contains("duckdb -c"),
+        "{stdout}"
+    );
 
     // 8,000 / 128 → 63 steps; snapshots at 0, 20, 40, 60 and the final 63.
     let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -58,15 +65,30 @@ fn one_epoch_shard_lands_in_duckdb_and_polars() {
         text(&check.stdout),
         text(&check.stderr)
     );
-    assert!(text(&check.stdout).starts_with("ok: 1 run, 42 line rows, 5 trajectory rows"));
+    let report = text(&check.stdout);
+    let last = report.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ok: 1 run, 42 line rows, 5 trajectory rows"),
+        "{report}"
+    );
 
     // Running the same shard again leaves the results untouched and says so.
     let runs = tmp.path().join("out/results/runs/sweep=exec");
-    let before: Vec<_> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).collect();
+    let before: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     let bytes = std::fs::read(&before[0]).unwrap();
-    let again = linesweep(&["exec", "--config", "shard.toml", "--out", "out"], tmp.path(), Duration::from_secs(60));
+    let again = linesweep(
+        &["exec", "--config", "shard.toml", "--out", "out"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
     assert!(!again.status.success());
     let err = text(&again.stderr);
-    assert!(err.contains("already has results") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("already has results") && err.lines().count() == 1,
+        "{err}"
+    );
     assert_eq!(std::fs::read(&before[0]).unwrap(), bytes);
 }

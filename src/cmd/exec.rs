@@ -18,9 +18,19 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let report = exec::run(&cfg, &device, &storage, &args.sweep, &bars)
         .with_context(|| format!("shard from {}", args.config.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&render::json(&report.shard, &args.sweep, &report.outcome))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render::json(
+                &report.shard,
+                &args.sweep,
+                &report.outcome
+            ))?
+        );
     } else {
-        print!("{}", render::summary(&report.shard, &args.sweep, storage.root(), &report.outcome));
+        print!(
+            "{}",
+            render::summary(&report.shard, &args.sweep, storage.root(), &report.outcome)
+        );
     }
     Ok(())
 }

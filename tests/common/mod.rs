@@ -18,7 +18,11 @@ pub fn repo() -> PathBuf {
 
 /// Runs `cmd` to completion or kills it after `limit`; panics on timeout.
 pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let deadline = Instant::now() + limit;
     // Drain pipes on threads so a chatty child cannot block on a full pipe.
     let mut out = child.stdout.take().expect("stdout");
@@ -44,7 +48,11 @@ pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 /// `linesweep ARGS…` with a deadline.

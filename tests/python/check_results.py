@@ -136,7 +136,7 @@ def main():
         y[split] = read_idx(f"{args.data}/{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
     for snap, alpha in [(snaps[0], 0.0), (snaps[-1], 1.0)]:
         w, meta = read_safetensors(f"out/snapshots/{shard}/{snap['file']}")
-        check(int(meta["step"]) == snap["step"], "snapshot metadata step")
+        check(json.loads(meta["linesweep"])["step"] == snap["step"], "snapshot metadata step")
         for split in ["train", "test"]:
             want_loss, want_acc = mlp_loss(w, x[split], y[split], args.layers)
             got_loss, got_acc = q(

@@ -19,13 +19,21 @@ use crate::science::{AlphaGrid, GridError};
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read the config: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     /// TOML syntax, an unknown key or an unknown value (the message carries line and column).
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     /// A value out of range.
     #[error("{file}:{line}: field `{field}`: {message}")]
-    Invalid { file: String, line: usize, field: String, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
 }
 
 /// Datasets a shard can train on.
@@ -133,7 +141,7 @@ impl Schedule {
 }
 
 /// One shard: everything that determines a run and its evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardConfig {
     /// Free-form label, copied to the `runs` table.
@@ -237,23 +245,13 @@ pub struct EvalConfig {
     pub trajectory_train_loss: bool,
 }
 
-impl Default for ShardConfig {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            seed: 0,
-            data: DataConfig::default(),
-            model: ModelConfig::default(),
-            train: TrainConfig::default(),
-            snapshot: SnapshotConfig::default(),
-            eval: EvalConfig::default(),
-        }
-    }
-}
-
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: DatasetName::Mnist10k, dir: None, max_train_examples: None }
+        Self {
+            dataset: DatasetName::Mnist10k,
+            dir: None,
+            max_train_examples: None,
+        }
     }
 }
 
@@ -323,8 +321,10 @@ impl ShardConfig {
     /// file's directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         let mut cfg = Self::from_toml(&src, &file)?;
         if let Some(dir) = &cfg.data.dir
             && dir.is_relative()
@@ -337,34 +337,77 @@ impl ShardConfig {
 
     /// Parses and validates TOML text; `file` names the source in errors.
     pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(src).map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
+        let cfg: Self = toml::from_str(src).map_err(|e: toml::de::Error| {
+            // toml's Display draws a multi-line excerpt; errors here are one line.
+            let at = e.span().map(|span| {
+                let before = &src[..span.start.min(src.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {col}: ")
+            });
+            ConfigError::Parse {
+                file: file.to_owned(),
+                message: format!(
+                    "{}{}",
+                    at.unwrap_or_default(),
+                    e.message().trim().replace('\n', " ")
+                ),
+            }
         })?;
         if let Err(v) = cfg.validate() {
             let line = locate_key(src, v.section, v.key).unwrap_or(1);
-            let field =
-                if v.section.is_empty() { v.key.to_owned() } else { format!("{}.{}", v.section, v.key) };
-            return Err(ConfigError::Invalid { file: file.to_owned(), line, field, message: v.message });
+            let field = if v.section.is_empty() {
+                v.key.to_owned()
+            } else {
+                format!("{}.{}", v.section, v.key)
+            };
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                field,
+                message: v.message,
+            });
         }
         Ok(cfg)
     }
 
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> Result<(), Violation> {
-        let bad = |section, key, message: String| Err(Violation { section, key, message });
+        let bad = |section, key, message: String| {
+            Err(Violation {
+                section,
+                key,
+                message,
+            })
+        };
         let t = &self.train;
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            return bad("train", "lr", format!("must be a positive number, got {}", t.lr));
+            return bad(
+                "train",
+                "lr",
+                format!("must be a positive number, got {}", t.lr),
+            );
         }
         if !(0.0..1.0).contains(&t.momentum) {
-            return bad("train", "momentum", format!("must be in [0, 1), got {}", t.momentum));
+            return bad(
+                "train",
+                "momentum",
+                format!("must be in [0, 1), got {}", t.momentum),
+            );
         }
         if t.nesterov && t.momentum == 0.0 {
-            return bad("train", "nesterov", "Nesterov momentum needs momentum > 0".into());
+            return bad(
+                "train",
+                "nesterov",
+                "Nesterov momentum needs momentum > 0".into(),
+            );
         }
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return bad("train", "weight_decay", format!("must be ≥ 0, got {}", t.weight_decay));
+            return bad(
+                "train",
+                "weight_decay",
+                format!("must be ≥ 0, got {}", t.weight_decay),
+            );
         }
         for (key, v) in [("beta1", t.beta1), ("beta2", t.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -384,10 +427,18 @@ impl ShardConfig {
             return bad("train", "gamma", format!("must be > 0, got {}", t.gamma));
         }
         if t.schedule == Schedule::Step && t.milestones.is_empty() {
-            return bad("train", "milestones", "the step schedule needs at least one milestone epoch".into());
+            return bad(
+                "train",
+                "milestones",
+                "the step schedule needs at least one milestone epoch".into(),
+            );
         }
         if t.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            return bad("train", "milestones", "milestones must be strictly increasing".into());
+            return bad(
+                "train",
+                "milestones",
+                "milestones must be strictly increasing".into(),
+            );
         }
         let m = &self.model;
         if m.hidden.contains(&0) {
@@ -395,7 +446,11 @@ impl ShardConfig {
         }
         match self.data.dataset {
             DatasetName::Mnist if self.data.dir.is_none() => {
-                return bad("data", "dir", "dataset \"mnist\" needs `dir`, the folder of its IDX files".into());
+                return bad(
+                    "data",
+                    "dir",
+                    "dataset \"mnist\" needs `dir`, the folder of its IDX files".into(),
+                );
             }
             _ => {}
         }
@@ -408,7 +463,11 @@ impl ShardConfig {
                 GridError::TooFewPoints(_) => "alpha_points",
                 GridError::NotIncreasing { .. } | GridError::NotFinite => "alpha_stop",
                 GridError::MissingEndpoint { missing, .. } => {
-                    if missing == 0.0 { "alpha_start" } else { "alpha_stop" }
+                    if missing == 0.0 {
+                        "alpha_start"
+                    } else {
+                        "alpha_stop"
+                    }
                 }
             };
             return bad("eval", key, err.to_string());
@@ -424,7 +483,11 @@ impl ShardConfig {
 
     /// The α grid of the line (valid after [`validate`](Self::validate)).
     pub fn alpha_grid(&self) -> Result<AlphaGrid, GridError> {
-        AlphaGrid::linspace(self.eval.alpha_start, self.eval.alpha_stop, self.eval.alpha_points)
+        AlphaGrid::linspace(
+            self.eval.alpha_start,
+            self.eval.alpha_stop,
+            self.eval.alpha_points,
+        )
     }
 
     /// Canonical JSON of the config: field order fixed by the struct, no whitespace.
@@ -482,40 +545,72 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = ShardConfig::from_toml("seed = 1\n[train]\nlr = 0.1\nlearning_rate = 3\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let err =
+            ShardConfig::from_toml("seed = 1\n[train]\nlr = 0.1\nlearning_rate = 3\n", "a.toml")
+                .unwrap_err()
+                .to_string();
         assert!(err.starts_with("a.toml: "), "{err}");
-        assert!(err.contains("line 4"), "{err}");
-        assert!(err.contains("learning_rate"), "{err}");
+        assert!(
+            err.contains("line 4, column 1: unknown field `learning_rate`"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]
     fn unknown_values_list_the_valid_ones() {
-        let err = ShardConfig::from_toml("[model]\nactivation = \"gelu\"\n", "b.toml").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("gelu") && err.contains("relu"), "{err}");
-        let err = ShardConfig::from_toml("[train]\noptimizer = \"lion\"\n", "b.toml").unwrap_err().to_string();
+        let err = ShardConfig::from_toml("[model]\nactivation = \"gelu\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("gelu") && err.contains("relu"),
+            "{err}"
+        );
+        let err = ShardConfig::from_toml("[train]\noptimizer = \"lion\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lion") && err.contains("adam"), "{err}");
-        let err = ShardConfig::from_toml("[data]\ndataset = \"svhn\"\n", "b.toml").unwrap_err().to_string();
+        let err = ShardConfig::from_toml("[data]\ndataset = \"svhn\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("svhn") && err.contains("mnist-10k"), "{err}");
     }
 
     #[test]
     fn malformed_toml_is_reported_with_position() {
-        let err = ShardConfig::from_toml("[train\nlr = 1\n", "c.toml").unwrap_err().to_string();
-        assert!(err.starts_with("c.toml: ") && err.contains("line 1"), "{err}");
+        let err = ShardConfig::from_toml("[train\nlr = 1\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml: ") && err.contains("line 1"),
+            "{err}"
+        );
     }
 
     #[test]
     fn range_errors_name_file_line_and_field() {
         let src = "seed = 3\n\n[eval]\nalpha_start = 0.1\nalpha_points = 10\n";
-        let err = ShardConfig::from_toml(src, "d.toml").unwrap_err().to_string();
-        assert!(err.starts_with("d.toml:4: field `eval.alpha_start`"), "{err}");
-        let err = ShardConfig::from_toml("[eval]\nalpha_points = 2\n", "d.toml").unwrap_err().to_string();
-        assert!(err.starts_with("d.toml:2: field `eval.alpha_points`"), "{err}");
-        let err = ShardConfig::from_toml("[train]\nbatch_size = 1\nlr = -1\n", "d.toml").unwrap_err().to_string();
+        let err = ShardConfig::from_toml(src, "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:4: field `eval.alpha_start`"),
+            "{err}"
+        );
+        let err = ShardConfig::from_toml("[eval]\nalpha_points = 2\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("d.toml:2: field `eval.alpha_points`"),
+            "{err}"
+        );
+        let err = ShardConfig::from_toml("[train]\nbatch_size = 1\nlr = -1\n", "d.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("d.toml:3: field `train.lr`"), "{err}");
-        let err = ShardConfig::from_toml("[data]\ndataset = \"mnist\"\n", "d.toml").unwrap_err().to_string();
+        let err = ShardConfig::from_toml("[data]\ndataset = \"mnist\"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("field `data.dir`"), "{err}");
     }
 

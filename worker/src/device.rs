@@ -13,23 +13,55 @@ pub enum DeviceError {
     #[error("unknown device `{0}`: expected cpu, wgpu[:N] or cuda[:N]")]
     Unknown(String),
     /// The backend is not compiled into this binary.
-    #[error("device `{device}` needs the `{feature}` feature: rebuild with `cargo build --release --features {feature}`")]
-    NotCompiled { device: String, feature: &'static str },
+    #[error(
+        "device `{device}` needs the `{feature}` feature: rebuild with `cargo build --release --features {feature}`"
+    )]
+    NotCompiled {
+        device: String,
+        feature: &'static str,
+    },
+}
+
+/// A burn device and the name results record for it.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    /// The runtime device.
+    pub device: Device,
+    /// `cpu`, `wgpu:N` or `cuda:N`.
+    pub name: String,
+}
+
+impl ComputeDevice {
+    /// The CPU (`flex`) device, the default of every command and test.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            name: "cpu".into(),
+        }
+    }
 }
 
 /// Parses `cpu`, `flex`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
-pub fn parse(spec: &str) -> Result<Device, DeviceError> {
+pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
     let (kind, index) = match spec.split_once(':') {
         Some((k, i)) => {
-            let idx: usize = i.parse().map_err(|_| DeviceError::Unknown(spec.to_owned()))?;
+            let idx: usize = i
+                .parse()
+                .map_err(|_| DeviceError::Unknown(spec.to_owned()))?;
             (k, idx)
         }
         None => (spec, 0),
     };
     match kind {
-        "cpu" | "flex" if !spec.contains(':') => Ok(Device::flex()),
-        "wgpu" => wgpu(spec, index),
-        "cuda" => cuda(spec, index),
+        "cpu" | "flex" if !spec.contains(':') => Ok(ComputeDevice::cpu()),
+        "wgpu" => Ok(ComputeDevice {
+            device: wgpu(spec, index)?,
+            name: format!("wgpu:{index}"),
+        }),
+        "cuda" => Ok(ComputeDevice {
+            device: cuda(spec, index)?,
+            name: format!("cuda:{index}"),
+        }),
         _ => Err(DeviceError::Unknown(spec.to_owned())),
     }
 }
@@ -41,7 +73,10 @@ fn wgpu(_: &str, index: usize) -> Result<Device, DeviceError> {
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(spec: &str, _: usize) -> Result<Device, DeviceError> {
-    Err(DeviceError::NotCompiled { device: spec.to_owned(), feature: "wgpu" })
+    Err(DeviceError::NotCompiled {
+        device: spec.to_owned(),
+        feature: "wgpu",
+    })
 }
 
 #[cfg(feature = "cuda")]
@@ -51,7 +86,10 @@ fn cuda(_: &str, index: usize) -> Result<Device, DeviceError> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(spec: &str, _: usize) -> Result<Device, DeviceError> {
-    Err(DeviceError::NotCompiled { device: spec.to_owned(), feature: "cuda" })
+    Err(DeviceError::NotCompiled {
+        device: spec.to_owned(),
+        feature: "cuda",
+    })
 }
 
 #[cfg(test)]
@@ -62,9 +100,18 @@ mod tests {
     fn cpu_parses_and_junk_is_refused() {
         assert!(parse("cpu").is_ok());
         assert!(parse("flex").is_ok());
-        assert_eq!(parse("tpu").unwrap_err(), DeviceError::Unknown("tpu".into()));
-        assert_eq!(parse("cuda:x").unwrap_err(), DeviceError::Unknown("cuda:x".into()));
-        assert_eq!(parse("cpu:1").unwrap_err(), DeviceError::Unknown("cpu:1".into()));
+        assert_eq!(
+            parse("tpu").unwrap_err(),
+            DeviceError::Unknown("tpu".into())
+        );
+        assert_eq!(
+            parse("cuda:x").unwrap_err(),
+            DeviceError::Unknown("cuda:x".into())
+        );
+        assert_eq!(
+            parse("cpu:1").unwrap_err(),
+            DeviceError::Unknown("cpu:1".into())
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -8,7 +8,7 @@
 //!   last, `runs`. The `runs` file is written create-only and acts as the commit marker: a
 //!   shard whose `runs` file exists is complete, and it is never overwritten.
 
-use burn::prelude::*;
+use crate::device::ComputeDevice;
 use serde::Serialize;
 
 use crate::config::ShardConfig;
@@ -30,8 +30,14 @@ pub enum ExecError {
     #[error(transparent)]
     Results(#[from] ResultsError),
     /// The shard already has committed results at this location.
-    #[error("shard {shard} already has results in {root} ({key}); they are left untouched — use another --out to run it again")]
-    AlreadyDone { shard: String, root: String, key: String },
+    #[error(
+        "shard {shard} already has results in {root} ({key}); they are left untouched — use another --out to run it again"
+    )]
+    AlreadyDone {
+        shard: String,
+        root: String,
+        key: String,
+    },
     /// The sweep name is not usable as a partition value.
     #[error("invalid sweep name `{0}`: use a letter followed by letters, digits, `_`, `-` or `.`")]
     SweepName(String),
@@ -64,7 +70,11 @@ pub fn check_sweep_name(name: &str) -> Result<(), ExecError> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(ExecError::SweepName(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ExecError::SweepName(name.to_owned()))
+    }
 }
 
 #[derive(Serialize)]
@@ -90,10 +100,17 @@ struct StorageSink<'a> {
 }
 
 impl SnapshotSink for StorageSink<'_> {
-    fn snapshot(&mut self, snap: &HostSnapshot, epoch: f64, is_final: bool) -> Result<(), EngineError> {
+    fn snapshot(
+        &mut self,
+        snap: &HostSnapshot,
+        epoch: f64,
+        is_final: bool,
+    ) -> Result<(), EngineError> {
         let key = snapshot_key(self.shard, snap.step);
         let bytes = snap.to_safetensors()?;
-        self.storage.put(&key, bytes).map_err(|e| EngineError::Sink(e.to_string()))?;
+        self.storage
+            .put(&key, bytes)
+            .map_err(|e| EngineError::Sink(e.to_string()))?;
         let kind = if snap.step == 0 {
             "init"
         } else if is_final {
@@ -102,7 +119,12 @@ impl SnapshotSink for StorageSink<'_> {
             "periodic"
         };
         let file = key.rsplit('/').next().unwrap_or(&key).to_owned();
-        self.entries.push(ManifestEntry { step: snap.step, epoch, file, kind });
+        self.entries.push(ManifestEntry {
+            step: snap.step,
+            epoch,
+            file,
+            kind,
+        });
         self.written.push(key);
         Ok(())
     }
@@ -111,7 +133,7 @@ impl SnapshotSink for StorageSink<'_> {
 /// Runs `cfg` on `device`, writing snapshots and results to `storage` under `sweep`.
 pub fn run(
     cfg: &ShardConfig,
-    device: &Device,
+    device: &ComputeDevice,
     storage: &Storage,
     sweep: &str,
     progress: &dyn Progress,
@@ -120,7 +142,11 @@ pub fn run(
     let shard = cfg.shard_id();
     let runs_key = result_key("runs", sweep, &shard);
     if storage.exists(&runs_key)? {
-        return Err(ExecError::AlreadyDone { shard, root: storage.root().to_owned(), key: runs_key });
+        return Err(ExecError::AlreadyDone {
+            shard,
+            root: storage.root().to_owned(),
+            key: runs_key,
+        });
     }
     tracing::info!(shard = %shard, sweep, root = storage.root(), "running shard");
 
@@ -128,20 +154,38 @@ pub fn run(
     let config_json = serde_json::to_vec_pretty(cfg).unwrap_or_default();
     storage.put(&config_key, config_json)?;
 
-    let mut sink = StorageSink { storage, shard: &shard, entries: Vec::new(), written: vec![config_key] };
+    let mut sink = StorageSink {
+        storage,
+        shard: &shard,
+        entries: Vec::new(),
+        written: vec![config_key],
+    };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
     let manifest_key = format!("snapshots/{shard}/manifest.json");
-    let manifest = Manifest { shard: &shard, format: "safetensors", snapshots: &sink.entries };
-    storage.put(&manifest_key, serde_json::to_vec_pretty(&manifest).unwrap_or_default())?;
+    let manifest = Manifest {
+        shard: &shard,
+        format: "safetensors",
+        snapshots: &sink.entries,
+    };
+    storage.put(
+        &manifest_key,
+        serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    )?;
     let mut written = sink.written;
     written.push(manifest_key);
 
-    let key = RunKey { shard: &shard, attempt: 0 };
+    let key = RunKey {
+        shard: &shard,
+        attempt: 0,
+    };
     let finished = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     let tables = [
-        ("interpolation", results::interpolation_batch(&key, "init", &outcome)?),
+        (
+            "interpolation",
+            results::interpolation_batch(&key, "init", &outcome)?,
+        ),
         ("trajectory", results::trajectory_batch(&key, &outcome)?),
         ("runs", results::runs_batch(&key, cfg, &outcome, finished)?),
     ];
@@ -156,5 +200,9 @@ pub fn run(
         }
         written.push(k);
     }
-    Ok(ExecReport { shard, outcome, written })
+    Ok(ExecReport {
+        shard,
+        outcome,
+        written,
+    })
 }

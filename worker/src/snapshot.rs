@@ -59,6 +59,9 @@ pub struct HostSnapshot {
     pub tensors: Vec<NamedTensor>,
 }
 
+/// The metadata key holding `{"step": N, "producer": "linesweep X.Y.Z"}`.
+pub const META_KEY: &str = "linesweep";
+
 fn is_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
@@ -70,14 +73,28 @@ impl HostSnapshot {
         let mut tensors = Vec::with_capacity(collected.len());
         for t in collected {
             if t.dtype != DType::F32 {
-                return Err(SnapshotError::Dtype { name: t.name.clone(), dtype: format!("{:?}", t.dtype) });
+                return Err(SnapshotError::Dtype {
+                    name: t.name.clone(),
+                    dtype: format!("{:?}", t.dtype),
+                });
             }
             let shape = t.shape.to_vec();
-            let (name, _, _, _, bytes) =
-                t.into_parts().map_err(|e| SnapshotError::Device { name: String::new(), message: e.to_string() })?;
+            let (name, _, _, _, bytes) = t.into_parts().map_err(|e| SnapshotError::Device {
+                name: String::new(),
+                message: e.to_string(),
+            })?;
             let data = f32s_from_le(&bytes);
-            let kind = if is_buffer(&name) { TensorKind::Buffer } else { TensorKind::Parameter };
-            tensors.push(NamedTensor { name, shape, data, kind });
+            let kind = if is_buffer(&name) {
+                TensorKind::Buffer
+            } else {
+                TensorKind::Parameter
+            };
+            tensors.push(NamedTensor {
+                name,
+                shape,
+                data,
+                kind,
+            });
         }
         Ok(Self { step, tensors })
     }
@@ -85,9 +102,18 @@ impl HostSnapshot {
     /// All parameters (never buffers) concatenated in traversal order: the vector θ of the
     /// trajectory geometry.
     pub fn parameter_vector(&self) -> Vec<f32> {
-        let n = self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter).map(|t| t.data.len()).sum();
+        let n = self
+            .tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Parameter)
+            .map(|t| t.data.len())
+            .sum();
         let mut out = Vec::with_capacity(n);
-        for t in self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter) {
+        for t in self
+            .tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Parameter)
+        {
             out.extend_from_slice(&t.data);
         }
         out
@@ -95,7 +121,11 @@ impl HostSnapshot {
 
     /// Number of trainable parameters.
     pub fn parameter_count(&self) -> usize {
-        self.tensors.iter().filter(|t| t.kind == TensorKind::Parameter).map(|t| t.data.len()).sum()
+        self.tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Parameter)
+            .map(|t| t.data.len())
+            .sum()
     }
 
     /// The safetensors file: every tensor, plus `num_batches_tracked` (i64, = `step`) for each
@@ -105,11 +135,23 @@ impl HostSnapshot {
         let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = self
             .tensors
             .iter()
-            .map(|t| (t.name.clone(), f32s_to_le(&t.data), t.shape.clone(), Dtype::F32))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    f32s_to_le(&t.data),
+                    t.shape.clone(),
+                    Dtype::F32,
+                )
+            })
             .collect();
         for t in &self.tensors {
             if let Some(prefix) = t.name.strip_suffix("running_mean") {
-                owned.push((format!("{prefix}num_batches_tracked"), counter.to_vec(), vec![], Dtype::I64));
+                owned.push((
+                    format!("{prefix}num_batches_tracked"),
+                    counter.to_vec(),
+                    vec![],
+                    Dtype::I64,
+                ));
             }
         }
         let views = owned
@@ -117,30 +159,45 @@ impl HostSnapshot {
             .map(|(name, bytes, shape, dtype)| {
                 TensorView::new(*dtype, shape.clone(), bytes)
                     .map(|v| (name.clone(), v))
-                    .map_err(|e| SnapshotError::Format { file: name.clone(), message: e.to_string() })
+                    .map_err(|e| SnapshotError::Format {
+                        file: name.clone(),
+                        message: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let meta = HashMap::from([
-            ("format".to_owned(), "pt".to_owned()),
-            ("step".to_owned(), self.step.to_string()),
-            ("producer".to_owned(), format!("linesweep {}", crate::CODE_VERSION)),
-        ]);
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| SnapshotError::Format { file: "<memory>".into(), message: e.to_string() })
+        // One metadata key: the container stores metadata in a HashMap, whose iteration order
+        // (and so the file's bytes) would differ between runs with several keys.
+        let meta = HashMap::from([(
+            META_KEY.to_owned(),
+            format!(
+                "{{\"step\":{},\"producer\":\"linesweep {}\"}}",
+                self.step,
+                crate::CODE_VERSION
+            ),
+        )]);
+        safetensors::serialize(views, Some(meta)).map_err(|e| SnapshotError::Format {
+            file: "<memory>".into(),
+            message: e.to_string(),
+        })
     }
 
     /// Decodes a file written by [`to_safetensors`](Self::to_safetensors), validating it;
     /// `file` names the source in errors. Tensors come back in name order.
     pub fn from_safetensors(bytes: &[u8], file: &str) -> Result<Self, SnapshotError> {
-        let bad = |message: String| SnapshotError::Format { file: file.to_owned(), message };
+        let bad = |message: String| SnapshotError::Format {
+            file: file.to_owned(),
+            message,
+        };
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let step = meta
             .metadata()
             .as_ref()
-            .and_then(|m| m.get("step"))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no `step` in the metadata".into()))?;
+            .and_then(|m| m.get(META_KEY))
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["step"].as_u64())
+            .ok_or_else(|| bad(format!("no `{META_KEY}.step` in the metadata")))?;
         let mut tensors = Vec::new();
         let mut names = st.names();
         names.sort_unstable();
@@ -151,10 +208,18 @@ impl HostSnapshot {
                     name: name.to_owned(),
                     shape: view.shape().to_vec(),
                     data: f32s_from_le(view.data()),
-                    kind: if is_buffer(name) { TensorKind::Buffer } else { TensorKind::Parameter },
+                    kind: if is_buffer(name) {
+                        TensorKind::Buffer
+                    } else {
+                        TensorKind::Parameter
+                    },
                 }),
                 Dtype::I64 if name.ends_with("num_batches_tracked") => {}
-                other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )));
+                }
             }
         }
         Ok(Self { step, tensors })
@@ -162,7 +227,10 @@ impl HostSnapshot {
 }
 
 fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn f32s_to_le(values: &[f32]) -> Vec<u8> {
@@ -180,11 +248,18 @@ mod tests {
     fn names_and_shapes_match_pytorch() {
         let device = Device::flex();
         device.seed(1);
-        let cfg = ModelConfig { hidden: vec![6, 5], batch_norm: true, ..ModelConfig::default() };
+        let cfg = ModelConfig {
+            hidden: vec![6, 5],
+            batch_norm: true,
+            ..ModelConfig::default()
+        };
         let m = Mlp::new(&cfg, 4, 3, &device);
         let s = HostSnapshot::capture(&m, 0).unwrap();
-        let got: Vec<(&str, &[usize], TensorKind)> =
-            s.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.kind)).collect();
+        let got: Vec<(&str, &[usize], TensorKind)> = s
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice(), t.kind))
+            .collect();
         use TensorKind::{Buffer as B, Parameter as P};
         let want: Vec<(&str, &[usize], TensorKind)> = vec![
             ("layers.0.weight", &[6, 4], P),
@@ -207,20 +282,34 @@ mod tests {
         let mut want_sorted = want.clone();
         want_sorted.sort_by_key(|t| t.0);
         assert_eq!(got_sorted, want_sorted);
-        assert_eq!(s.parameter_count(), 4 * 6 + 6 + 6 * 5 + 5 + 5 * 3 + 3 + 2 * 6 + 2 * 5);
+        assert_eq!(
+            s.parameter_count(),
+            4 * 6 + 6 + 6 * 5 + 5 + 5 * 3 + 3 + 2 * 6 + 2 * 5
+        );
     }
 
     #[test]
     fn linear_weight_is_transposed_to_out_by_in() {
         let device = Device::flex();
-        let cfg = ModelConfig { hidden: vec![], ..ModelConfig::default() };
+        let cfg = ModelConfig {
+            hidden: vec![],
+            ..ModelConfig::default()
+        };
         let m = Mlp::new(&cfg, 2, 3, &device);
         let s = HostSnapshot::capture(&m, 0).unwrap();
-        let w = s.tensors.iter().find(|t| t.name == "layers.0.weight").unwrap();
+        let w = s
+            .tensors
+            .iter()
+            .find(|t| t.name == "layers.0.weight")
+            .unwrap();
         // PyTorch's y = x·Wᵀ + b: logits for x = e₀ are column 0 of W (its first `in` entry
         // of every row).
         let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &device);
-        let b = s.tensors.iter().find(|t| t.name == "layers.0.bias").unwrap();
+        let b = s
+            .tensors
+            .iter()
+            .find(|t| t.name == "layers.0.bias")
+            .unwrap();
         let y: Vec<f32> = m.forward(x).into_data().try_into_vec::<f32>().unwrap();
         for o in 0..3 {
             assert!((y[o] - (w.data[o * 2] + b.data[o])).abs() < 1e-6);
@@ -230,7 +319,11 @@ mod tests {
     #[test]
     fn safetensors_round_trip_with_batch_counter() {
         let device = Device::flex();
-        let cfg = ModelConfig { hidden: vec![3], batch_norm: true, ..ModelConfig::default() };
+        let cfg = ModelConfig {
+            hidden: vec![3],
+            batch_norm: true,
+            ..ModelConfig::default()
+        };
         let s = HostSnapshot::capture(&Mlp::new(&cfg, 2, 2, &device), 42).unwrap();
         let bytes = s.to_safetensors().unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -242,7 +335,12 @@ mod tests {
         let mut orig = s.tensors.clone();
         orig.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(back.tensors, orig);
-        let err = HostSnapshot::from_safetensors(&bytes[..bytes.len() / 2], "x.safetensors").unwrap_err();
-        assert!(err.to_string().starts_with("x.safetensors: not a valid snapshot"), "{err}");
+        let err =
+            HostSnapshot::from_safetensors(&bytes[..bytes.len() / 2], "x.safetensors").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("x.safetensors: not a valid snapshot"),
+            "{err}"
+        );
     }
 }

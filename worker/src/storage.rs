@@ -20,11 +20,18 @@ pub enum StorageError {
     #[error("storage location `{location}`: {problem}")]
     Location { location: String, problem: String },
     /// A create-only write found the key already there.
-    #[error("{key} already exists in {root}; results are never overwritten (use a new output location)")]
+    #[error(
+        "{key} already exists in {root}; results are never overwritten (use a new output location)"
+    )]
     AlreadyExists { key: String, root: String },
     /// Any other failure of the store.
     #[error("{op} {key} in {root}: {message}")]
-    Store { op: &'static str, key: String, root: String, message: String },
+    Store {
+        op: &'static str,
+        key: String,
+        root: String,
+        message: String,
+    },
 }
 
 /// A blocking handle on one storage root.
@@ -43,14 +50,18 @@ impl std::fmt::Debug for Storage {
 impl Storage {
     /// Opens (and for local directories, creates and probes for writability) a location.
     pub fn open(location: &str) -> Result<Self, StorageError> {
-        let bad = |problem: String| StorageError::Location { location: location.to_owned(), problem };
+        let bad = |problem: String| StorageError::Location {
+            location: location.to_owned(),
+            problem,
+        };
         let dir: PathBuf = match location.split_once("://") {
             Some(("file", rest)) => {
                 let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
                 if !rest.starts_with('/') {
                     return Err(bad("file URLs need an absolute path: file:///dir".into()));
                 }
-                url.to_file_path().map_err(|_| bad("not a local path".into()))?
+                url.to_file_path()
+                    .map_err(|_| bad("not a local path".into()))?
             }
             Some((scheme, _)) => {
                 return Err(bad(format!(
@@ -59,14 +70,19 @@ impl Storage {
             }
             None => PathBuf::from(location),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
         probe_writable(&dir).map_err(|e| bad(format!("the directory is not writable: {e}")))?;
         let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
-        Ok(Self { store: Arc::new(fs), root: dir.display().to_string(), rt })
+        Ok(Self {
+            store: Arc::new(fs),
+            root: dir.display().to_string(),
+            rt,
+        })
     }
 
     /// Human-readable root of the store.
@@ -80,10 +96,16 @@ impl Storage {
 
     fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> StorageError {
         match e {
-            object_store::Error::AlreadyExists { .. } => {
-                StorageError::AlreadyExists { key: key.to_owned(), root: self.root.clone() }
-            }
-            other => StorageError::Store { op, key: key.to_owned(), root: self.root.clone(), message: other.to_string() },
+            object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
+                key: key.to_owned(),
+                root: self.root.clone(),
+            },
+            other => StorageError::Store {
+                op,
+                key: key.to_owned(),
+                root: self.root.clone(),
+                message: other.to_string(),
+            },
         }
     }
 
@@ -100,7 +122,10 @@ impl Storage {
     pub fn put_create(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let payload = PutPayload::from(Bytes::from(bytes));
         self.rt
-            .block_on(self.store.put_opts(&Self::key(key), payload, PutMode::Create.into()))
+            .block_on(
+                self.store
+                    .put_opts(&Self::key(key), payload, PutMode::Create.into()),
+            )
             .map(|_| ())
             .map_err(|e| self.err("creating", key, e))
     }
@@ -127,7 +152,12 @@ impl Storage {
         let p = Self::key(prefix);
         let mut keys: Vec<String> = self
             .rt
-            .block_on(self.store.list(Some(&p)).map_ok(|m| m.location.to_string()).try_collect())
+            .block_on(
+                self.store
+                    .list(Some(&p))
+                    .map_ok(|m| m.location.to_string())
+                    .try_collect(),
+            )
             .map_err(|e| self.err("listing", prefix, e))?;
         keys.sort();
         Ok(keys)

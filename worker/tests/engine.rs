@@ -1,7 +1,7 @@
 //! The engine through its library API on the CPU (`flex`) backend.
 
-use burn::prelude::*;
 use linesweep_worker::config::ShardConfig;
+use linesweep_worker::device::ComputeDevice;
 use linesweep_worker::engine::{self, EngineError, NoProgress, SnapshotSink};
 use linesweep_worker::snapshot::HostSnapshot;
 
@@ -9,7 +9,12 @@ use linesweep_worker::snapshot::HostSnapshot;
 struct Keep(Vec<(u64, Vec<u8>, bool)>);
 
 impl SnapshotSink for Keep {
-    fn snapshot(&mut self, s: &HostSnapshot, _epoch: f64, is_final: bool) -> Result<(), EngineError> {
+    fn snapshot(
+        &mut self,
+        s: &HostSnapshot,
+        _epoch: f64,
+        is_final: bool,
+    ) -> Result<(), EngineError> {
         self.0.push((s.step, s.to_safetensors()?, is_final));
         Ok(())
     }
@@ -45,14 +50,26 @@ trajectory_train_loss = true
 #[test]
 fn same_config_twice_gives_bit_identical_snapshots_and_results() {
     let cfg = small();
-    let device = Device::flex();
+    let device = ComputeDevice::cpu();
     let (mut a, mut b) = (Keep::default(), Keep::default());
     let ra = engine::run_shard(&cfg, &device, &mut a, &NoProgress).unwrap();
     let rb = engine::run_shard(&cfg, &device, &mut b, &NoProgress).unwrap();
     // 600/50 = 12 steps per epoch, 24 steps: 0, 7, 14, 21 and the final 24.
-    assert_eq!(a.0.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 7, 14, 21, 24]);
+    assert_eq!(
+        a.0.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 7, 14, 21, 24]
+    );
     assert!(a.0.last().unwrap().2 && !a.0[0].2);
-    assert_eq!(a.0, b.0, "snapshots differ between identical runs");
+    let differing: Vec<u64> =
+        a.0.iter()
+            .zip(&b.0)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.0)
+            .collect();
+    assert!(
+        differing.is_empty(),
+        "snapshots at steps {differing:?} differ between identical runs"
+    );
     assert_eq!(ra.line, rb.line);
     assert_eq!(ra.trajectory, rb.trajectory);
 
@@ -61,20 +78,27 @@ fn same_config_twice_gives_bit_identical_snapshots_and_results() {
     other.seed = 12;
     let mut c = Keep::default();
     engine::run_shard(&other, &device, &mut c, &NoProgress).unwrap();
-    assert_ne!(a.0[0].1, c.0[0].1);
+    assert!(a.0[0].1 != c.0[0].1, "another seed gave the same θ_i");
 }
 
 #[test]
 fn line_endpoints_metrics_and_trajectory_are_consistent() {
     let cfg = small();
-    let device = Device::flex();
+    let device = ComputeDevice::cpu();
     let mut keep = Keep::default();
     let out = engine::run_shard(&cfg, &device, &mut keep, &NoProgress).unwrap();
     let m = &out.metrics;
     assert!(!m.diverged);
     assert_eq!(out.line.len(), 9 * 2);
     // α = 0 and α = 1 rows are the metrics' initial and final values.
-    let at = |split, alpha| out.line.iter().find(|p| p.split == split && p.alpha == alpha).unwrap().value.unwrap();
+    let at = |split, alpha| {
+        out.line
+            .iter()
+            .find(|p| p.split == split && p.alpha == alpha)
+            .unwrap()
+            .value
+            .unwrap()
+    };
     assert_eq!(Some(at(0, 0.0)), m.initial[0]);
     assert_eq!(Some(at(1, 1.0)), m.last[1]);
     // Untrained MNIST MLP: loss near ln 10; trained: lower.
@@ -84,17 +108,41 @@ fn line_endpoints_metrics_and_trajectory_are_consistent() {
     // equal to the line's endpoints (same weights, same examples, evaluation mode).
     let first = &out.trajectory[0];
     let last = out.trajectory.last().unwrap();
-    assert_eq!((first.step, first.alpha_raw, first.alpha_frac, first.beta), (0, 0.0, 0.0, 0.0));
+    assert_eq!(
+        (first.step, first.alpha_raw, first.alpha_frac, first.beta),
+        (0, 0.0, 0.0, 0.0)
+    );
     assert!((last.alpha_frac - 1.0).abs() < 1e-9 && last.beta < 1e-6);
     assert!((last.alpha_raw - m.dist_init_final.unwrap()).abs() < 1e-9);
     let tl0 = first.train_loss.unwrap();
     let tl1 = last.train_loss.unwrap();
-    assert!((tl0 - m.initial[0].unwrap().loss).abs() < 1e-5, "{tl0} vs {:?}", m.initial[0]);
-    assert!((tl1 - m.last[0].unwrap().loss).abs() < 1e-5, "{tl1} vs {:?}", m.last[0]);
-    assert!(out.trajectory.iter().all(|r| r.batch_loss.is_finite() && r.beta >= 0.0));
+    assert!(
+        (tl0 - m.initial[0].unwrap().loss).abs() < 1e-5,
+        "{tl0} vs {:?}",
+        m.initial[0]
+    );
+    assert!(
+        (tl1 - m.last[0].unwrap().loss).abs() < 1e-5,
+        "{tl1} vs {:?}",
+        m.last[0]
+    );
+    assert!(
+        out.trajectory
+            .iter()
+            .all(|r| r.batch_loss.is_finite() && r.beta >= 0.0)
+    );
     // Δ_min agrees with the line it summarises.
-    let train: Vec<f64> = out.line.iter().filter(|p| p.split == 0 && (0.0..=1.0).contains(&p.alpha)).map(|p| p.value.unwrap().loss).collect();
-    let rise = train.iter().enumerate().flat_map(|(i, a)| train[i + 1..].iter().map(move |b| b - a)).fold(0.0f64, f64::max);
+    let train: Vec<f64> = out
+        .line
+        .iter()
+        .filter(|p| p.split == 0 && (0.0..=1.0).contains(&p.alpha))
+        .map(|p| p.value.unwrap().loss)
+        .collect();
+    let rise = train
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| train[i + 1..].iter().map(move |b| b - a))
+        .fold(0.0f64, f64::max);
     assert_eq!(m.shape[0].unwrap().delta_min, rise);
 }
 
@@ -104,7 +152,7 @@ fn divergence_is_recorded_not_crashed() {
     cfg.train.lr = 1e12;
     cfg.train.momentum = 0.0;
     let mut keep = Keep::default();
-    let out = engine::run_shard(&cfg, &Device::flex(), &mut keep, &NoProgress).unwrap();
+    let out = engine::run_shard(&cfg, &ComputeDevice::cpu(), &mut keep, &NoProgress).unwrap();
     assert!(out.metrics.diverged, "lr 1e12 should diverge");
     assert!(out.metrics.diverged_step.is_some());
     assert!(out.line.is_empty() && out.trajectory.is_empty());
@@ -119,12 +167,28 @@ fn batch_norm_line_marks_negative_variance_points_invalid() {
     cfg.eval.alpha_start = -3.0;
     cfg.eval.alpha_stop = 4.0;
     cfg.eval.alpha_points = 15; // step 0.5: 0 and 1 are on the grid
-    let out = engine::run_shard(&cfg, &Device::flex(), &mut Keep::default(), &NoProgress).unwrap();
+    let out = engine::run_shard(
+        &cfg,
+        &ComputeDevice::cpu(),
+        &mut Keep::default(),
+        &NoProgress,
+    )
+    .unwrap();
     for p in &out.line {
         if (0.0..=1.0).contains(&p.alpha) {
-            assert!(p.value.is_some(), "α={} must be valid inside [0,1]", p.alpha);
+            assert!(
+                p.value.is_some(),
+                "α={} must be valid inside [0,1]",
+                p.alpha
+            );
         }
         assert_eq!(p.value.is_none(), p.invalid_reason.is_some());
     }
     assert!(out.metrics.shape[0].is_some());
+    // With α down to −3 and up to 4, some interpolated running variance goes negative.
+    assert!(
+        out.line
+            .iter()
+            .any(|p| p.invalid_reason == Some(linesweep_worker::engine::line::NEGATIVE_VARIANCE))
+    );
 }

@@ -16,10 +16,22 @@ pub const CLASSES: usize = 10;
 
 // The sample ships inside the binary so that the quickstart runs offline from any directory.
 const BUILTIN: [(&str, &[u8]); 4] = [
-    ("train-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-images-idx3-ubyte.gz")),
-    ("train-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-labels-idx1-ubyte.gz")),
-    ("t10k-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-images-idx3-ubyte.gz")),
-    ("t10k-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-labels-idx1-ubyte.gz")),
+    (
+        "train-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/train-images-idx3-ubyte.gz"),
+    ),
+    (
+        "train-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/train-labels-idx1-ubyte.gz"),
+    ),
+    (
+        "t10k-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/t10k-images-idx3-ubyte.gz"),
+    ),
+    (
+        "t10k-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/t10k-labels-idx1-ubyte.gz"),
+    ),
 ];
 
 /// The built-in 10,000-digit sample (8,000 train, 2,000 test).
@@ -42,7 +54,10 @@ pub fn load_builtin() -> Result<Dataset, DataError> {
 /// with a dot is accepted too).
 pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
     if !dir.is_dir() {
-        return Err(DataError { file: dir.display().to_string(), problem: "no such directory".into() });
+        return Err(DataError {
+            file: dir.display().to_string(),
+            problem: "no such directory".into(),
+        });
     }
     let read = |stem: &str, kind: &str| -> Result<(Vec<u8>, String), DataError> {
         let candidates = [
@@ -63,7 +78,11 @@ pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
         }
         Err(DataError {
             file: dir.join(&candidates[1]).display().to_string(),
-            problem: format!("missing (looked for {} in {})", candidates.join(", "), dir.display()),
+            problem: format!(
+                "missing (looked for {} in {})",
+                candidates.join(", "),
+                dir.display()
+            ),
         })
     };
     let (ti, ti_name) = read("train-images", "idx3-ubyte")?;
@@ -78,8 +97,18 @@ pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
     })
 }
 
-fn split(images: &[u8], images_name: &str, labels: &[u8], labels_name: &str) -> Result<Split, DataError> {
-    let Images { count, rows, cols, pixels } = idx::parse_images(images, images_name)?;
+fn split(
+    images: &[u8],
+    images_name: &str,
+    labels: &[u8],
+    labels_name: &str,
+) -> Result<Split, DataError> {
+    let Images {
+        count,
+        rows,
+        cols,
+        pixels,
+    } = idx::parse_images(images, images_name)?;
     if (rows, cols) != (28, 28) {
         return Err(DataError {
             file: images_name.to_owned(),
@@ -90,11 +119,21 @@ fn split(images: &[u8], images_name: &str, labels: &[u8], labels_name: &str) -> 
     if labels.len() != count {
         return Err(DataError {
             file: labels_name.to_owned(),
-            problem: format!("{} labels for {count} images in {images_name}", labels.len()),
+            problem: format!(
+                "{} labels for {count} images in {images_name}",
+                labels.len()
+            ),
         });
     }
-    let features = pixels.iter().map(|&p| (f32::from(p) / 255.0 - MEAN) / STD).collect();
-    Ok(Split { features, labels, dim: rows * cols })
+    let features = pixels
+        .iter()
+        .map(|&p| (f32::from(p) / 255.0 - MEAN) / STD)
+        .collect();
+    Ok(Split {
+        features,
+        labels,
+        dim: rows * cols,
+    })
 }
 
 #[cfg(test)]
@@ -104,16 +143,26 @@ mod tests {
     #[test]
     fn builtin_sample_has_the_documented_class_counts() {
         let d = load_builtin().unwrap();
-        assert_eq!((d.train.len(), d.test.len(), d.train.dim), (8000, 2000, 784));
+        assert_eq!(
+            (d.train.len(), d.test.len(), d.train.dim),
+            (8000, 2000, 784)
+        );
         let count = |s: &Split| {
             let mut c = [0usize; 10];
             s.labels.iter().for_each(|&l| c[usize::from(l)] += 1);
             c
         };
         // From data/mnist-10k/README.md.
-        assert_eq!(count(&d.train), [801, 902, 793, 826, 784, 690, 811, 856, 755, 782]);
-        assert_eq!(count(&d.test), [200, 225, 198, 206, 196, 173, 203, 214, 189, 196]);
-        let mean = d.train.features.iter().map(|&x| f64::from(x)).sum::<f64>() / d.train.features.len() as f64;
+        assert_eq!(
+            count(&d.train),
+            [801, 902, 793, 826, 784, 690, 811, 856, 755, 782]
+        );
+        assert_eq!(
+            count(&d.test),
+            [200, 225, 198, 206, 196, 173, 203, 214, 189, 196]
+        );
+        let mean = d.train.features.iter().map(|&x| f64::from(x)).sum::<f64>()
+            / d.train.features.len() as f64;
         assert!(mean.abs() < 0.05, "normalised mean {mean}");
     }
 
@@ -125,16 +174,34 @@ mod tests {
         assert_eq!(d.train.features, load_builtin().unwrap().train.features);
 
         let tmp = tempfile::tempdir().unwrap();
-        for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"] {
+        for f in [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+        ] {
             std::fs::copy(shared.join(f), tmp.path().join(f)).unwrap();
         }
         let err = load_dir(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("t10k-labels-idx1-ubyte.gz") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("t10k-labels-idx1-ubyte.gz") && err.contains("missing"),
+            "{err}"
+        );
         // A truncated (uncompressed) label file.
-        let raw = idx::maybe_gunzip(&std::fs::read(shared.join("t10k-labels-idx1-ubyte.gz")).unwrap(), "x").unwrap();
-        std::fs::write(tmp.path().join("t10k-labels-idx1-ubyte"), &raw[..raw.len() - 5]).unwrap();
+        let raw = idx::maybe_gunzip(
+            &std::fs::read(shared.join("t10k-labels-idx1-ubyte.gz")).unwrap(),
+            "x",
+        )
+        .unwrap();
+        std::fs::write(
+            tmp.path().join("t10k-labels-idx1-ubyte"),
+            &raw[..raw.len() - 5],
+        )
+        .unwrap();
         let err = load_dir(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("t10k-labels-idx1-ubyte:") && err.contains("header says 2000"), "{err}");
+        assert!(
+            err.contains("t10k-labels-idx1-ubyte:") && err.contains("header says 2000"),
+            "{err}"
+        );
     }
 
     #[test]

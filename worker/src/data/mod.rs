@@ -59,7 +59,11 @@ impl Split {
         for &i in &keep {
             features.extend_from_slice(&self.features[i * self.dim..(i + 1) * self.dim]);
         }
-        Split { features, labels: keep.iter().map(|&i| self.labels[i]).collect(), dim: self.dim }
+        Split {
+            features,
+            labels: keep.iter().map(|&i| self.labels[i]).collect(),
+            dim: self.dim,
+        }
     }
 }
 

@@ -14,7 +14,10 @@ use crate::data::Split;
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let [n, _] = logits.dims();
     let log_probs = activation::log_softmax(logits, 1);
-    log_probs.gather(1, targets.reshape([n, 1])).reshape([n]).neg()
+    log_probs
+        .gather(1, targets.reshape([n, 1]))
+        .reshape([n])
+        .neg()
 }
 
 /// Number of rows whose arg-max logit is the target, as a one-element float tensor.
@@ -42,7 +45,10 @@ impl EvalSet {
             .step_by(batch_size.max(1))
             .map(|start| {
                 let len = batch_size.min(n - start);
-                (x.clone().narrow(0, start, len), y.clone().narrow(0, start, len))
+                (
+                    x.clone().narrow(0, start, len),
+                    y.clone().narrow(0, start, len),
+                )
             })
             .collect();
         Self { batches, len: n }
@@ -51,7 +57,10 @@ impl EvalSet {
 
 /// `[len, dim]` features of a split on `device`.
 pub fn features_tensor(split: &Split, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(split.features.clone(), [split.len(), split.dim]), device)
+    Tensor::from_data(
+        TensorData::new(split.features.clone(), [split.len(), split.dim]),
+        device,
+    )
 }
 
 /// `[len]` integer labels on `device`.
@@ -81,14 +90,18 @@ impl Accumulator {
     /// Adds one batch of logits.
     pub fn add(&mut self, logits: Tensor<2>, targets: Tensor<1, Int>) {
         self.examples += targets.dims()[0];
-        self.parts.push(cross_entropy(logits.clone(), targets.clone()).sum());
+        self.parts
+            .push(cross_entropy(logits.clone(), targets.clone()).sum());
         self.parts.push(correct(logits, targets));
     }
 
     /// Mean loss and accuracy of everything added.
     pub fn finish(self) -> LossAcc {
         if self.parts.is_empty() {
-            return LossAcc { loss: f64::NAN, accuracy: f64::NAN };
+            return LossAcc {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+            };
         }
         let values: Vec<f32> = Tensor::cat(self.parts, 0)
             .into_data()
@@ -101,7 +114,10 @@ impl Accumulator {
             right += f64::from(pair[1]);
         }
         let n = self.examples as f64;
-        LossAcc { loss: loss / n, accuracy: right / n }
+        LossAcc {
+            loss: loss / n,
+            accuracy: right / n,
+        }
     }
 }
 
@@ -123,7 +139,10 @@ mod tests {
         let device = Device::flex();
         let logits = Tensor::<2>::zeros([4, 10], &device);
         let targets = labels_tensor(&[0, 3, 9, 5], &device);
-        let ce: Vec<f32> = cross_entropy(logits, targets).into_data().try_into_vec::<f32>().unwrap();
+        let ce: Vec<f32> = cross_entropy(logits, targets)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         for v in ce {
             assert!((f64::from(v) - 10f64.ln()).abs() < 1e-6);
         }
@@ -132,13 +151,91 @@ mod tests {
     #[test]
     fn accumulator_gives_mean_loss_and_accuracy() {
         let device = Device::flex();
-        let logits = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 0.0, 0.0, 5.0, 5.0, 0.0], [3, 2]), &device);
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![5.0f32, 0.0, 0.0, 5.0, 5.0, 0.0], [3, 2]),
+            &device,
+        );
         let mut acc = Accumulator::default();
         acc.add(logits, labels_tensor(&[0, 1, 1], &device));
         let r = acc.finish();
         assert!((r.accuracy - 2.0 / 3.0).abs() < 1e-12);
         let small = (1.0 + (-5f64).exp()).ln();
         let big = 5.0 + small;
-        assert!((r.loss - (2.0 * small + big) / 3.0).abs() < 1e-5, "{}", r.loss);
+        assert!(
+            (r.loss - (2.0 * small + big) / 3.0).abs() < 1e-5,
+            "{}",
+            r.loss
+        );
+    }
+}
+
+#[cfg(test)]
+mod select_tests {
+    use super::*;
+
+    #[test]
+    fn select_gathers_the_requested_rows_on_autodiff_devices() {
+        let device = Device::flex().autodiff();
+        let split = Split {
+            features: (0..40).map(|v| v as f32).collect(),
+            labels: (0..10).collect(),
+            dim: 4,
+        };
+        let x = features_tensor(&split, &device);
+        let y = labels_tensor(&split.labels, &device);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(vec![7i64, 2, 9], [3]), &device);
+        let xs: Vec<f32> = x
+            .select(0, idx.clone())
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(
+            xs,
+            vec![
+                28.0, 29.0, 30.0, 31.0, 8.0, 9.0, 10.0, 11.0, 36.0, 37.0, 38.0, 39.0
+            ]
+        );
+        let ys: Vec<i64> = y
+            .select(0, idx)
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap();
+        assert_eq!(ys, vec![7, 2, 9]);
+    }
+
+    #[test]
+    fn select_is_right_on_training_sized_tensors() {
+        let device = Device::flex().autodiff();
+        let (n, dim) = (8000usize, 784usize);
+        let split = Split {
+            features: (0..n * dim).map(|v| (v % 9973) as f32).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+            dim,
+        };
+        let x = features_tensor(&split, &device);
+        let y = labels_tensor(&split.labels, &device);
+        let picks: Vec<i64> = (0..128).map(|k| ((k * 7919 + 13) % n) as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(picks.clone(), [128]), &device);
+        let xs: Vec<f32> = x
+            .select(0, idx.clone())
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let ys: Vec<i64> = y
+            .select(0, idx)
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap();
+        for (r, &i) in picks.iter().enumerate() {
+            let i = i as usize;
+            assert_eq!(
+                &xs[r * dim..(r + 1) * dim],
+                &split.features[i * dim..(i + 1) * dim],
+                "row {r}"
+            );
+            assert_eq!(ys[r], i64::from(split.labels[i]));
+        }
     }
 }

@@ -55,7 +55,10 @@ pub fn evaluate_line(
     let cached: Vec<Vec<(Tensor<2>, Tensor<2>)>> = if cache {
         sets.iter()
             .map(|s| {
-                s.batches.iter().map(|(x, _)| (start.first_layer(x.clone()), end.first_layer(x.clone()))).collect()
+                s.batches
+                    .iter()
+                    .map(|(x, _)| (start.first_layer(x.clone()), end.first_layer(x.clone())))
+                    .collect()
             })
             .collect()
     } else {
@@ -69,7 +72,12 @@ pub fn evaluate_line(
         let invalid = model.min_running_var().is_some_and(|v| v < 0.0);
         for (si, set) in sets.iter().enumerate() {
             if invalid {
-                points.push(LinePoint { split: si, alpha, value: None, invalid_reason: Some(NEGATIVE_VARIANCE) });
+                points.push(LinePoint {
+                    split: si,
+                    alpha,
+                    value: None,
+                    invalid_reason: Some(NEGATIVE_VARIANCE),
+                });
                 continue;
             }
             let mut acc = Accumulator::default();

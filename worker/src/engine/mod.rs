@@ -11,10 +11,9 @@ pub mod train;
 
 use std::time::Instant;
 
-use burn::prelude::*;
-
 use crate::config::ShardConfig;
 use crate::data::{self, DataError};
+use crate::device::ComputeDevice;
 use crate::science::{self, LineShape, Projector};
 use crate::snapshot::SnapshotError;
 pub use eval::LossAcc;
@@ -160,12 +159,15 @@ pub struct ShardOutcome {
 /// Runs one shard on `device`.
 pub fn run_shard(
     cfg: &ShardConfig,
-    device: &Device,
+    target: &ComputeDevice,
     sink: &mut dyn SnapshotSink,
     progress: &dyn Progress,
 ) -> Result<ShardOutcome, EngineError> {
     let t_all = Instant::now();
-    let grid = cfg.alpha_grid().map_err(|e| EngineError::Config(e.to_string()))?;
+    let device = &target.device;
+    let grid = cfg
+        .alpha_grid()
+        .map_err(|e| EngineError::Config(e.to_string()))?;
 
     let t = Instant::now();
     let dataset = data::load(&cfg.data)?;
@@ -176,7 +178,10 @@ pub fn run_shard(
         eval::EvalSet::new(&eval_train, cfg.eval.batch_size, device),
         eval::EvalSet::new(&eval_test, cfg.eval.batch_size, device),
     ];
-    let mut timings = Timings { data: t.elapsed().as_secs_f64(), ..Timings::default() };
+    let mut timings = Timings {
+        data: t.elapsed().as_secs_f64(),
+        ..Timings::default()
+    };
     tracing::info!(
         dataset = dataset.name,
         train = train_split.len(),
@@ -187,8 +192,15 @@ pub fn run_shard(
 
     let t = Instant::now();
     let trajectory_set = cfg.eval.trajectory_train_loss.then_some(&sets[0]);
-    let trained =
-        train::train(cfg, device, &train_split, trajectory_set, dataset.classes, sink, progress)?;
+    let trained = train::train(
+        cfg,
+        device,
+        &train_split,
+        trajectory_set,
+        dataset.classes,
+        sink,
+        progress,
+    )?;
     timings.train = t.elapsed().as_secs_f64();
     timings.snapshots = trained.snapshot_seconds;
 
@@ -203,15 +215,22 @@ pub fn run_shard(
         ..RunMetrics::default()
     };
     let pure_train = (timings.train - timings.snapshots).max(1e-9);
-    metrics.train_samples_per_s =
-        (trained.steps as f64 / trained.steps_per_epoch.max(1) as f64) * train_split.len() as f64 / pure_train;
+    metrics.train_samples_per_s = (trained.steps as f64 / trained.steps_per_epoch.max(1) as f64)
+        * train_split.len() as f64
+        / pure_train;
 
     let (line, trajectory) = if metrics.diverged {
         tracing::warn!("the run diverged: no line and no trajectory are evaluated");
         (Vec::new(), Vec::new())
     } else {
         let t = Instant::now();
-        let line = line::evaluate_line(&trained.init, &trained.last, &grid, &[&sets[0], &sets[1]], progress);
+        let line = line::evaluate_line(
+            &trained.init,
+            &trained.last,
+            &grid,
+            &[&sets[0], &sets[1]],
+            progress,
+        );
         timings.line = t.elapsed().as_secs_f64();
         metrics.line_points_per_s = grid.len() as f64 / timings.line.max(1e-9);
         line_metrics(&mut metrics, &grid, &line);
@@ -229,13 +248,21 @@ pub fn run_shard(
     };
     timings.total = t_all.elapsed().as_secs_f64();
     metrics.timings = timings;
-    Ok(ShardOutcome { metrics, line, trajectory, device: format!("{device:?}") })
+    Ok(ShardOutcome {
+        metrics,
+        line,
+        trajectory,
+        device: target.name.clone(),
+    })
 }
 
 fn line_metrics(m: &mut RunMetrics, grid: &science::AlphaGrid, line: &[LinePoint]) {
     for split in 0..SPLITS.len() {
         let pts: Vec<&LinePoint> = line.iter().filter(|p| p.split == split).collect();
-        let losses: Vec<f64> = pts.iter().map(|p| p.value.map_or(f64::NAN, |v| v.loss)).collect();
+        let losses: Vec<f64> = pts
+            .iter()
+            .map(|p| p.value.map_or(f64::NAN, |v| v.loss))
+            .collect();
         m.shape[split] = science::shape_on_unit_interval(grid.values(), &losses);
         let at = |a: f64| pts.iter().find(|p| p.alpha == a).and_then(|p| p.value);
         m.initial[split] = at(0.0);

@@ -21,13 +21,21 @@ use crate::data::Split;
 use crate::model::Mlp;
 use crate::snapshot::HostSnapshot;
 
+/// Serialises seeding and weight initialisation within the process.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Mixed into the seed of the data-order generator so that it differs from the weight seed.
 const DATA_ORDER_SALT: u64 = 0x6461_7461_6f72_6472;
 
 /// Receives each snapshot as soon as it is taken (θ_i, every `snapshot.every` steps, θ_c).
 pub trait SnapshotSink {
     /// Stores one snapshot; `epoch` is fractional (steps / steps per epoch).
-    fn snapshot(&mut self, snapshot: &HostSnapshot, epoch: f64, is_final: bool) -> Result<(), EngineError>;
+    fn snapshot(
+        &mut self,
+        snapshot: &HostSnapshot,
+        epoch: f64,
+        is_final: bool,
+    ) -> Result<(), EngineError>;
 }
 
 /// One point of the training trajectory, before projection.
@@ -72,7 +80,11 @@ pub fn learning_rate(cfg: &TrainConfig, step: u64, steps_per_epoch: u64, total_s
         Schedule::Constant => cfg.lr,
         Schedule::Step => {
             let epoch = step / steps_per_epoch.max(1);
-            let passed = cfg.milestones.iter().filter(|&&m| m as u64 <= epoch).count();
+            let passed = cfg
+                .milestones
+                .iter()
+                .filter(|&&m| m as u64 <= epoch)
+                .count();
             cfg.lr * cfg.gamma.powi(passed as i32)
         }
         Schedule::Cosine => {
@@ -88,7 +100,10 @@ fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
         // PyTorch semantics: dampening 0 (burn's default is 0.1).
         OptimizerName::Sgd => SgdConfig::new()
             .with_momentum((cfg.momentum > 0.0).then(|| {
-                MomentumConfig::new().with_momentum(cfg.momentum).with_dampening(0.0).with_nesterov(cfg.nesterov)
+                MomentumConfig::new()
+                    .with_momentum(cfg.momentum)
+                    .with_dampening(0.0)
+                    .with_nesterov(cfg.nesterov)
             }))
             .with_weight_decay(decay)
             .init(),
@@ -115,9 +130,15 @@ pub fn train(
 ) -> Result<Trained, EngineError> {
     let tc = &cfg.train;
     let ad = device.clone().autodiff();
-    // burn's generator is process-global: see the module doc.
-    ad.seed(cfg.seed);
-    let mut model = Mlp::new(&cfg.model, train.dim, classes, &ad);
+    let mut model = {
+        // burn's generator is process-global (see the module doc): seeding and drawing the
+        // initial weights must not interleave with another shard's draws in this process.
+        let _guard = INIT_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ad.seed(cfg.seed);
+        Mlp::new(&cfg.model, train.dim, classes, &ad)
+    };
     let mut optim = optimizer(tc);
 
     let n = train.len();
@@ -128,7 +149,13 @@ pub fn train(
     let mut order: Vec<i64> = (0..n as i64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DATA_ORDER_SALT);
 
-    let mut snapshots = SnapshotTaker { sink, train_eval, seconds: 0.0, samples: Vec::new(), steps_per_epoch };
+    let mut snapshots = SnapshotTaker {
+        sink,
+        train_eval,
+        seconds: 0.0,
+        samples: Vec::new(),
+        steps_per_epoch,
+    };
     let init = model.valid();
     let mut pending_init = Some(snapshots.take(&init, 0, false)?);
     let parameter_count = pending_init.as_ref().map_or(0, |s| s.parameters.len());
@@ -140,14 +167,19 @@ pub fn train(
     'epochs: for _epoch in 0..tc.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(tc.batch_size) {
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(batch.to_vec(), [batch.len()]), &ad);
+            let idx =
+                Tensor::<1, Int>::from_data(TensorData::new(batch.to_vec(), [batch.len()]), &ad);
             let x = x_all.clone().select(0, idx.clone()); // [batch, dim]
             let y = y_all.clone().select(0, idx); // [batch]
             let loss = cross_entropy(model.forward(x), y).mean();
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             if !loss_value.is_finite() {
                 diverged_at = Some(step + 1);
-                tracing::warn!(step = step + 1, loss = loss_value, "training loss is not finite; stopping the run as diverged");
+                tracing::warn!(
+                    step = step + 1,
+                    loss = loss_value,
+                    "training loss is not finite; stopping the run as diverged"
+                );
                 break 'epochs;
             }
             if let Some(mut s) = pending_init.take() {
@@ -160,7 +192,10 @@ pub fn train(
             step += 1;
             last_loss = loss_value;
             progress.advance(1, Some(loss_value));
-            if cfg.snapshot.every > 0 && step % cfg.snapshot.every as u64 == 0 && step != total_steps {
+            if cfg.snapshot.every > 0
+                && step.is_multiple_of(cfg.snapshot.every as u64)
+                && step != total_steps
+            {
                 let mut s = snapshots.take(&model.valid(), step, false)?;
                 s.batch_loss = loss_value;
                 snapshots.samples.push(s);
@@ -180,7 +215,9 @@ pub fn train(
         fin.batch_loss = last_loss;
         snapshots.samples.push(fin);
     }
-    let SnapshotTaker { samples, seconds, .. } = snapshots;
+    let SnapshotTaker {
+        samples, seconds, ..
+    } = snapshots;
     Ok(Trained {
         init,
         last,
@@ -202,14 +239,27 @@ struct SnapshotTaker<'a> {
 }
 
 impl SnapshotTaker<'_> {
-    fn take(&mut self, model: &Mlp, step: u64, is_final: bool) -> Result<TrajectorySample, EngineError> {
+    fn take(
+        &mut self,
+        model: &Mlp,
+        step: u64,
+        is_final: bool,
+    ) -> Result<TrajectorySample, EngineError> {
         let started = std::time::Instant::now();
         let snap = HostSnapshot::capture(model, step)?;
         let epoch = step as f64 / self.steps_per_epoch.max(1) as f64;
         self.sink.snapshot(&snap, epoch, is_final)?;
         self.seconds += started.elapsed().as_secs_f64();
-        let train_loss = self.train_eval.map(|set| evaluate(set, |x| model.forward(x)).loss);
-        Ok(TrajectorySample { step, epoch, parameters: snap.parameter_vector(), batch_loss: f64::NAN, train_loss })
+        let train_loss = self
+            .train_eval
+            .map(|set| evaluate(set, |x| model.forward(x)).loss);
+        Ok(TrajectorySample {
+            step,
+            epoch,
+            parameters: snap.parameter_vector(),
+            batch_loss: f64::NAN,
+            train_loss,
+        })
     }
 }
 
@@ -219,7 +269,10 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let mut c = TrainConfig { lr: 0.1, ..TrainConfig::default() };
+        let mut c = TrainConfig {
+            lr: 0.1,
+            ..TrainConfig::default()
+        };
         assert_eq!(learning_rate(&c, 500, 10, 1000), 0.1);
         c.schedule = Schedule::Step;
         c.milestones = vec![2, 4];

@@ -31,13 +31,23 @@ impl Mlp {
         let mut widths = vec![d_in];
         widths.extend(&cfg.hidden);
         widths.push(classes);
-        let layers = widths.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
+        let layers = widths
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
         let norms = if cfg.batch_norm {
-            cfg.hidden.iter().map(|&w| BatchNormConfig::new(w).init(device)).collect()
+            cfg.hidden
+                .iter()
+                .map(|&w| BatchNormConfig::new(w).init(device))
+                .collect()
         } else {
             Vec::new()
         };
-        Self { layers, norms, activation: cfg.activation }
+        Self {
+            layers,
+            norms,
+            activation: cfg.activation,
+        }
     }
 
     /// Logits.
@@ -106,13 +116,24 @@ mod tests {
         let device = Device::flex();
         device.seed(7);
         for bn in [false, true] {
-            let cfg = ModelConfig { hidden: vec![16, 8], batch_norm: bn, ..ModelConfig::default() };
+            let cfg = ModelConfig {
+                hidden: vec![16, 8],
+                batch_norm: bn,
+                ..ModelConfig::default()
+            };
             let m = Mlp::new(&cfg, 12, 3, &device);
-            let x = Tensor::<2>::random([5, 12], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<2>::random(
+                [5, 12],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             let y = m.forward(x.clone());
             assert_eq!(y.dims(), [5, 3]);
             let y2 = m.forward_from_first(m.first_layer(x));
-            let (a, b): (Vec<f32>, Vec<f32>) = (y.into_data().try_into_vec::<f32>().unwrap(), y2.into_data().try_into_vec::<f32>().unwrap());
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                y.into_data().try_into_vec::<f32>().unwrap(),
+                y2.into_data().try_into_vec::<f32>().unwrap(),
+            );
             assert_eq!(a, b);
             assert_eq!(m.has_batch_norm(), bn);
         }
@@ -121,8 +142,14 @@ mod tests {
     #[test]
     fn no_hidden_layer_is_a_linear_model() {
         let device = Device::flex();
-        let cfg = ModelConfig { hidden: vec![], ..ModelConfig::default() };
+        let cfg = ModelConfig {
+            hidden: vec![],
+            ..ModelConfig::default()
+        };
         let m = Mlp::new(&cfg, 4, 2, &device);
-        assert_eq!(m.forward(Tensor::<2>::zeros([3, 4], &device)).dims(), [3, 2]);
+        assert_eq!(
+            m.forward(Tensor::<2>::zeros([3, 4], &device)).dims(),
+            [3, 2]
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, UInt64Builder};
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -44,8 +44,15 @@ pub struct RunKey<'a> {
     pub attempt: u32,
 }
 
-fn batch(table: &'static str, schema: arrow_schema::SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch, ResultsError> {
-    RecordBatch::try_new(schema, cols).map_err(|e| ResultsError { table, message: e.to_string() })
+fn batch(
+    table: &'static str,
+    schema: arrow_schema::SchemaRef,
+    cols: Vec<ArrayRef>,
+) -> Result<RecordBatch, ResultsError> {
+    RecordBatch::try_new(schema, cols).map_err(|e| ResultsError {
+        table,
+        message: e.to_string(),
+    })
 }
 
 fn f64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
@@ -83,7 +90,8 @@ pub fn runs_batch(
     let one_ob = |v: Option<bool>| -> ArrayRef { Arc::new(BooleanArray::from(vec![v])) };
     let list = |v: &[usize]| -> ArrayRef {
         let mut b = ListBuilder::new(UInt64Builder::new());
-        b.values().append_slice(&v.iter().map(|&x| x as u64).collect::<Vec<_>>());
+        b.values()
+            .append_slice(&v.iter().map(|&x| x as u64).collect::<Vec<_>>());
         b.append(true);
         Arc::new(b.finish())
     };
@@ -104,7 +112,9 @@ pub fn runs_batch(
         // Config.
         one_u(cfg.seed),
         one_s(cfg.data.dataset.as_str()),
-        Arc::new(StringArray::from(vec![cfg.data.dir.as_ref().map(|d| d.display().to_string())])),
+        Arc::new(StringArray::from(vec![
+            cfg.data.dir.as_ref().map(|d| d.display().to_string()),
+        ])),
         one_ou(cfg.data.max_train_examples.map(|v| v as u64)),
         one_s(cfg.model.arch.as_str()),
         list(&cfg.model.hidden),
@@ -170,7 +180,11 @@ pub fn runs_batch(
 }
 
 /// The `interpolation` batch of a shard: one row per (α, split).
-pub fn interpolation_batch(key: &RunKey<'_>, start: &str, out: &ShardOutcome) -> Result<RecordBatch, ResultsError> {
+pub fn interpolation_batch(
+    key: &RunKey<'_>,
+    start: &str,
+    out: &ShardOutcome,
+) -> Result<RecordBatch, ResultsError> {
     let n = out.line.len();
     let cols: Vec<ArrayRef> = vec![
         versions(n),
@@ -180,7 +194,12 @@ pub fn interpolation_batch(key: &RunKey<'_>, start: &str, out: &ShardOutcome) ->
         strs(out.line.iter().map(|p| SPLITS[p.split])),
         opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.loss))),
         opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.accuracy))),
-        Arc::new(out.line.iter().map(|p| p.invalid_reason).collect::<StringArray>()),
+        Arc::new(
+            out.line
+                .iter()
+                .map(|p| p.invalid_reason)
+                .collect::<StringArray>(),
+        ),
     ];
     batch("interpolation", schema::interpolation(), cols)
 }
@@ -206,9 +225,14 @@ pub fn trajectory_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBa
 /// Encodes a batch as a zstd-compressed Parquet file in memory, so that it can be published
 /// with a single create-only put.
 pub fn to_parquet(table: &'static str, batch: &RecordBatch) -> Result<Vec<u8>, ResultsError> {
-    let err = |e: parquet::errors::ParquetError| ResultsError { table, message: e.to_string() };
+    let err = |e: parquet::errors::ParquetError| ResultsError {
+        table,
+        message: e.to_string(),
+    };
     let level = ZstdLevel::try_new(3).map_err(err)?;
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(level)).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .build();
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).map_err(err)?;
     w.write(batch).map_err(err)?;

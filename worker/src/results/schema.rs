@@ -24,7 +24,11 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("name", S, false),
         f("code_version", S, false),
         f("device", S, false),
-        f("finished_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        f(
+            "finished_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         // The shard config, one column per field.
         f("seed", U, false),
         f("dataset", S, false),
@@ -138,7 +142,11 @@ pub fn trajectory() -> SchemaRef {
 
 /// Every table by name, in documentation order.
 pub fn all() -> [(&'static str, SchemaRef); 3] {
-    [("runs", runs()), ("interpolation", interpolation()), ("trajectory", trajectory())]
+    [
+        ("runs", runs()),
+        ("interpolation", interpolation()),
+        ("trajectory", trajectory()),
+    ]
 }
 
 #[cfg(test)]
@@ -150,12 +158,18 @@ mod tests {
     fn every_column_is_documented() {
         let doc = include_str!("../../../docs/results.md");
         for (table, schema) in all() {
-            let start = doc.find(&format!("## `{table}`")).unwrap_or_else(|| panic!("no section for {table}"));
+            let start = doc
+                .find(&format!("## `{table}`"))
+                .unwrap_or_else(|| panic!("no section for {table}"));
             let section = &doc[start..];
             let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
             let section = &section[..end];
             for field in schema.fields() {
-                assert!(section.contains(&format!("| `{}` |", field.name())), "{table}.{} is not documented", field.name());
+                assert!(
+                    section.contains(&format!("| `{}` |", field.name())),
+                    "{table}.{} is not documented",
+                    field.name()
+                );
             }
         }
     }

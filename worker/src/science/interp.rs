@@ -23,7 +23,12 @@ pub enum GridError {
     #[error(
         "α = {missing} is not on the grid linspace({start}, {stop}, {points}); the endpoints of the line must be grid points"
     )]
-    MissingEndpoint { missing: f64, start: f64, stop: f64, points: usize },
+    MissingEndpoint {
+        missing: f64,
+        start: f64,
+        stop: f64,
+        points: usize,
+    },
     /// A value that is not finite.
     #[error("the α grid bounds must be finite numbers")]
     NotFinite,
@@ -56,7 +61,12 @@ impl AlphaGrid {
             match alphas.iter_mut().find(|a| (**a - target).abs() <= tol) {
                 Some(a) => *a = target,
                 None => {
-                    return Err(GridError::MissingEndpoint { missing: target, start, stop, points });
+                    return Err(GridError::MissingEndpoint {
+                        missing: target,
+                        start,
+                        stop,
+                        points,
+                    });
                 }
             }
         }
@@ -124,8 +134,14 @@ impl ModuleMapper for Lerp {
 pub fn lerp_modules<M: Module>(start: &M, end: &M, alpha: f64) -> M {
     let mut collect = Collect { out: Vec::new() };
     end.visit(&mut collect);
-    let mut lerp = Lerp { ends: collect.out.into_iter(), alpha };
-    start.clone().map(&mut lerp)
+    let mut lerp = Lerp {
+        ends: collect.out.into_iter(),
+        alpha,
+    };
+    // Not `start.clone()`: a clone shares batch-norm running statistics (`RunningState` is an
+    // `Arc`), and mapping writes them in place, which would move `start` itself along the line.
+    // `valid()` builds fresh running states.
+    start.valid().map(&mut lerp)
 }
 
 #[cfg(test)]
@@ -145,7 +161,10 @@ mod tests {
 
     #[test]
     fn grids_without_endpoints_or_points_are_refused() {
-        assert_eq!(AlphaGrid::linspace(0.0, 1.0, 2), Err(GridError::TooFewPoints(2)));
+        assert_eq!(
+            AlphaGrid::linspace(0.0, 1.0, 2),
+            Err(GridError::TooFewPoints(2))
+        );
         assert!(matches!(
             AlphaGrid::linspace(0.0, 2.0, 10),
             Err(GridError::MissingEndpoint { missing, .. }) if missing == 1.0
@@ -154,10 +173,44 @@ mod tests {
             AlphaGrid::linspace(0.1, 1.0, 10),
             Err(GridError::MissingEndpoint { missing, .. }) if missing == 0.0
         ));
-        assert!(matches!(AlphaGrid::linspace(1.0, 0.0, 5), Err(GridError::NotIncreasing { .. })));
-        assert_eq!(AlphaGrid::linspace(f64::NAN, 1.0, 5), Err(GridError::NotFinite));
+        assert!(matches!(
+            AlphaGrid::linspace(1.0, 0.0, 5),
+            Err(GridError::NotIncreasing { .. })
+        ));
+        assert_eq!(
+            AlphaGrid::linspace(f64::NAN, 1.0, 5),
+            Err(GridError::NotFinite)
+        );
         // linspace(0, 1, 51) is the Lucas et al. grid.
         assert_eq!(AlphaGrid::linspace(0.0, 1.0, 51).unwrap().len(), 51);
+    }
+
+    #[test]
+    fn lerping_modules_leaves_both_endpoints_untouched() {
+        use crate::config::ModelConfig;
+        use crate::model::Mlp;
+        let device = Device::flex();
+        let cfg = ModelConfig {
+            hidden: vec![3],
+            batch_norm: true,
+            ..ModelConfig::default()
+        };
+        let a = Mlp::new(&cfg, 2, 2, &device);
+        let b = lerp_modules(&a, &a, 3.0).map(&mut Scale(2.0));
+        let before = a.min_running_var();
+        let mid = lerp_modules(&a, &b, -4.0);
+        assert_eq!(a.min_running_var(), before, "the start moved");
+        assert_eq!(before, Some(1.0));
+        // (1+4)·1 − 4·2 = −3.
+        assert_eq!(mid.min_running_var(), Some(-3.0));
+    }
+
+    struct Scale(f64);
+    impl ModuleMapper for Scale {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let k = self.0;
+            p.map(|t| t.mul_scalar(k))
+        }
     }
 
     #[test]
@@ -171,13 +224,22 @@ mod tests {
             TensorData::new(vec![9.9f32, 0.25, -1e-7, 3.0, 7.5, -0.3], [2, 3]),
             &device,
         );
-        let at0: Vec<f32> = lerp_tensor(a.clone(), b.clone(), 0.0).into_data().try_into_vec::<f32>().unwrap();
-        let at1: Vec<f32> = lerp_tensor(a.clone(), b.clone(), 1.0).into_data().try_into_vec::<f32>().unwrap();
+        let at0: Vec<f32> = lerp_tensor(a.clone(), b.clone(), 0.0)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let at1: Vec<f32> = lerp_tensor(a.clone(), b.clone(), 1.0)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let a_v: Vec<f32> = a.clone().into_data().try_into_vec::<f32>().unwrap();
         let b_v: Vec<f32> = b.clone().into_data().try_into_vec::<f32>().unwrap();
         assert_eq!(at0, a_v);
         assert_eq!(at1, b_v);
-        let mid: Vec<f32> = lerp_tensor(a, b, 0.5).into_data().try_into_vec::<f32>().unwrap();
+        let mid: Vec<f32> = lerp_tensor(a, b, 0.5)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         assert!((mid[0] - 5.0).abs() < 1e-6);
     }
 }

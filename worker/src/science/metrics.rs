@@ -33,7 +33,10 @@ pub fn shape_on_unit_interval(alphas: &[f64], losses: &[f64]) -> Option<LineShap
         delta = delta.max(l - lowest_so_far);
         lowest_so_far = lowest_so_far.min(l);
     }
-    any.then_some(LineShape { delta_min: delta, monotone: delta == 0.0 })
+    any.then_some(LineShape {
+        delta_min: delta,
+        monotone: delta == 0.0,
+    })
 }
 
 /// The α of the smallest finite loss on the grid (first one on ties); `None` if none is finite.
@@ -63,7 +66,13 @@ mod tests {
     #[test]
     fn decreasing_curve_is_monotone() {
         let s = shape_on_unit_interval(&GRID, &[9.0, 2.3, 1.5, 1.0, 0.5, 0.1, 5.0]).unwrap();
-        assert_eq!(s, LineShape { delta_min: 0.0, monotone: true });
+        assert_eq!(
+            s,
+            LineShape {
+                delta_min: 0.0,
+                monotone: true
+            }
+        );
     }
 
     #[test]
@@ -96,14 +105,22 @@ mod tests {
 
     #[test]
     fn non_finite_loss_in_unit_interval_gives_no_verdict() {
-        assert_eq!(shape_on_unit_interval(&GRID, &[0.0, 2.0, f64::NAN, 1.0, 0.5, 0.1, 0.0]), None);
+        assert_eq!(
+            shape_on_unit_interval(&GRID, &[0.0, 2.0, f64::NAN, 1.0, 0.5, 0.1, 0.0]),
+            None
+        );
         // NaN outside [0,1] (e.g. negative batch-norm variance at α < 0) does not matter.
-        assert!(shape_on_unit_interval(&GRID, &[f64::NAN, 2.0, 1.5, 1.0, 0.5, 0.1, f64::NAN]).is_some());
+        assert!(
+            shape_on_unit_interval(&GRID, &[f64::NAN, 2.0, 1.5, 1.0, 0.5, 0.1, f64::NAN]).is_some()
+        );
     }
 
     #[test]
     fn argmin_and_ln_k() {
-        assert_eq!(alpha_of_min(&GRID, &[3.0, 2.0, 1.0, 0.5, 0.5, 0.7, f64::NAN]), Some(0.5));
+        assert_eq!(
+            alpha_of_min(&GRID, &[3.0, 2.0, 1.0, 0.5, 0.5, 0.7, f64::NAN]),
+            Some(0.5)
+        );
         assert_eq!(alpha_of_min(&[0.0], &[f64::NAN]), None);
         assert!((ln_k(10) - 2.302_585_092_994_046).abs() < 1e-15);
     }

@@ -31,16 +31,27 @@ pub struct Projector<'a> {
 impl<'a> Projector<'a> {
     /// Builds the line from θ_i to θ_c. Both slices hold the same parameters in the same order.
     pub fn new(theta_i: &'a [f32], theta_c: &[f32]) -> Self {
-        assert_eq!(theta_i.len(), theta_c.len(), "θ_i and θ_c must have the same length");
-        let diff: Vec<f64> =
-            theta_i.iter().zip(theta_c).map(|(&a, &c)| f64::from(c) - f64::from(a)).collect();
+        assert_eq!(
+            theta_i.len(),
+            theta_c.len(),
+            "θ_i and θ_c must have the same length"
+        );
+        let diff: Vec<f64> = theta_i
+            .iter()
+            .zip(theta_c)
+            .map(|(&a, &c)| f64::from(c) - f64::from(a))
+            .collect();
         let distance = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
         let unit = if distance > 0.0 {
             diff.into_iter().map(|x| x / distance).collect()
         } else {
             vec![0.0; theta_i.len()]
         };
-        Self { theta_i, unit, distance }
+        Self {
+            theta_i,
+            unit,
+            distance,
+        }
     }
 
     /// ‖θ_c − θ_i‖.
@@ -50,8 +61,17 @@ impl<'a> Projector<'a> {
 
     /// Projects θ_t.
     pub fn project(&self, theta_t: &[f32]) -> Projection {
-        assert_eq!(theta_t.len(), self.theta_i.len(), "θ_t must have the length of θ_i");
-        let delta = || self.theta_i.iter().zip(theta_t).map(|(&a, &t)| f64::from(t) - f64::from(a));
+        assert_eq!(
+            theta_t.len(),
+            self.theta_i.len(),
+            "θ_t must have the length of θ_i"
+        );
+        let delta = || {
+            self.theta_i
+                .iter()
+                .zip(theta_t)
+                .map(|(&a, &t)| f64::from(t) - f64::from(a))
+        };
         let alpha_raw: f64 = delta().zip(&self.unit).map(|(d, u)| d * u).sum();
         // The residual is summed directly instead of as ‖δ‖² − α², which cancels
         // catastrophically for points close to the line.
@@ -63,14 +83,25 @@ impl<'a> Projector<'a> {
             })
             .sum::<f64>()
             .sqrt();
-        let alpha_frac = if self.distance > 0.0 { alpha_raw / self.distance } else { f64::NAN };
-        Projection { alpha_raw, alpha_frac, beta }
+        let alpha_frac = if self.distance > 0.0 {
+            alpha_raw / self.distance
+        } else {
+            f64::NAN
+        };
+        Projection {
+            alpha_raw,
+            alpha_frac,
+            beta,
+        }
     }
 }
 
 /// Euclidean norm in f64.
 pub fn norm(x: &[f32]) -> f64 {
-    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+    x.iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[cfg(test)]
@@ -88,7 +119,10 @@ mod tests {
         let p = Projector::new(&ti, &tc);
         assert!(close(p.distance(), 5.0));
         let at_i = p.project(&ti);
-        assert_eq!((at_i.alpha_raw, at_i.alpha_frac, at_i.beta), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (at_i.alpha_raw, at_i.alpha_frac, at_i.beta),
+            (0.0, 0.0, 0.0)
+        );
         let at_c = p.project(&tc);
         assert!(close(at_c.alpha_raw, 5.0) && close(at_c.alpha_frac, 1.0) && at_c.beta < 1e-12);
         // A point on the line beyond θ_c: α_frac = 2, β = 0.
