@@ -311,8 +311,8 @@ mod tests {
             .find(|t| t.name == "layers.0.bias")
             .unwrap();
         let y: Vec<f32> = m.forward(x).into_data().try_into_vec::<f32>().unwrap();
-        for o in 0..3 {
-            assert!((y[o] - (w.data[o * 2] + b.data[o])).abs() < 1e-6);
+        for (o, yo) in y.iter().enumerate() {
+            assert!((yo - (w.data[o * 2] + b.data[o])).abs() < 1e-6);
         }
     }
 
