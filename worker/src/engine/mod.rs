@@ -92,9 +92,9 @@ pub struct TrajectoryRow {
 pub struct Timings {
     /// Reading and normalising the dataset.
     pub data: f64,
-    /// Training, including snapshots.
+    /// Training, including waiting for the last snapshots to be stored.
     pub train: f64,
-    /// Capturing and storing snapshots (included in `train`).
+    /// Capturing and storing snapshots, on a writer thread that overlaps training.
     pub snapshots: f64,
     /// The interpolation line.
     pub line: f64,
@@ -135,7 +135,7 @@ pub struct RunMetrics {
     pub ln_k: f64,
     /// The α of the lowest train loss on the grid.
     pub alpha_min_train_loss: Option<f64>,
-    /// Training samples per second (excluding snapshot time).
+    /// Training samples per second (wall time of the training phase).
     pub train_samples_per_s: f64,
     /// α points per second (each point covers every split).
     pub line_points_per_s: f64,
@@ -160,7 +160,7 @@ pub struct ShardOutcome {
 pub fn run_shard(
     cfg: &ShardConfig,
     target: &ComputeDevice,
-    sink: &mut dyn SnapshotSink,
+    sink: &mut (dyn SnapshotSink + Send),
     progress: &dyn Progress,
 ) -> Result<ShardOutcome, EngineError> {
     let t_all = Instant::now();
@@ -214,10 +214,9 @@ pub fn run_shard(
         ln_k: science::ln_k(dataset.classes),
         ..RunMetrics::default()
     };
-    let pure_train = (timings.train - timings.snapshots).max(1e-9);
     metrics.train_samples_per_s = (trained.steps as f64 / trained.steps_per_epoch.max(1) as f64)
         * train_split.len() as f64
-        / pure_train;
+        / timings.train.max(1e-9);
 
     let (line, trajectory) = if metrics.diverged {
         tracing::warn!("the run diverged: no line and no trajectory are evaluated");

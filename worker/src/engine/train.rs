@@ -70,7 +70,7 @@ pub struct Trained {
     pub diverged_at: Option<u64>,
     /// Trainable parameters.
     pub parameter_count: usize,
-    /// Wall seconds spent capturing and storing snapshots (part of training time).
+    /// Seconds the writer thread spent capturing and storing snapshots (overlaps training).
     pub snapshot_seconds: f64,
 }
 
@@ -117,15 +117,32 @@ fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
     }
 }
 
+/// A snapshot on its way to the writer thread: a cheap copy of the weights (burn tensors are
+/// reference-counted and immutable) plus what the trajectory row needs.
+struct Pending {
+    model: Mlp,
+    step: u64,
+    is_final: bool,
+    batch_loss: f64,
+    train_loss: Option<f64>,
+}
+
+/// At most this many snapshots wait for the writer; each holds one copy of the weights.
+const SNAPSHOT_QUEUE: usize = 4;
+
 /// Trains the model of `cfg` on `train` (and, when asked, evaluates the full training set at
 /// each snapshot on `train_eval`).
+///
+/// Snapshots are captured, encoded and handed to `sink` on a writer thread, so that slow
+/// storage does not stall the optimizer; the queue between the two is bounded.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &ShardConfig,
     device: &Device,
     train: &Split,
     train_eval: Option<&EvalSet>,
     classes: usize,
-    sink: &mut dyn SnapshotSink,
+    sink: &mut (dyn SnapshotSink + Send),
     progress: &dyn Progress,
 ) -> Result<Trained, EngineError> {
     let tc = &cfg.train;
@@ -148,119 +165,146 @@ pub fn train(
     let y_all = labels_tensor(&train.labels, &ad);
     let mut order: Vec<i64> = (0..n as i64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DATA_ORDER_SALT);
+    let loss_at = |m: &Mlp| train_eval.map(|set| evaluate(set, |x| m.forward(x)).loss);
 
-    let mut snapshots = SnapshotTaker {
-        sink,
-        train_eval,
-        seconds: 0.0,
-        samples: Vec::new(),
-        steps_per_epoch,
-    };
     let init = model.valid();
-    let mut pending_init = Some(snapshots.take(&init, 0, false)?);
-    let parameter_count = pending_init.as_ref().map_or(0, |s| s.parameters.len());
+    let init_train_loss = loss_at(&init);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(SNAPSHOT_QUEUE);
+        let writer = scope.spawn(move || write_snapshots(rx, sink, steps_per_epoch));
+        // The init snapshot waits for the first batch: its batch loss is that batch's loss.
+        let mut pending_init = Some(Pending {
+            model: init.clone(),
+            step: 0,
+            is_final: false,
+            batch_loss: f64::NAN,
+            train_loss: init_train_loss,
+        });
+        let mut last_snapshot_step = None;
+        let mut writer_gone = false;
+        let mut send = |p: Pending, last: &mut Option<u64>| {
+            *last = Some(p.step);
+            writer_gone |= tx.send(p).is_err();
+            !writer_gone
+        };
 
-    progress.start(Phase::Training, total_steps);
-    let mut step: u64 = 0;
-    let mut diverged_at = None;
-    let mut last_loss = f64::NAN;
-    'epochs: for _epoch in 0..tc.epochs {
-        order.shuffle(&mut rng);
-        for batch in order.chunks(tc.batch_size) {
-            let idx =
-                Tensor::<1, Int>::from_data(TensorData::new(batch.to_vec(), [batch.len()]), &ad);
-            let x = x_all.clone().select(0, idx.clone()); // [batch, dim]
-            let y = y_all.clone().select(0, idx); // [batch]
-            let loss = cross_entropy(model.forward(x), y).mean();
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                diverged_at = Some(step + 1);
-                tracing::warn!(
-                    step = step + 1,
-                    loss = loss_value,
-                    "training loss is not finite; stopping the run as diverged"
+        progress.start(Phase::Training, total_steps);
+        let mut step: u64 = 0;
+        let mut diverged_at = None;
+        let mut last_loss = f64::NAN;
+        'epochs: for _epoch in 0..tc.epochs {
+            order.shuffle(&mut rng);
+            for batch in order.chunks(tc.batch_size) {
+                let idx = Tensor::<1, Int>::from_data(
+                    TensorData::new(batch.to_vec(), [batch.len()]),
+                    &ad,
                 );
-                break 'epochs;
-            }
-            if let Some(mut s) = pending_init.take() {
-                s.batch_loss = loss_value;
-                snapshots.samples.push(s);
-            }
-            let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-            step += 1;
-            last_loss = loss_value;
-            progress.advance(1, Some(loss_value));
-            if cfg.snapshot.every > 0
-                && step.is_multiple_of(cfg.snapshot.every as u64)
-                && step != total_steps
-            {
-                let mut s = snapshots.take(&model.valid(), step, false)?;
-                s.batch_loss = loss_value;
-                snapshots.samples.push(s);
+                let x = x_all.clone().select(0, idx.clone()); // [batch, dim]
+                let y = y_all.clone().select(0, idx); // [batch]
+                let loss = cross_entropy(model.forward(x), y).mean();
+                let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                if !loss_value.is_finite() {
+                    diverged_at = Some(step + 1);
+                    tracing::warn!(
+                        step = step + 1,
+                        loss = loss_value,
+                        "training loss is not finite; stopping the run as diverged"
+                    );
+                    break 'epochs;
+                }
+                if let Some(mut p) = pending_init.take() {
+                    p.batch_loss = loss_value;
+                    if !send(p, &mut last_snapshot_step) {
+                        break 'epochs;
+                    }
+                }
+                let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+                step += 1;
+                last_loss = loss_value;
+                progress.advance(1, Some(loss_value));
+                if cfg.snapshot.every > 0
+                    && step.is_multiple_of(cfg.snapshot.every as u64)
+                    && step != total_steps
+                {
+                    let m = model.valid();
+                    let train_loss = loss_at(&m);
+                    let p = Pending {
+                        model: m,
+                        step,
+                        is_final: false,
+                        batch_loss: loss_value,
+                        train_loss,
+                    };
+                    if !send(p, &mut last_snapshot_step) {
+                        break 'epochs;
+                    }
+                }
             }
         }
-    }
-    progress.finish();
-    if let Some(s) = pending_init.take() {
-        // Diverged on the very first batch.
-        snapshots.samples.push(s);
-    }
-    let last = model.valid();
-    // θ_c is stored once; a run that diverged right after a periodic snapshot (or before its
-    // first step) already has its last finite weights on record.
-    if snapshots.samples.last().is_some_and(|s| s.step != step) {
-        let mut fin = snapshots.take(&last, step, true)?;
-        fin.batch_loss = last_loss;
-        snapshots.samples.push(fin);
-    }
-    let SnapshotTaker {
-        samples, seconds, ..
-    } = snapshots;
-    Ok(Trained {
-        init,
-        last,
-        samples,
-        steps: step,
-        steps_per_epoch,
-        diverged_at,
-        parameter_count,
-        snapshot_seconds: seconds,
+        progress.finish();
+        if let Some(p) = pending_init.take() {
+            // Diverged on the very first batch.
+            send(p, &mut last_snapshot_step);
+        }
+        let last = model.valid();
+        // θ_c is stored once; a run that diverged right after a periodic snapshot (or before
+        // its first step) already has its last finite weights on record.
+        if last_snapshot_step != Some(step) {
+            let train_loss = loss_at(&last);
+            let p = Pending {
+                model: last.clone(),
+                step,
+                is_final: true,
+                batch_loss: last_loss,
+                train_loss,
+            };
+            send(p, &mut last_snapshot_step);
+        }
+        drop(send);
+        drop(tx);
+        let (samples, seconds) = writer
+            .join()
+            .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))??;
+        let parameter_count = samples.first().map_or(0, |s| s.parameters.len());
+        Ok(Trained {
+            init,
+            last,
+            samples,
+            steps: step,
+            steps_per_epoch,
+            diverged_at,
+            parameter_count,
+            snapshot_seconds: seconds,
+        })
     })
 }
 
-struct SnapshotTaker<'a> {
-    sink: &'a mut dyn SnapshotSink,
-    train_eval: Option<&'a EvalSet>,
-    seconds: f64,
-    samples: Vec<TrajectorySample>,
+/// The writer thread: captures each pending snapshot to the host, stores it, and keeps the
+/// parameter vector for the trajectory. Returns the samples and the seconds spent.
+fn write_snapshots(
+    rx: std::sync::mpsc::Receiver<Pending>,
+    sink: &mut (dyn SnapshotSink + Send),
     steps_per_epoch: u64,
-}
-
-impl SnapshotTaker<'_> {
-    fn take(
-        &mut self,
-        model: &Mlp,
-        step: u64,
-        is_final: bool,
-    ) -> Result<TrajectorySample, EngineError> {
+) -> Result<(Vec<TrajectorySample>, f64), EngineError> {
+    let mut samples = Vec::new();
+    let mut seconds = 0.0;
+    for p in rx {
         let started = std::time::Instant::now();
-        let snap = HostSnapshot::capture(model, step)?;
-        let epoch = step as f64 / self.steps_per_epoch.max(1) as f64;
-        self.sink.snapshot(&snap, epoch, is_final)?;
-        self.seconds += started.elapsed().as_secs_f64();
-        let train_loss = self
-            .train_eval
-            .map(|set| evaluate(set, |x| model.forward(x)).loss);
-        Ok(TrajectorySample {
-            step,
+        let snap = HostSnapshot::capture(&p.model, p.step)?;
+        let epoch = p.step as f64 / steps_per_epoch.max(1) as f64;
+        sink.snapshot(&snap, epoch, p.is_final)?;
+        samples.push(TrajectorySample {
+            step: p.step,
             epoch,
             parameters: snap.parameter_vector(),
-            batch_loss: f64::NAN,
-            train_loss,
-        })
+            batch_loss: p.batch_loss,
+            train_loss: p.train_loss,
+        });
+        seconds += started.elapsed().as_secs_f64();
     }
+    Ok((samples, seconds))
 }
 
 #[cfg(test)]
