@@ -60,4 +60,8 @@ pub struct BenchArgs {
     /// Repetitions; each one is a full shard written to a temporary directory.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Instead of a shard, measure raw kernels: a 2048³ matmul and an MLP 784-1024-1024-10
+    /// forward+backward at batch 128, in GFLOP/s.
+    #[arg(long)]
+    pub kernels: bool,
 }

@@ -13,6 +13,19 @@ use crate::cli::BenchArgs;
 use crate::render;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.kernels {
+        let device = device::parse(&args.device)?;
+        let k = linesweep_worker::engine::kernels::measure(&device.device);
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "impl": "linesweep", "device": device.name,
+                "matmul_n": k.matmul_n, "matmul_gflops": k.matmul_gflops,
+                "mlp_fwd_bwd_batch": k.mlp_batch, "mlp_fwd_bwd_gflops": k.mlp_gflops,
+            }))?
+        );
+        return Ok(());
+    }
     let cfg = match &args.config {
         Some(path) => ShardConfig::from_file(path)?,
         None => ShardConfig::default(),

@@ -6,6 +6,7 @@
 //! outcome is plain data ([`ShardOutcome`]) that the caller encodes and stores.
 
 pub mod eval;
+pub mod kernels;
 pub mod line;
 pub mod train;
 
