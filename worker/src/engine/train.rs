@@ -262,7 +262,6 @@ pub fn train(
             };
             send(p, &mut last_snapshot_step);
         }
-        drop(send);
         drop(tx);
         let (samples, seconds) = writer
             .join()
