@@ -42,6 +42,15 @@ pub struct AlphaGrid {
 
 impl AlphaGrid {
     /// `linspace(start, stop, points)`, with the points nearest 0 and 1 snapped to exactly 0 and 1.
+    ///
+    /// ```
+    /// use linesweep_worker::science::AlphaGrid;
+    /// let grid = AlphaGrid::linspace(-0.5, 1.5, 41).unwrap();
+    /// assert_eq!(grid.values()[10], 0.0);
+    /// assert_eq!(grid.values()[30], 1.0);
+    /// // The notebook grid linspace(0, 2, 10) misses α = 1 and is refused.
+    /// assert!(AlphaGrid::linspace(0.0, 2.0, 10).is_err());
+    /// ```
     pub fn linspace(start: f64, stop: f64, points: usize) -> Result<Self, GridError> {
         if !start.is_finite() || !stop.is_finite() {
             return Err(GridError::NotFinite);

@@ -17,6 +17,14 @@ pub struct LineShape {
 ///
 /// Returns `None` when any loss on [0, 1] is not finite: a NaN must not read as "monotone,
 /// Δ = 0" (in most languages `max(0, NaN)` is 0).
+///
+/// ```
+/// use linesweep_worker::science::shape_on_unit_interval;
+/// let alphas = [0.0, 0.5, 1.0];
+/// // A rise at the last grid step is a bump of height 0.2.
+/// let s = shape_on_unit_interval(&alphas, &[2.3, 0.4, 0.6]).unwrap();
+/// assert!(!s.monotone && (s.delta_min - 0.2).abs() < 1e-12);
+/// ```
 pub fn shape_on_unit_interval(alphas: &[f64], losses: &[f64]) -> Option<LineShape> {
     assert_eq!(alphas.len(), losses.len(), "one loss per α");
     let mut lowest_so_far = f64::INFINITY;

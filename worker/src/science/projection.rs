@@ -20,6 +20,13 @@ pub struct Projection {
 }
 
 /// Projects points onto the line through `theta_i` and `theta_c`.
+///
+/// ```
+/// use linesweep_worker::science::Projector;
+/// let p = Projector::new(&[0.0, 0.0], &[2.0, 0.0]);
+/// let q = p.project(&[1.0, 3.0]);
+/// assert_eq!((q.alpha_raw, q.alpha_frac, q.beta), (1.0, 0.5, 3.0));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Projector<'a> {
     theta_i: &'a [f32],
