@@ -22,6 +22,8 @@ pub enum Command {
     /// Run one shard in this process: train, snapshot, evaluate the line and the trajectory,
     /// write Parquet.
     Exec(ExecArgs),
+    /// Expand a sweep spec into its shards and print them, without running anything.
+    Plan(PlanArgs),
     /// Print the default shard config (every field, with its default) as TOML.
     DefaultConfig,
     /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
@@ -44,6 +46,16 @@ pub struct ExecArgs {
     #[arg(long, default_value = "exec")]
     pub sweep: String,
     /// Print the run summary as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `linesweep plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Print every shard's full config as JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
 }

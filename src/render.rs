@@ -1,6 +1,7 @@
 //! Terminal rendering of results: the run summary table and a small plot of the line.
 
 use std::fmt::Write;
+use std::io::Write as _;
 
 use linesweep_worker::engine::{LinePoint, SPLITS, ShardOutcome};
 
@@ -177,4 +178,14 @@ pub fn json(shard: &str, sweep: &str, o: &ShardOutcome) -> serde_json::Value {
             "trajectory": t.trajectory, "total": t.total,
         },
     })
+}
+
+/// Writes command output to stdout. A closed pipe (`linesweep plan … | head`) ends the output
+/// quietly instead of panicking the way `println!` does.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -16,14 +16,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.kernels {
         let device = device::parse(&args.device)?;
         let k = linesweep_worker::engine::kernels::measure(&device.device);
-        println!(
-            "{}",
+        crate::render::emit(&format!(
+            "{}\n",
             serde_json::to_string(&serde_json::json!({
                 "impl": "linesweep", "device": device.name,
                 "matmul_n": k.matmul_n, "matmul_gflops": k.matmul_gflops,
                 "mlp_fwd_bwd_batch": k.mlp_batch, "mlp_fwd_bwd_gflops": k.mlp_gflops,
             }))?
-        );
+        ))?;
         return Ok(());
     }
     let cfg = match &args.config {
@@ -46,7 +46,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         j["threads"] = threads.into();
         j["wall_seconds"] = wall.into();
         j["impl"] = "linesweep".into();
-        println!("{}", serde_json::to_string(&j)?);
+        crate::render::emit(&format!("{}\n", serde_json::to_string(&j)?))?;
     }
     Ok(())
 }

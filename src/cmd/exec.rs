@@ -18,19 +18,21 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let report = exec::run(&cfg, &device, &storage, &args.sweep, &bars)
         .with_context(|| format!("shard from {}", args.config.display()))?;
     if args.json {
-        println!(
-            "{}",
+        render::emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&render::json(
                 &report.shard,
                 &args.sweep,
                 &report.outcome
             ))?
-        );
+        ))?;
     } else {
-        print!(
-            "{}",
-            render::summary(&report.shard, &args.sweep, storage.root(), &report.outcome)
-        );
+        render::emit(&render::summary(
+            &report.shard,
+            &args.sweep,
+            storage.root(),
+            &report.outcome,
+        ))?;
     }
     Ok(())
 }

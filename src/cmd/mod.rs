@@ -2,6 +2,7 @@
 
 mod bench;
 mod exec;
+mod plan;
 
 use crate::cli::{Cli, Command};
 
@@ -11,9 +12,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Exec(args) => exec::run(args),
         Command::DefaultConfig => {
             let cfg = linesweep_worker::config::ShardConfig::default();
-            print!("{}", toml::to_string_pretty(&cfg)?);
+            crate::render::emit(&toml::to_string_pretty(&cfg)?)?;
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Plan(args) => plan::run(args),
     }
 }

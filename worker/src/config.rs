@@ -337,23 +337,7 @@ impl ShardConfig {
 
     /// Parses and validates TOML text; `file` names the source in errors.
     pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(src).map_err(|e: toml::de::Error| {
-            // toml's Display draws a multi-line excerpt; errors here are one line.
-            let at = e.span().map(|span| {
-                let before = &src[..span.start.min(src.len())];
-                let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {col}: ")
-            });
-            ConfigError::Parse {
-                file: file.to_owned(),
-                message: format!(
-                    "{}{}",
-                    at.unwrap_or_default(),
-                    e.message().trim().replace('\n', " ")
-                ),
-            }
-        })?;
+        let cfg: Self = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
         if let Err(v) = cfg.validate() {
             let line = locate_key(src, v.section, v.key).unwrap_or(1);
             let field = if v.section.is_empty() {
@@ -507,8 +491,26 @@ impl ShardConfig {
     }
 }
 
+/// A one-line parse error: toml's `Display` draws a multi-line excerpt, errors here are one line.
+pub(crate) fn toml_error(src: &str, file: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|span| {
+        let before = &src[..span.start.min(src.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {col}: ")
+    });
+    ConfigError::Parse {
+        file: file.to_owned(),
+        message: format!(
+            "{}{}",
+            at.unwrap_or_default(),
+            e.message().trim().replace('\n', " ")
+        ),
+    }
+}
+
 /// Line (1-based) of `key` inside `[section]` (or the top level when `section` is empty).
-fn locate_key(src: &str, section: &str, key: &str) -> Option<usize> {
+pub(crate) fn locate_key(src: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
     let mut section_line = None;
     for (i, raw) in src.lines().enumerate() {

@@ -67,10 +67,7 @@ pub fn snapshot_key(shard: &str, step: u64) -> String {
 /// Checks that a sweep name is a safe, non-numeric hive partition value (so that DuckDB and
 /// Polars never infer it as a number or a date).
 pub fn check_sweep_name(name: &str) -> Result<(), ExecError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if crate::sweep::valid_sweep_name(name) {
         Ok(())
     } else {
         Err(ExecError::SweepName(name.to_owned()))

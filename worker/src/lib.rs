@@ -26,6 +26,7 @@ pub mod results;
 pub mod science;
 pub mod snapshot;
 pub mod storage;
+pub mod sweep;
 
 /// Version of this crate, recorded in every `runs` row.
 pub const CODE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,62 @@
+//! `linesweep plan` on the shipped example and on a broken spec.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn example_sweep_plans_six_shards() {
+    let o = linesweep(
+        &["plan", "examples/mnist-mli.toml"],
+        &repo(),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("sweep mnist-mli: 6 shards"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" sgd ")).count(),
+        3,
+        "{out}"
+    );
+    let json = linesweep(
+        &["plan", "examples/mnist-mli.toml", "--json"],
+        &repo(),
+        Duration::from_secs(60),
+    );
+    let lines: Vec<serde_json::Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["sweep"] == "mnist-mli" && l["config"]["model"]["hidden"][0] == 512)
+    );
+}
+
+#[test]
+fn broken_spec_is_one_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("s.toml"),
+        "name = \"s\"\n[grid]\nseed = [0]\nlearnin_rate = [0.1]\n",
+    )
+    .unwrap();
+    let o = linesweep(&["plan", "s.toml"], tmp.path(), Duration::from_secs(60));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("error: s.toml:4: field `grid.learnin_rate`") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -1,0 +1,486 @@
+//! Sweep specs: one TOML file whose `[grid]` lists expand, by cartesian product, into shards.
+//!
+//! ```toml
+//! name = "mnist-mli"
+//!
+//! [grid]
+//! optimizer = ["sgd", "adam"]   # short names resolve to their section (`train.optimizer`)
+//! seed = [0, 1, 2]
+//! "model.hidden" = [[1024, 1024], [512]]
+//!
+//! [[include]]                    # extra points, merged over the shared defaults
+//! optimizer = "sgd"
+//! lr = 0.5
+//!
+//! [[exclude]]                    # grid points matching every key are dropped
+//! optimizer = "adam"
+//! seed = 2
+//!
+//! [train]                        # shared defaults: any shard-config section
+//! epochs = 3
+//!
+//! [storage]
+//! results = "file:///shared/sweeps"
+//! ```
+//!
+//! Every shard is a full [`ShardConfig`], validated like a shard file; its id is
+//! [`ShardConfig::shard_id`], so the same spec always plans the same shards and adding seeds
+//! adds only the new ones. Errors name the file, the line and the key.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, ShardConfig, locate_key, toml_error};
+
+/// Top-level keys that belong to the sweep, not to its shards.
+const SWEEP_KEYS: [&str; 5] = ["name", "grid", "include", "exclude", "storage"];
+
+/// One shard of a planned sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedShard {
+    /// Stable shard id (config hash).
+    pub id: String,
+    /// The full config.
+    pub config: ShardConfig,
+    /// The grid (or include) values that made this shard, as `(path, value)` for display.
+    pub point: Vec<(String, String)>,
+}
+
+/// A parsed and expanded sweep spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    /// Sweep name: the results partition `sweep=<name>`.
+    pub name: String,
+    /// `[storage] results`, if given.
+    pub results: Option<String>,
+    /// Shards in grid order (the first grid key varies slowest), then includes; no duplicates.
+    pub shards: Vec<PlannedShard>,
+}
+
+/// Whether `name` is a safe hive partition value: a letter, then letters, digits, `_`, `-`, `.`
+/// (so that DuckDB and Polars never infer it as a number or a date).
+pub fn valid_sweep_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Storage {
+    results: Option<String>,
+}
+
+/// Reads and expands a spec file.
+pub fn plan_file(path: &Path) -> Result<SweepPlan, ConfigError> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    plan(&src, &file)
+}
+
+/// Parses and expands spec text; `file` names the source in errors.
+pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
+    let invalid = |section: &str, key: &str, message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: locate_key(src, section, key).unwrap_or(1),
+        field: if section.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{section}.{key}")
+        },
+        message,
+    };
+    let mut doc: toml::Table = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
+
+    let name = match doc.remove("name") {
+        Some(toml::Value::String(n)) if valid_sweep_name(&n) => n,
+        Some(toml::Value::String(n)) => {
+            return Err(invalid(
+                "",
+                "name",
+                format!(
+                    "`{n}` is not a sweep name: use a letter followed by letters, digits, `_`, `-` or `.`"
+                ),
+            ));
+        }
+        Some(_) => return Err(invalid("", "name", "must be a string".into())),
+        None => return Err(invalid("", "name", "every sweep needs a `name`".into())),
+    };
+    let results = match doc.remove("storage") {
+        Some(v) => {
+            Storage::deserialize(v)
+                .map_err(|e| invalid("storage", "results", e.message().to_owned()))?
+                .results
+        }
+        None => None,
+    };
+    let grid = match doc.remove("grid") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return Err(invalid("", "grid", "must be a table of lists".into())),
+        None => toml::Table::new(),
+    };
+    let tables = |key: &str, doc: &mut toml::Table| -> Result<Vec<toml::Table>, ConfigError> {
+        match doc.remove(key) {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::Table(t) => Ok(t),
+                    _ => Err(invalid("", key, format!("use [[{key}]] tables"))),
+                })
+                .collect(),
+            Some(_) => Err(invalid("", key, format!("use [[{key}]] tables"))),
+        }
+    };
+    let includes = tables("include", &mut doc)?;
+    let excludes = tables("exclude", &mut doc)?;
+    debug_assert!(SWEEP_KEYS.iter().all(|k| !doc.contains_key(*k)));
+    // The shared defaults are checked key by key here, where lines are still known; the
+    // per-shard deserialisation below then only meets values coming from the grid.
+    for (key, value) in &doc {
+        match value {
+            toml::Value::Table(fields) => {
+                for field in fields.keys() {
+                    resolve(&format!("{key}.{field}")).map_err(|m| invalid(key, field, m))?;
+                }
+            }
+            _ if resolve(key).as_deref() == Ok(key.as_str()) => {}
+            _ => {
+                return Err(invalid(
+                    "",
+                    key,
+                    format!(
+                        "`{key}` is neither a sweep key ({}) nor a top-level shard-config field",
+                        SWEEP_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let base = doc;
+
+    // Grid axes: resolved path and values.
+    let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
+    for (key, values) in grid {
+        let path = resolve(&key).map_err(|m| invalid("grid", &key, m))?;
+        let toml::Value::Array(values) = values else {
+            return Err(invalid(
+                "grid",
+                &key,
+                "grid values are lists, e.g. [0, 1, 2]".into(),
+            ));
+        };
+        if values.is_empty() {
+            return Err(invalid(
+                "grid",
+                &key,
+                "an empty list gives an empty grid".into(),
+            ));
+        }
+        axes.push((path, values));
+    }
+    let resolve_table =
+        |t: toml::Table, section: &str| -> Result<Vec<(String, toml::Value)>, ConfigError> {
+            t.into_iter()
+                .map(|(k, v)| Ok((resolve(&k).map_err(|m| invalid(section, &k, m))?, v)))
+                .collect()
+        };
+    let excludes: Vec<Vec<(String, toml::Value)>> = excludes
+        .into_iter()
+        .map(|t| resolve_table(t, "exclude"))
+        .collect::<Result<_, _>>()?;
+
+    let mut points: Vec<Vec<(String, toml::Value)>> = Vec::new();
+    if !axes.is_empty() {
+        let mut odometer = vec![0usize; axes.len()];
+        loop {
+            points.push(
+                axes.iter()
+                    .zip(&odometer)
+                    .map(|((p, vs), &i)| (p.clone(), vs[i].clone()))
+                    .collect(),
+            );
+            // The last axis varies fastest.
+            let mut k = axes.len();
+            loop {
+                if k == 0 {
+                    break;
+                }
+                k -= 1;
+                odometer[k] += 1;
+                if odometer[k] < axes[k].1.len() {
+                    break;
+                }
+                odometer[k] = 0;
+                if k == 0 {
+                    k = usize::MAX;
+                    break;
+                }
+            }
+            if k == usize::MAX {
+                break;
+            }
+        }
+    }
+    points.retain(|p| {
+        !excludes.iter().any(|ex| {
+            ex.iter()
+                .all(|(path, v)| p.iter().any(|(q, w)| q == path && w == v))
+        })
+    });
+    for inc in includes {
+        points.push(resolve_table(inc, "include")?);
+    }
+    if points.is_empty() {
+        return Err(invalid(
+            "",
+            "grid",
+            "the sweep has no shards: give a non-empty [grid] or [[include]] points".into(),
+        ));
+    }
+
+    let mut shards: Vec<PlannedShard> = Vec::with_capacity(points.len());
+    let mut seen = std::collections::HashSet::new();
+    for point in points {
+        let mut table = base.clone();
+        for (path, value) in &point {
+            set_path(&mut table, path, value.clone());
+        }
+        let describe = || {
+            point
+                .iter()
+                .map(|(p, v)| format!("{p}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let config = ShardConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Parse {
+                file: file.to_owned(),
+                message: format!(
+                    "shard ({}): {}",
+                    describe(),
+                    e.message().trim().replace('\n', " ")
+                ),
+            }
+        })?;
+        if let Err(v) = config.validate() {
+            let key = format!("{}.{}", v.section, v.key);
+            let in_grid = point
+                .iter()
+                .any(|(p, _)| *p == key || (v.section.is_empty() && p == v.key));
+            let (section, k) = if in_grid {
+                ("grid", v.key)
+            } else {
+                (v.section, v.key)
+            };
+            let mut err = invalid(section, k, format!("shard ({}): {}", describe(), v.message));
+            if let ConfigError::Invalid { field, .. } = &mut err {
+                *field = if v.section.is_empty() {
+                    v.key.to_owned()
+                } else {
+                    key
+                };
+            }
+            return Err(err);
+        }
+        let id = config.shard_id();
+        if seen.insert(id.clone()) {
+            shards.push(PlannedShard {
+                id,
+                config,
+                point: point
+                    .iter()
+                    .map(|(p, v)| match v {
+                        toml::Value::String(s) => (p.clone(), s.clone()),
+                        other => (p.clone(), other.to_string()),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    Ok(SweepPlan {
+        name,
+        results,
+        shards,
+    })
+}
+
+/// Resolves a grid key to a dotted shard-config path: `train.lr` stays, `lr` becomes
+/// `train.lr`, `seed` stays; a short name found in two sections is ambiguous.
+fn resolve(key: &str) -> Result<String, String> {
+    let catalog = serde_json::to_value(ShardConfig::default()).unwrap_or_default();
+    let obj = catalog.as_object().cloned().unwrap_or_default();
+    if let Some((section, field)) = key.split_once('.') {
+        return match obj.get(section).and_then(|s| s.as_object()) {
+            Some(fields) if fields.contains_key(field) => Ok(key.to_owned()),
+            Some(fields) => Err(format!(
+                "`{field}` is not a field of [{section}]; it has: {}",
+                fields.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            None => Err(format!("`{section}` is not a shard-config section")),
+        };
+    }
+    if obj.get(key).is_some_and(|v| !v.is_object()) {
+        return Ok(key.to_owned());
+    }
+    let hits: Vec<String> = obj
+        .iter()
+        .filter_map(|(s, v)| {
+            v.as_object()
+                .filter(|f| f.contains_key(key))
+                .map(|_| format!("{s}.{key}"))
+        })
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!("`{key}` is not a shard-config field")),
+        many => Err(format!(
+            "`{key}` is ambiguous: write one of {}",
+            many.join(", ")
+        )),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
+    match path.split_once('.') {
+        Some((section, field)) => {
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(field.to_owned(), value);
+            }
+        }
+        None => {
+            table.insert(path.to_owned(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "mli"
+
+[grid]
+optimizer = ["sgd", "adam"]
+seed = [0, 1, 2]
+
+[[exclude]]
+optimizer = "adam"
+seed = 2
+
+[[include]]
+"train.optimizer" = "sgd"
+lr = 0.5
+
+[train]
+epochs = 3
+"#;
+
+    #[test]
+    fn grid_expands_with_excludes_and_includes() {
+        let p = plan(SPEC, "s.toml").unwrap();
+        assert_eq!(p.name, "mli");
+        assert_eq!(p.shards.len(), 2 * 3 - 1 + 1);
+        assert!(p.shards.iter().all(|s| s.config.train.epochs == 3));
+        let adam = p
+            .shards
+            .iter()
+            .filter(|s| s.config.train.optimizer.as_str() == "adam")
+            .count();
+        assert_eq!(adam, 2);
+        assert_eq!(p.shards.last().unwrap().config.train.lr, 0.5);
+        // Stable: planning twice gives the same ids; adding a seed adds only new shards.
+        let again = plan(SPEC, "s.toml").unwrap();
+        assert_eq!(
+            p.shards.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            again.shards.iter().map(|s| &s.id).collect::<Vec<_>>()
+        );
+        let more = plan(
+            &SPEC.replace("seed = [0, 1, 2]", "seed = [0, 1, 2, 3]"),
+            "s.toml",
+        )
+        .unwrap();
+        let old: std::collections::HashSet<_> = p.shards.iter().map(|s| s.id.clone()).collect();
+        let new: Vec<_> = more
+            .shards
+            .iter()
+            .filter(|s| !old.contains(&s.id))
+            .collect();
+        assert_eq!(new.len(), 2);
+        assert!(new.iter().all(|s| s.config.seed == 3));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = plan("name = \"x\"\n[grid]\nlearning_rate = [1]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.toml:3: field `grid.learning_rate`")
+                && err.contains("not a shard-config field"),
+            "{err}"
+        );
+        let err = plan("name = \"x\"\n[grid]\nbatch_size = [1]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ambiguous")
+                && err.contains("train.batch_size")
+                && err.contains("eval.batch_size"),
+            "{err}"
+        );
+        let err = plan("name = \"x\"\n[grid]\nseed = []\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.toml:3:") && err.contains("empty grid"),
+            "{err}"
+        );
+        let err = plan("name = \"x\"\n", "s.toml").unwrap_err().to_string();
+        assert!(err.contains("no shards"), "{err}");
+        let err = plan("[grid]\nseed = [1]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a `name`"), "{err}");
+        let err = plan(
+            "name = \"x\"\n[grid]\nactivation = [\"relu\", \"gelu\"]\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gelu") && err.contains("sigmoid"), "{err}");
+        let err = plan("name = \"x\"\n[grid]\nlr = [0.1, -1.0]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("s.toml:3: field `train.lr`") && err.contains("lr=-1.0"),
+            "{err}"
+        );
+        let err = plan("name = \"x\"\nbogus = 1\n[grid]\nseed = [1]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:2: field `bogus`"), "{err}");
+        let err = plan(
+            "name = \"x\"\n[grid]\nseed = [1]\n[train]\nepoch = 3\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.toml:5: field `train.epoch`") && err.contains("epochs"),
+            "{err}"
+        );
+        let err = plan("name = \"2024\"\n[grid]\nseed = [1]\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a sweep name"), "{err}");
+    }
+}
