@@ -1,0 +1,399 @@
+//! The shard state machine.
+//!
+//! ```text
+//!            lease                complete(a)
+//! Pending ─────────────► Leased{a} ─────────────► Committed{a}
+//!    ▲  ▲                 │  │  │
+//!    │  └── expire/preempt┘  │  └── fail(a), budget left ──► Pending
+//!    │                       └──── fail(a), budget spent ──► Failed ──retry──► Pending
+//!    └──────────────────── retry ◄── Cancelled ◄── cancel (Pending | Leased)
+//! ```
+//!
+//! Every lease issues a new attempt number; that number is the fencing token. A heartbeat,
+//! completion or failure that names another attempt, or arrives after the lease expired, is
+//! refused with [`Refused::LeaseLost`] and changes nothing. Lease expiry and preemption are
+//! infrastructure events and do not consume the application-failure budget.
+
+/// Milliseconds since the Unix epoch, on the coordinator's clock only.
+pub type Millis = i64;
+
+/// Durations and budgets that govern leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// How long a lease lives without a heartbeat.
+    pub ttl_ms: i64,
+    /// Application failures a shard may have before it is marked failed.
+    pub max_failures: u32,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 60_000,
+            max_failures: 3,
+        }
+    }
+}
+
+/// Where a shard is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardState {
+    /// Waiting for a worker.
+    Pending,
+    /// Held by `worker` under `attempt` until `expires_at`.
+    Leased {
+        attempt: u32,
+        worker: String,
+        expires_at: Millis,
+    },
+    /// Results of `attempt` are the shard's results.
+    Committed { attempt: u32 },
+    /// The failure budget is spent.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl ShardState {
+    /// The state's name as stored in the ledger.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Leased { .. } => "leased",
+            Self::Committed { .. } => "committed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A shard's state plus its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Current state.
+    pub state: ShardState,
+    /// The last attempt number issued (0 = never leased).
+    pub attempts: u32,
+    /// Application failures so far (reset by a user retry).
+    pub failures: u32,
+    /// Leases that expired or were preempted.
+    pub interruptions: u32,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+}
+
+/// Why a transition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The caller's attempt does not hold the lease (stale token, expired, or finished).
+    #[error("lease lost: attempt {attempt} does not hold the shard (it is {state})")]
+    LeaseLost { attempt: u32, state: &'static str },
+    /// The transition does not apply to the shard's current state.
+    #[error("shard is {state}: cannot {action}")]
+    WrongState {
+        state: &'static str,
+        action: &'static str,
+    },
+}
+
+impl Shard {
+    /// A new, never-leased shard.
+    pub fn new() -> Self {
+        Self {
+            state: ShardState::Pending,
+            attempts: 0,
+            failures: 0,
+            interruptions: 0,
+            last_error: None,
+        }
+    }
+
+    fn holds(&self, attempt: u32, now: Millis) -> Result<(), Refused> {
+        match &self.state {
+            ShardState::Leased {
+                attempt: a,
+                expires_at,
+                ..
+            } if *a == attempt && now < *expires_at => Ok(()),
+            other => Err(Refused::LeaseLost {
+                attempt,
+                state: other.name(),
+            }),
+        }
+    }
+
+    /// Pending → Leased under a new attempt number.
+    ///
+    /// ```
+    /// use linesweep_coordinator::lease::{LeasePolicy, Refused, Shard};
+    /// let policy = LeasePolicy::default();
+    /// let (leased, attempt) = Shard::new().lease("worker-1", 0, &policy).unwrap();
+    /// // A token from another attempt is fenced off.
+    /// assert!(matches!(leased.complete(attempt + 1, 10), Err(Refused::LeaseLost { .. })));
+    /// assert!(leased.complete(attempt, 10).is_ok());
+    /// ```
+    pub fn lease(
+        &self,
+        worker: &str,
+        now: Millis,
+        policy: &LeasePolicy,
+    ) -> Result<(Shard, u32), Refused> {
+        if self.state != ShardState::Pending {
+            return Err(Refused::WrongState {
+                state: self.state.name(),
+                action: "lease",
+            });
+        }
+        let attempt = self.attempts + 1;
+        let state = ShardState::Leased {
+            attempt,
+            worker: worker.to_owned(),
+            expires_at: now + policy.ttl_ms,
+        };
+        Ok((
+            Shard {
+                state,
+                attempts: attempt,
+                ..self.clone()
+            },
+            attempt,
+        ))
+    }
+
+    /// Renews the lease of `attempt`.
+    pub fn heartbeat(
+        &self,
+        attempt: u32,
+        now: Millis,
+        policy: &LeasePolicy,
+    ) -> Result<Shard, Refused> {
+        self.holds(attempt, now)?;
+        let mut next = self.clone();
+        if let ShardState::Leased { expires_at, .. } = &mut next.state {
+            *expires_at = now + policy.ttl_ms;
+        }
+        Ok(next)
+    }
+
+    /// Leased by `attempt` → Committed.
+    pub fn complete(&self, attempt: u32, now: Millis) -> Result<Shard, Refused> {
+        self.holds(attempt, now)?;
+        Ok(Shard {
+            state: ShardState::Committed { attempt },
+            ..self.clone()
+        })
+    }
+
+    /// An application failure of `attempt`: back to Pending while the budget lasts.
+    pub fn fail(
+        &self,
+        attempt: u32,
+        error: &str,
+        now: Millis,
+        policy: &LeasePolicy,
+    ) -> Result<Shard, Refused> {
+        self.holds(attempt, now)?;
+        let failures = self.failures + 1;
+        let state = if failures >= policy.max_failures {
+            ShardState::Failed
+        } else {
+            ShardState::Pending
+        };
+        Ok(Shard {
+            state,
+            failures,
+            last_error: Some(error.to_owned()),
+            ..self.clone()
+        })
+    }
+
+    /// `attempt` gave its lease back (SIGTERM, spot reclaim): Pending, budget untouched.
+    pub fn preempt(&self, attempt: u32, now: Millis) -> Result<Shard, Refused> {
+        self.holds(attempt, now)?;
+        Ok(Shard {
+            state: ShardState::Pending,
+            interruptions: self.interruptions + 1,
+            ..self.clone()
+        })
+    }
+
+    /// A lease past its expiry goes back to Pending (budget untouched); `None` if nothing to do.
+    pub fn expire(&self, now: Millis) -> Option<Shard> {
+        match self.state {
+            ShardState::Leased { expires_at, .. } if now >= expires_at => Some(Shard {
+                state: ShardState::Pending,
+                interruptions: self.interruptions + 1,
+                ..self.clone()
+            }),
+            _ => None,
+        }
+    }
+
+    /// After a coordinator restart: every live lease gets at least one fresh TTL, so that
+    /// workers can reconnect before anything expires.
+    pub fn restart_grace(&self, now: Millis, policy: &LeasePolicy) -> Shard {
+        let mut next = self.clone();
+        if let ShardState::Leased { expires_at, .. } = &mut next.state {
+            *expires_at = (*expires_at).max(now + policy.ttl_ms);
+        }
+        next
+    }
+
+    /// A user retry: Failed or Cancelled → Pending with a fresh budget; `None` otherwise
+    /// (committed shards are never rerun).
+    pub fn retry(&self) -> Option<Shard> {
+        matches!(self.state, ShardState::Failed | ShardState::Cancelled).then(|| Shard {
+            state: ShardState::Pending,
+            failures: 0,
+            ..self.clone()
+        })
+    }
+
+    /// A user cancel: Pending or Leased → Cancelled; `None` otherwise.
+    pub fn cancel(&self) -> Option<Shard> {
+        matches!(self.state, ShardState::Pending | ShardState::Leased { .. }).then(|| Shard {
+            state: ShardState::Cancelled,
+            ..self.clone()
+        })
+    }
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: LeasePolicy = LeasePolicy {
+        ttl_ms: 1_000,
+        max_failures: 2,
+    };
+
+    #[test]
+    fn lease_heartbeat_complete() {
+        let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
+        assert_eq!(a, 1);
+        let s = s.heartbeat(1, 900, &P).unwrap();
+        assert_eq!(
+            s.state,
+            ShardState::Leased {
+                attempt: 1,
+                worker: "w1".into(),
+                expires_at: 1_900
+            }
+        );
+        let s = s.complete(1, 1_800).unwrap();
+        assert_eq!(s.state, ShardState::Committed { attempt: 1 });
+        // Committed shards cannot be leased, retried or completed again.
+        assert!(s.lease("w2", 2_000, &P).is_err());
+        assert!(s.retry().is_none());
+        assert_eq!(
+            s.complete(1, 1_900),
+            Err(Refused::LeaseLost {
+                attempt: 1,
+                state: "committed"
+            })
+        );
+    }
+
+    #[test]
+    fn stale_attempts_are_fenced_off() {
+        let (s, _) = Shard::new().lease("w1", 0, &P).unwrap();
+        // w1 stalls past its TTL; the reaper expires it; w2 takes attempt 2.
+        let s = s.expire(1_000).unwrap();
+        assert_eq!(
+            (s.state.clone(), s.interruptions, s.failures),
+            (ShardState::Pending, 1, 0)
+        );
+        let (s, a2) = s.lease("w2", 1_001, &P).unwrap();
+        assert_eq!(a2, 2);
+        // w1 wakes up: every call with attempt 1 is refused and changes nothing.
+        assert!(matches!(
+            s.heartbeat(1, 1_002, &P),
+            Err(Refused::LeaseLost { attempt: 1, .. })
+        ));
+        assert!(matches!(
+            s.complete(1, 1_002),
+            Err(Refused::LeaseLost { .. })
+        ));
+        assert!(matches!(
+            s.fail(1, "x", 1_002, &P),
+            Err(Refused::LeaseLost { .. })
+        ));
+        let done = s.complete(2, 1_500).unwrap();
+        assert_eq!(done.state, ShardState::Committed { attempt: 2 });
+    }
+
+    #[test]
+    fn an_expired_lease_cannot_commit_even_before_the_reaper_runs() {
+        let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
+        assert!(matches!(
+            s.complete(a, 1_000),
+            Err(Refused::LeaseLost { .. })
+        ));
+        assert!(s.expire(999).is_none());
+    }
+
+    #[test]
+    fn failures_spend_the_budget_interruptions_do_not() {
+        let (s, a) = Shard::new().lease("w", 0, &P).unwrap();
+        let s = s.preempt(a, 10).unwrap();
+        let (s, a) = s.lease("w", 20, &P).unwrap();
+        let s = s.expire(2_000).unwrap();
+        assert_eq!((s.failures, s.interruptions), (0, 2));
+        let (s, a2) = s.lease("w", 2_001, &P).unwrap();
+        assert_eq!((a, a2), (2, 3));
+        let s = s.fail(a2, "nan", 2_002, &P).unwrap();
+        assert_eq!((s.state.clone(), s.failures), (ShardState::Pending, 1));
+        let (s, a3) = s.lease("w", 2_003, &P).unwrap();
+        let s = s.fail(a3, "oom", 2_004, &P).unwrap();
+        assert_eq!(s.state, ShardState::Failed);
+        assert_eq!(s.last_error.as_deref(), Some("oom"));
+        // A user retry resets the budget; attempt numbers keep growing.
+        let s = s.retry().unwrap();
+        let (_, a4) = s.lease("w", 3_000, &P).unwrap();
+        assert_eq!(a4, 5);
+    }
+
+    #[test]
+    fn restart_grace_extends_but_never_shortens() {
+        let (s, _) = Shard::new().lease("w", 0, &P).unwrap();
+        let g = s.restart_grace(500, &P);
+        assert!(matches!(
+            g.state,
+            ShardState::Leased {
+                expires_at: 1_500,
+                ..
+            }
+        ));
+        let g2 = g.restart_grace(100, &P);
+        assert!(matches!(
+            g2.state,
+            ShardState::Leased {
+                expires_at: 1_500,
+                ..
+            }
+        ));
+        assert_eq!(Shard::new().restart_grace(10, &P), Shard::new());
+    }
+
+    #[test]
+    fn cancel_and_retry() {
+        let (s, a) = Shard::new().lease("w", 0, &P).unwrap();
+        let c = s.cancel().unwrap();
+        assert_eq!(c.state, ShardState::Cancelled);
+        assert!(matches!(
+            c.heartbeat(a, 1, &P),
+            Err(Refused::LeaseLost {
+                state: "cancelled",
+                ..
+            })
+        ));
+        assert!(c.cancel().is_none());
+        assert_eq!(c.retry().unwrap().state, ShardState::Pending);
+    }
+}
