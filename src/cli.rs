@@ -22,6 +22,12 @@ pub enum Command {
     /// Run one shard in this process: train, snapshot, evaluate the line and the trajectory,
     /// write Parquet.
     Exec(ExecArgs),
+    /// Run the coordinator: the durable shard ledger behind a gRPC API.
+    Serve(ServeArgs),
+    /// Submit a sweep spec to a coordinator (idempotent: known shards are left as they are).
+    Submit(SubmitArgs),
+    /// Shard counts per state of a sweep on a coordinator.
+    Status(StatusArgs),
     /// Expand a sweep spec into its shards and print them, without running anything.
     Plan(PlanArgs),
     /// Print the default shard config (every field, with its default) as TOML.
@@ -48,6 +54,57 @@ pub struct ExecArgs {
     /// Print the run summary as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `linesweep serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// The ledger's SQLite file (created if missing; refused if another coordinator holds it).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Bearer token clients must send; generated and printed when not given.
+    #[arg(long, env = "LINESWEEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Lease time-to-live in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub lease_ttl: u64,
+    /// Application failures a shard may have before it is marked failed.
+    #[arg(long, default_value_t = 3)]
+    pub max_failures: u32,
+}
+
+/// Connection options shared by client commands.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Coordinator URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Bearer token (as printed by `linesweep serve`).
+    #[arg(long, env = "LINESWEEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `linesweep submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `linesweep plan`.

@@ -10,7 +10,13 @@
 //! **Architecture invariant:** the coordinator never depends on the worker crate. Shard
 //! configs are opaque canonical JSON here; only their ids matter.
 //!
-//! Not here yet (issue 3): the gRPC service, auth, the reaper task, watch streams.
+//! - [`service`]: the gRPC `WorkerService` and `ControlService` over the ledger.
+//! - [`server`]: bearer-token check, lease reaper, `serve(listener, ledger, config, shutdown)`.
+//!
+//! Not here yet (issue 3): watch streams, workers listing, health checks, exactly-once
+//! publishing of results (the coordinator commits the attempt; the publish step is next).
 
 pub mod lease;
 pub mod ledger;
+pub mod server;
+pub mod service;

@@ -3,6 +3,7 @@
 mod bench;
 mod exec;
 mod plan;
+mod remote;
 
 use crate::cli::{Cli, Command};
 
@@ -17,5 +18,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Serve(args) => remote::serve(args),
+        Command::Submit(args) => remote::submit(args),
+        Command::Status(args) => remote::status(args),
     }
 }

@@ -1,0 +1,101 @@
+//! Serving: the bearer-token check, the lease reaper, and `serve` on a bound listener.
+
+use std::future::Future;
+use std::time::Duration;
+
+use linesweep_proto::pb::control_service_server::ControlServiceServer;
+use linesweep_proto::pb::worker_service_server::WorkerServiceServer;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tonic::{Request, Status};
+
+use crate::ledger::Ledger;
+use crate::service::{Clock, Coordinator};
+
+/// What `serve` needs besides the ledger; durations come from here, never from `cfg!(test)`.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// Bearer token every RPC must carry; `None` disables the check (loopback-only use).
+    pub token: Option<String>,
+    /// How often expired leases are returned to pending.
+    pub reaper_interval: Duration,
+    /// The clock.
+    pub clock: Clock,
+}
+
+/// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
+pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(
+            "missing or wrong bearer token (--token or LINESWEEP_TOKEN)",
+        ))
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` resolves. On start every live lease
+/// gets one fresh TTL (restart grace); a reaper then expires leases on its own timer.
+pub async fn serve(
+    listener: TcpListener,
+    mut ledger: Ledger,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let graced = ledger.restart_grace((config.clock)())?;
+    if graced > 0 {
+        tracing::info!(
+            leases = graced,
+            "restart grace: live leases extended by one TTL"
+        );
+    }
+    let coordinator = Coordinator::new(ledger, config.clock.clone());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = {
+        let c = coordinator.clone();
+        let interval = config.reaper_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        match c.with_ledger(|l, now| l.expire_leases(now)) {
+                            Ok(expired) => for (sweep, shard, attempt) in expired {
+                                tracing::warn!(%sweep, %shard, attempt, "lease expired; the shard is pending again");
+                            },
+                            Err(e) => tracing::error!(error = %e, "lease reaper failed"),
+                        }
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        })
+    };
+    let token = config.token.clone();
+    let t1 = token.clone();
+    let worker =
+        WorkerServiceServer::with_interceptor(coordinator.clone(), move |r: Request<()>| {
+            check_token(t1.as_deref(), &r).map(|()| r)
+        });
+    let control = ControlServiceServer::with_interceptor(coordinator, move |r: Request<()>| {
+        check_token(token.as_deref(), &r).map(|()| r)
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(worker)
+        .add_service(control)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = reaper.await;
+    result.map_err(Into::into)
+}

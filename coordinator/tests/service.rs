@@ -1,0 +1,260 @@
+//! The coordinator over real gRPC on loopback: auth, versions, leases, fencing, expiry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use linesweep_coordinator::lease::LeasePolicy;
+use linesweep_coordinator::ledger::Ledger;
+use linesweep_coordinator::server::{ServeConfig, serve};
+use linesweep_proto::PROTOCOL_VERSION as V;
+use linesweep_proto::pb::control_service_client::ControlServiceClient;
+use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
+use linesweep_proto::pb::{self, LeaseVerdict};
+use tonic::Request;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "s3cret";
+
+struct Running {
+    addr: String,
+    clock: Arc<AtomicI64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(ttl_ms: i64) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let clock = Arc::new(AtomicI64::new(1_000));
+    let c = clock.clone();
+    let config = ServeConfig {
+        token: Some(TOKEN.into()),
+        reaper_interval: Duration::from_millis(20),
+        clock: Arc::new(move || c.load(Ordering::SeqCst)),
+    };
+    let ledger = Ledger::in_memory(LeasePolicy {
+        ttl_ms,
+        max_failures: 2,
+    })
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        serve(listener, ledger, config, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        addr,
+        clock,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn authed<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+async fn channel(addr: &str) -> Channel {
+    for _ in 0..50 {
+        if let Ok(c) = Channel::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("coordinator at {addr} did not come up within 1 s");
+}
+
+fn token(g: &pb::Granted) -> pb::Token {
+    g.token.clone().unwrap()
+}
+
+#[tokio::test]
+async fn leases_are_fenced_and_expire() {
+    let mut run = start(500).await;
+    let ch = channel(&run.addr).await;
+    let mut control = ControlServiceClient::new(ch.clone());
+    let mut worker = WorkerServiceClient::new(ch);
+
+    let shards = (0..2).map(|i| pb::ShardSpec {
+        id: format!("s{i}"),
+        config_json: format!("{{\"seed\":{i}}}"),
+    });
+    let sub = pb::SubmitRequest {
+        protocol_version: V,
+        sweep: "sw".into(),
+        shards: shards.collect(),
+    };
+    let r = control
+        .submit(authed(sub.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.added, r.existing), (2, 0));
+    let r = control.submit(authed(sub)).await.unwrap().into_inner();
+    assert_eq!((r.added, r.existing), (0, 2));
+
+    let lease = |w: &str| pb::LeaseRequest {
+        protocol_version: V,
+        worker: w.into(),
+    };
+    let a = worker
+        .lease(authed(lease("w1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .granted
+        .unwrap();
+    let b = worker
+        .lease(authed(lease("w1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .granted
+        .unwrap();
+    assert!(
+        worker
+            .lease(authed(lease("w1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+            .is_none()
+    );
+    assert_eq!(a.lease_ttl_ms, 500);
+
+    // a completes; completing again is answered LEASE_LOST.
+    let done = pb::CompleteRequest {
+        protocol_version: V,
+        token: Some(token(&a)),
+    };
+    let v = worker
+        .complete(authed(done.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict;
+    assert_eq!(v, LeaseVerdict::Ok as i32);
+    let v = worker
+        .complete(authed(done))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict;
+    assert_eq!(v, LeaseVerdict::LeaseLost as i32);
+
+    // b stalls past its TTL: the reaper (every 20 ms) makes it pending; it is re-leased as
+    // attempt 2, and b's old attempt is fenced off.
+    run.clock.fetch_add(600, Ordering::SeqCst);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Some(g) = worker
+            .lease(authed(lease("w2")))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+        {
+            again = Some(g);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = again.expect("the expired lease was not re-leased within 2 s");
+    assert_eq!(
+        (token(&again).shard, token(&again).attempt),
+        (token(&b).shard, 2)
+    );
+    let hb = pb::HeartbeatRequest {
+        protocol_version: V,
+        token: Some(token(&b)),
+        ..Default::default()
+    };
+    assert_eq!(
+        worker
+            .heartbeat(authed(hb))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict,
+        LeaseVerdict::LeaseLost as i32
+    );
+    let fail = pb::FailRequest {
+        protocol_version: V,
+        token: Some(token(&again)),
+        error: "nan".into(),
+        preempted: false,
+    };
+    let r = worker.fail(authed(fail)).await.unwrap().into_inner();
+    assert_eq!(
+        (r.verdict, r.state.as_str()),
+        (LeaseVerdict::Ok as i32, "pending")
+    );
+
+    let st = control
+        .status(authed(pb::StatusRequest {
+            protocol_version: V,
+            sweep: "sw".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.counts.get("committed"), Some(&1));
+    assert_eq!(st.counts.get("pending"), Some(&1));
+
+    let _ = run.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(5), &mut run.task)
+        .await
+        .expect("serve did not stop")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn calls_without_the_token_or_version_are_refused() {
+    let mut run = start(60_000).await;
+    let ch = channel(&run.addr).await;
+    let mut control = ControlServiceClient::new(ch.clone());
+    let status = pb::StatusRequest {
+        protocol_version: V,
+        sweep: "x".into(),
+    };
+    let err = control
+        .status(Request::new(status.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut wrong = Request::new(status.clone());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        control.status(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut worker = WorkerServiceClient::new(ch);
+    let err = worker
+        .lease(authed(pb::LeaseRequest {
+            protocol_version: 0,
+            worker: "w".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let err = control.status(authed(status)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let _ = run.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(5), &mut run.task)
+        .await
+        .expect("serve did not stop")
+        .unwrap();
+}

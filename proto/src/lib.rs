@@ -1,0 +1,14 @@
+//! The wire contract: generated gRPC types and the protocol version.
+//!
+//! **Architecture invariant:** no logic lives here. Only the coordinator's service, the worker
+//! agent and the CLI's client import [`pb`]; everything else works on domain types.
+
+/// Generated protobuf and gRPC code for `linesweep.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("linesweep.v1");
+}
+
+/// The protocol version every request carries. Zero is the protobuf default ("unset") and is
+/// always rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
