@@ -54,7 +54,8 @@ pub struct SweepPlan {
     pub name: String,
     /// `[storage] results`, if given.
     pub results: Option<String>,
-    /// Shards in grid order (the first grid key varies slowest), then includes; no duplicates.
+    /// Shards in grid order (the first grid key in the file varies slowest), then includes;
+    /// no duplicates.
     pub shards: Vec<PlannedShard>,
 }
 
@@ -194,38 +195,23 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         .map(|t| resolve_table(t, "exclude"))
         .collect::<Result<_, _>>()?;
 
-    let mut points: Vec<Vec<(String, toml::Value)>> = Vec::new();
-    if !axes.is_empty() {
-        let mut odometer = vec![0usize; axes.len()];
-        loop {
-            points.push(
-                axes.iter()
-                    .zip(&odometer)
-                    .map(|((p, vs), &i)| (p.clone(), vs[i].clone()))
-                    .collect(),
-            );
-            // The last axis varies fastest.
-            let mut k = axes.len();
-            loop {
-                if k == 0 {
-                    break;
-                }
-                k -= 1;
-                odometer[k] += 1;
-                if odometer[k] < axes[k].1.len() {
-                    break;
-                }
-                odometer[k] = 0;
-                if k == 0 {
-                    k = usize::MAX;
-                    break;
-                }
+    // The cartesian product in mixed radix: point n picks digit k of n for axis k, the last
+    // axis varying fastest. No axes, no grid points (only includes).
+    let total: usize = if axes.is_empty() {
+        0
+    } else {
+        axes.iter().map(|(_, v)| v.len()).product()
+    };
+    let mut points: Vec<Vec<(String, toml::Value)>> = (0..total)
+        .map(|mut n| {
+            let mut point = vec![(String::new(), toml::Value::Boolean(false)); axes.len()];
+            for (k, (path, values)) in axes.iter().enumerate().rev() {
+                point[k] = (path.clone(), values[n % values.len()].clone());
+                n /= values.len();
             }
-            if k == usize::MAX {
-                break;
-            }
-        }
-    }
+            point
+        })
+        .collect();
     points.retain(|p| {
         !excludes.iter().any(|ex| {
             ex.iter()
@@ -416,6 +402,24 @@ epochs = 3
             .collect();
         assert_eq!(new.len(), 2);
         assert!(new.iter().all(|s| s.config.seed == 3));
+    }
+
+    #[test]
+    fn the_first_grid_key_in_the_file_varies_slowest() {
+        let p = plan(
+            "name = \"o\"\n[grid]\nseed = [7, 8]\noptimizer = [\"sgd\", \"adam\"]\n",
+            "o.toml",
+        )
+        .unwrap();
+        let order: Vec<(u64, &str)> = p
+            .shards
+            .iter()
+            .map(|s| (s.config.seed, s.config.train.optimizer.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![(7, "sgd"), (7, "adam"), (8, "sgd"), (8, "adam")]
+        );
     }
 
     #[test]
