@@ -213,7 +213,7 @@ impl Ledger {
         &mut self,
         (sweep, shard, attempt): (&str, &str, u32),
         now: Millis,
-        (kind, detail): (&str, Option<&str>),
+        logged: Option<(&str, Option<&str>)>,
         f: impl FnOnce(&Shard) -> Result<Shard, Refused>,
     ) -> Result<Shard, LedgerError> {
         let tx = self
@@ -222,7 +222,9 @@ impl Ledger {
         let current = load(&tx, &self.path, sweep, shard)?;
         let next = f(&current)?;
         store(&tx, sweep, shard, &next)?;
-        event(&tx, now, sweep, shard, attempt, kind, detail)?;
+        if let Some((kind, detail)) = logged {
+            event(&tx, now, sweep, shard, attempt, kind, detail)?;
+        }
         tx.commit()?;
         Ok(next)
     }
@@ -237,13 +239,10 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let policy = self.policy;
         // Heartbeats are frequent and say nothing new: no event row.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let next = load(&tx, &self.path, sweep, shard)?.heartbeat(attempt, now, &policy)?;
-        store(&tx, sweep, shard, &next)?;
-        tx.commit()?;
-        Ok(())
+        self.transition((sweep, shard, attempt), now, None, |s| {
+            s.heartbeat(attempt, now, &policy)
+        })
+        .map(|_| ())
     }
 
     /// Commits the results of `attempt`.
@@ -254,9 +253,12 @@ impl Ledger {
         attempt: u32,
         now: Millis,
     ) -> Result<(), LedgerError> {
-        self.transition((sweep, shard, attempt), now, ("committed", None), |s| {
-            s.complete(attempt, now)
-        })
+        self.transition(
+            (sweep, shard, attempt),
+            now,
+            Some(("committed", None)),
+            |s| s.complete(attempt, now),
+        )
         .map(|_| ())
     }
 
@@ -270,9 +272,12 @@ impl Ledger {
         now: Millis,
     ) -> Result<ShardState, LedgerError> {
         let policy = self.policy;
-        self.transition((sweep, shard, attempt), now, ("failed", Some(error)), |s| {
-            s.fail(attempt, error, now, &policy)
-        })
+        self.transition(
+            (sweep, shard, attempt),
+            now,
+            Some(("failed", Some(error))),
+            |s| s.fail(attempt, error, now, &policy),
+        )
         .map(|s| s.state)
     }
 
@@ -284,9 +289,12 @@ impl Ledger {
         attempt: u32,
         now: Millis,
     ) -> Result<(), LedgerError> {
-        self.transition((sweep, shard, attempt), now, ("preempted", None), |s| {
-            s.preempt(attempt, now)
-        })
+        self.transition(
+            (sweep, shard, attempt),
+            now,
+            Some(("preempted", None)),
+            |s| s.preempt(attempt, now),
+        )
         .map(|_| ())
     }
 
