@@ -22,12 +22,27 @@ pub enum Command {
     /// Run one shard in this process: train, snapshot, evaluate the line and the trajectory,
     /// write Parquet.
     Exec(ExecArgs),
+    /// Run a sweep on this machine: an in-process coordinator and local workers. Run it again
+    /// after an interruption to resume; committed shards are not rerun.
+    Run(RunArgs),
     /// Run the coordinator: the durable shard ledger behind a gRPC API.
     Serve(ServeArgs),
+    /// Run a worker: lease shards from a coordinator and run them, one child process each.
+    Worker(WorkerArgs),
     /// Submit a sweep spec to a coordinator (idempotent: known shards are left as they are).
     Submit(SubmitArgs),
-    /// Shard counts per state of a sweep on a coordinator.
+    /// A sweep's progress: shards per state, failures, running shards, throughput and ETA.
     Status(StatusArgs),
+    /// Follow a sweep's progress until every shard is committed, failed or cancelled.
+    Watch(WatchArgs),
+    /// Run failed (and cancelled) shards again, all of them or those named.
+    Retry(RetryArgs),
+    /// Cancel a sweep's pending shards (running ones finish unless --now).
+    Cancel(CancelArgs),
+    /// Live workers, their devices and the shards they hold.
+    Workers(WorkersArgs),
+    /// Remove staging left by dead attempts (committed, cancelled or unknown shards).
+    Gc(GcArgs),
     /// Expand a sweep spec into its shards and print them, without running anything.
     Plan(PlanArgs),
     /// Print the default shard config (every field, with its default) as TOML.
@@ -40,8 +55,20 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Shard config (TOML); every field has a default.
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[arg(long, short, required_unless_present = "config_json")]
+    pub config: Option<PathBuf>,
+    /// The shard config as canonical JSON (how a worker hands a leased shard to its child).
+    #[arg(long, hide = true, conflicts_with = "config")]
+    pub config_json: Option<String>,
+    /// Refuse to run unless the config hashes to this shard id (worker/child version skew).
+    #[arg(long, hide = true)]
+    pub expect_shard: Option<String>,
+    /// Write under this attempt's staging prefix for the coordinator to publish.
+    #[arg(long, hide = true)]
+    pub attempt: Option<u32>,
+    /// Progress as JSON lines on stdout, no summary (for the worker agent).
+    #[arg(long, hide = true)]
+    pub progress_jsonl: bool,
     /// Output location: a directory or file:///dir.
     #[arg(long, short)]
     pub out: String,
@@ -74,6 +101,57 @@ pub struct ServeArgs {
     /// Application failures a shard may have before it is marked failed.
     #[arg(long, default_value_t = 3)]
     pub max_failures: u32,
+    /// Results location for sweeps whose spec has no `[storage] results`.
+    #[arg(long)]
+    pub results: Option<String>,
+}
+
+/// `linesweep worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Device the shards train on: cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Shards run at once (each in its own process).
+    #[arg(long, default_value_t = 1)]
+    pub slots: usize,
+    /// Worker name (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exit once no shard is pending instead of waiting for more.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// Longest wait, in seconds, between retries when the coordinator is unreachable.
+    #[arg(long, default_value_t = 30.0)]
+    pub max_backoff: f64,
+    /// Seconds between lease polls when nothing is pending.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_poll: f64,
+}
+
+/// `linesweep run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Local workers (each runs one shard at a time in its own process).
+    #[arg(long, short, default_value_t = 2)]
+    pub workers: usize,
+    /// Results location (default: the spec's `[storage] results`, else ./linesweep-results).
+    #[arg(long, short)]
+    pub out: Option<String>,
+    /// Device the workers train on.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Accept changed shared settings under an existing sweep name.
+    #[arg(long)]
+    pub new: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Connection options shared by client commands.
@@ -92,6 +170,9 @@ pub struct ClientArgs {
 pub struct SubmitArgs {
     /// Sweep spec (TOML).
     pub spec: PathBuf,
+    /// Accept changed shared settings under an existing sweep name (adds the new shards).
+    #[arg(long)]
+    pub new: bool,
     /// Where the coordinator is.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -100,6 +181,66 @@ pub struct SubmitArgs {
 /// `linesweep status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// List every shard with its state and attempts.
+    #[arg(long)]
+    pub shards: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// Only these shards (repeatable); default: every failed or cancelled shard.
+    #[arg(long = "shard")]
+    pub shards: Vec<String>,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// Also stop running shards (at their next heartbeat).
+    #[arg(long)]
+    pub now: bool,
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep workers`.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Where the coordinator is.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `linesweep gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
     /// Sweep name.
     pub sweep: String,
     /// Where the coordinator is.

@@ -13,8 +13,15 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("LINESWEEP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if cli.quiet { "warn" } else { "info" }));
+    // Under `run` the per-shard lines of the local workers would scroll the progress bars
+    // away; their warnings still show.
+    let default = match (&cli.command, cli.quiet) {
+        (_, true) => "warn",
+        (cli::Command::Run(_), false) => "info,linesweep_worker::agent=warn",
+        _ => "info",
+    };
+    let filter =
+        EnvFilter::try_from_env("LINESWEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -22,6 +29,10 @@ fn main() -> std::process::ExitCode {
         .init();
     match cmd::dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<cmd::Interrupted>().is_some() => {
+            tracing::warn!("{e}");
+            std::process::ExitCode::from(linesweep_worker::agent::EXIT_INTERRUPTED as u8)
+        }
         Err(e) => {
             // One line a user can act on: the chain of causes, outermost first.
             eprintln!(

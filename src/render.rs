@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::io::Write as _;
 
+use linesweep_proto::pb;
 use linesweep_worker::engine::{LinePoint, SPLITS, ShardOutcome};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -178,6 +179,219 @@ pub fn json(shard: &str, sweep: &str, o: &ShardOutcome) -> serde_json::Value {
             "trajectory": t.trajectory, "total": t.total,
         },
     })
+}
+
+const STATES: [&str; 6] = [
+    "pending",
+    "leased",
+    "publishing",
+    "committed",
+    "failed",
+    "cancelled",
+];
+
+fn count(st: &pb::StatusReply, state: &str) -> u64 {
+    st.counts.get(state).copied().unwrap_or(0)
+}
+
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// One line of sweep progress (for `watch`).
+pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
+    let total: u64 = st.counts.values().sum();
+    let mut line = format!("{sweep}: {}/{total} committed", count(st, "committed"));
+    for state in ["leased", "pending", "failed", "cancelled"] {
+        let n = count(st, state);
+        if n > 0 {
+            let name = if state == "leased" { "running" } else { state };
+            let _ = write!(line, " · {n} {name}");
+        }
+    }
+    if st.commits_per_minute > 0.0 {
+        let _ = write!(line, " · {:.1}/min", st.commits_per_minute);
+    }
+    if let Some(eta) = st.eta_s {
+        let _ = write!(line, " · eta {}", duration(eta));
+    }
+    line
+}
+
+/// The full status of a sweep: counts, counters, running and failed shards.
+pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
+    let total: u64 = st.counts.values().sum();
+    let mut s = format!("sweep {sweep}: {total} shards");
+    for state in STATES {
+        let _ = write!(s, " · {} {state}", count(st, state));
+    }
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "failures {} (retried automatically up to the budget) · interruptions {} (lease expiries and preemptions)",
+        st.failures, st.interruptions
+    );
+    if st.commits_per_minute > 0.0 {
+        let _ = writeln!(
+            s,
+            "throughput {:.2} shards/min{}",
+            st.commits_per_minute,
+            st.eta_s
+                .map_or_else(String::new, |e| format!(" · eta {}", duration(e)))
+        );
+    }
+    for r in &st.running {
+        let progress = if r.total > 0 {
+            format!("{} {}/{}", r.phase, r.done, r.total)
+        } else if r.phase.is_empty() {
+            "starting".to_owned()
+        } else {
+            r.phase.clone()
+        };
+        let _ = writeln!(
+            s,
+            "  running {} attempt {} on {}: {progress}",
+            r.id,
+            r.attempts,
+            if r.worker.is_empty() { "—" } else { &r.worker }
+        );
+    }
+    for r in &st.failed {
+        let _ = writeln!(
+            s,
+            "  failed  {} after {} attempts: {}",
+            r.id, r.attempts, r.last_error
+        );
+    }
+    if !st.failed.is_empty() {
+        let _ = writeln!(s, "rerun failed shards with: linesweep retry {sweep}");
+    }
+    if !st.results.is_empty() {
+        let _ = writeln!(s, "results: {}/results", st.results.trim_end_matches('/'));
+    }
+    s
+}
+
+/// Every shard of a sweep, one per line.
+pub fn shard_table(shards: &[pb::ShardInfo]) -> String {
+    let mut s = format!(
+        "{:<18}{:<12}{:>9}{:>10}{:>14}  {}\n",
+        "shard", "state", "attempts", "failures", "interruptions", "worker / last error"
+    );
+    for r in shards {
+        let _ = writeln!(
+            s,
+            "{:<18}{:<12}{:>9}{:>10}{:>14}  {}",
+            r.id,
+            r.state,
+            r.attempts,
+            r.failures,
+            r.interruptions,
+            if r.worker.is_empty() {
+                &r.last_error
+            } else {
+                &r.worker
+            }
+        );
+    }
+    s
+}
+
+/// `status --json`.
+pub fn status_json(sweep: &str, st: &pb::StatusReply, shards: &[pb::ShardInfo]) -> serde_json::Value {
+    let info = |r: &pb::ShardInfo| {
+        serde_json::json!({
+            "id": r.id, "state": r.state, "attempts": r.attempts, "failures": r.failures,
+            "interruptions": r.interruptions, "last_error": r.last_error, "worker": r.worker,
+            "phase": r.phase, "done": r.done, "total": r.total,
+            "committed_attempt": r.committed_attempt,
+        })
+    };
+    serde_json::json!({
+        "sweep": sweep,
+        "counts": st.counts,
+        "failures": st.failures,
+        "interruptions": st.interruptions,
+        "commits_per_minute": st.commits_per_minute,
+        "eta_s": st.eta_s,
+        "results": st.results,
+        "running": st.running.iter().map(info).collect::<Vec<_>>(),
+        "failed": st.failed.iter().map(info).collect::<Vec<_>>(),
+        "shards": shards.iter().map(info).collect::<Vec<_>>(),
+    })
+}
+
+/// `linesweep workers`.
+pub fn workers(list: &[pb::WorkerInfo]) -> String {
+    if list.is_empty() {
+        return "no live workers\n".into();
+    }
+    let mut s = format!(
+        "{:<28}{:<10}{:>6}{:>12}  {}\n",
+        "worker", "device", "slots", "last seen", "shards"
+    );
+    for w in list {
+        let _ = writeln!(
+            s,
+            "{:<28}{:<10}{:>6}{:>12}  {}",
+            w.name,
+            w.device,
+            w.slots,
+            format!("{:.1}s ago", w.last_seen_ms as f64 / 1000.0),
+            if w.shards.is_empty() {
+                "idle".to_owned()
+            } else {
+                w.shards.join(", ")
+            }
+        );
+    }
+    s
+}
+
+/// One row of a sweep summary: a config group (every grid point but the seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    /// The group's grid values, e.g. `optimizer=sgd, train.lr=0.05`.
+    pub group: String,
+    /// Runs with results.
+    pub runs: usize,
+    /// Runs that diverged.
+    pub diverged: usize,
+    /// Fraction of runs whose train line is monotone.
+    pub monotone: Option<f64>,
+    /// Mean Δ_min of the train line.
+    pub delta_min: Option<f64>,
+    /// Mean final test accuracy.
+    pub test_acc: Option<f64>,
+}
+
+/// The sweep summary table.
+pub fn sweep_summary(rows: &[GroupRow]) -> String {
+    let width = rows.iter().map(|r| r.group.len()).max().unwrap_or(5).max(5) + 2;
+    let mut s = format!(
+        "{:<width$}{:>6}{:>10}{:>11}{:>13}{:>12}\n",
+        "group", "runs", "diverged", "monotone", "mean Δ_min", "test acc"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<width$}{:>6}{:>10}{:>11}{:>13}{:>12}",
+            r.group,
+            r.runs,
+            r.diverged,
+            r.monotone
+                .map_or_else(|| "—".into(), |m| format!("{:.0}%", 100.0 * m)),
+            opt(r.delta_min, 5),
+            r.test_acc
+                .map_or_else(|| "—".into(), |a| format!("{:.2}%", 100.0 * a)),
+        );
+    }
+    s
 }
 
 /// Writes command output to stdout. A closed pipe (`linesweep plan … | head`) ends the output

@@ -1,13 +1,18 @@
 //! The shard state machine.
 //!
 //! ```text
-//!            lease                complete(a)
-//! Pending ─────────────► Leased{a} ─────────────► Committed{a}
-//!    ▲  ▲                 │  │  │
-//!    │  └── expire/preempt┘  │  └── fail(a), budget left ──► Pending
-//!    │                       └──── fail(a), budget spent ──► Failed ──retry──► Pending
-//!    └──────────────────── retry ◄── Cancelled ◄── cancel (Pending | Leased)
+//!            lease             begin_publish(a)                commit(a)
+//! Pending ──────────► Leased{a} ──────────────► Publishing{a} ──────────► Committed{a}
+//!    ▲  ▲              │  │  │                        │
+//!    │  └─expire/preempt┘  │  └─ fail(a), budget left ─┴─ abandon_publish(a) ──► Pending
+//!    │                     └──── fail(a), budget spent ──► Failed ──retry──► Pending
+//!    └─────────────── retry ◄── Cancelled ◄── cancel (Pending; Leased with --now)
 //! ```
+//!
+//! `Publishing{a}` is the intent record of exactly-once publication: it is entered in its own
+//! transaction before any result is copied to its final key, it never expires and cannot be
+//! cancelled, and only attempt `a` (or the coordinator rolling forward after a restart) can
+//! finish it. So no two attempts ever publish, even across a crash between copy and commit.
 //!
 //! Every lease issues a new attempt number; that number is the fencing token. A heartbeat,
 //! completion or failure that names another attempt, or arrives after the lease expired, is
@@ -46,6 +51,8 @@ pub enum ShardState {
         worker: String,
         expires_at: Millis,
     },
+    /// The results of `attempt` are being copied to their final keys.
+    Publishing { attempt: u32 },
     /// Results of `attempt` are the shard's results.
     Committed { attempt: u32 },
     /// The failure budget is spent.
@@ -60,6 +67,7 @@ impl ShardState {
         match self {
             Self::Pending => "pending",
             Self::Leased { .. } => "leased",
+            Self::Publishing { .. } => "publishing",
             Self::Committed { .. } => "committed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -80,6 +88,17 @@ pub struct Shard {
     pub interruptions: u32,
     /// The last failure's message.
     pub last_error: Option<String>,
+}
+
+/// What [`Shard::begin_publish`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// Enter `Publishing` (store this shard), then copy.
+    Start(Shard),
+    /// The same attempt was already publishing (a retried call, or a restart): copy again.
+    Resume,
+    /// The same attempt is already committed (a retried call whose reply was lost).
+    AlreadyCommitted,
 }
 
 /// Why a transition was refused.
@@ -175,13 +194,72 @@ impl Shard {
         Ok(next)
     }
 
-    /// Leased by `attempt` → Committed.
+    /// Leased by `attempt` → Committed, for callers with nothing to publish (tests, the
+    /// coordinator benchmark): [`Self::begin_publish`] and [`Self::commit`] in one step.
     pub fn complete(&self, attempt: u32, now: Millis) -> Result<Shard, Refused> {
-        self.holds(attempt, now)?;
-        Ok(Shard {
-            state: ShardState::Committed { attempt },
-            ..self.clone()
-        })
+        match self.begin_publish(attempt, now)? {
+            Publish::Start(s) => s.commit(attempt),
+            Publish::Resume => self.commit(attempt),
+            Publish::AlreadyCommitted => Ok(self.clone()),
+        }
+    }
+
+    /// `attempt` finished and wants its staged results published.
+    pub fn begin_publish(&self, attempt: u32, now: Millis) -> Result<Publish, Refused> {
+        match &self.state {
+            ShardState::Publishing { attempt: a } if *a == attempt => Ok(Publish::Resume),
+            ShardState::Committed { attempt: a } if *a == attempt => Ok(Publish::AlreadyCommitted),
+            _ => {
+                self.holds(attempt, now)?;
+                Ok(Publish::Start(Shard {
+                    state: ShardState::Publishing { attempt },
+                    ..self.clone()
+                }))
+            }
+        }
+    }
+
+    /// Publishing{attempt} → Committed{attempt}: the copies are all in place.
+    pub fn commit(&self, attempt: u32) -> Result<Shard, Refused> {
+        match &self.state {
+            ShardState::Publishing { attempt: a } if *a == attempt => Ok(Shard {
+                state: ShardState::Committed { attempt },
+                ..self.clone()
+            }),
+            other => Err(Refused::LeaseLost {
+                attempt,
+                state: other.name(),
+            }),
+        }
+    }
+
+    /// The staged results of `attempt` cannot be published (incomplete, or in conflict with
+    /// what is already at the final keys): an application failure of that attempt.
+    pub fn abandon_publish(
+        &self,
+        attempt: u32,
+        error: &str,
+        policy: &LeasePolicy,
+    ) -> Result<Shard, Refused> {
+        match &self.state {
+            ShardState::Publishing { attempt: a } if *a == attempt => {
+                let failures = self.failures + 1;
+                Ok(Shard {
+                    state: if failures >= policy.max_failures {
+                        ShardState::Failed
+                    } else {
+                        ShardState::Pending
+                    },
+                    failures,
+                    last_error: Some(error.to_owned()),
+                    ..self.clone()
+                })
+            }
+            other => Err(Refused::LeaseLost {
+                attempt,
+                state: other.name(),
+            }),
+        }
     }
 
     /// An application failure of `attempt`: back to Pending while the budget lasts.
@@ -249,9 +327,15 @@ impl Shard {
         })
     }
 
-    /// A user cancel: Pending or Leased → Cancelled; `None` otherwise.
-    pub fn cancel(&self) -> Option<Shard> {
-        matches!(self.state, ShardState::Pending | ShardState::Leased { .. }).then(|| Shard {
+    /// A user cancel: Pending → Cancelled, and with `running` also Leased → Cancelled (its
+    /// next heartbeat is told to stop); `None` otherwise. Publishing shards always finish.
+    pub fn cancel(&self, running: bool) -> Option<Shard> {
+        let applies = match self.state {
+            ShardState::Pending => true,
+            ShardState::Leased { .. } => running,
+            _ => false,
+        };
+        applies.then(|| Shard {
             state: ShardState::Cancelled,
             ..self.clone()
         })
@@ -288,16 +372,18 @@ mod tests {
         );
         let s = s.complete(1, 1_800).unwrap();
         assert_eq!(s.state, ShardState::Committed { attempt: 1 });
-        // Committed shards cannot be leased, retried or completed again.
+        // Committed shards cannot be leased, retried or completed by another attempt; the
+        // same attempt completing again (a lost reply) is answered and changes nothing.
         assert!(s.lease("w2", 2_000, &P).is_err());
         assert!(s.retry().is_none());
         assert_eq!(
-            s.complete(1, 1_900),
+            s.complete(2, 1_900),
             Err(Refused::LeaseLost {
-                attempt: 1,
+                attempt: 2,
                 state: "committed"
             })
         );
+        assert_eq!(s.complete(1, 1_900), Ok(s.clone()));
     }
 
     #[test]
@@ -382,9 +468,40 @@ mod tests {
     }
 
     #[test]
+    fn publishing_is_an_intent_only_its_attempt_can_finish() {
+        let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
+        let Ok(Publish::Start(p)) = s.begin_publish(a, 10) else {
+            panic!("a live lease starts publishing")
+        };
+        assert_eq!(p.state, ShardState::Publishing { attempt: a });
+        // It never expires, cannot be cancelled, and survives long past the TTL.
+        assert!(p.expire(1_000_000).is_none());
+        assert!(p.cancel(true).is_none());
+        assert_eq!(p.begin_publish(a, 1_000_000), Ok(Publish::Resume));
+        assert!(matches!(
+            p.begin_publish(a + 1, 20),
+            Err(Refused::LeaseLost { .. })
+        ));
+        assert!(p.commit(a + 1).is_err());
+        let c = p.commit(a).unwrap();
+        assert_eq!(c.state, ShardState::Committed { attempt: a });
+        // A retried completion whose reply was lost is answered, and changes nothing.
+        assert_eq!(c.begin_publish(a, 30), Ok(Publish::AlreadyCommitted));
+        assert_eq!(c.complete(a, 30), Ok(c.clone()));
+        // Abandoning a publish is an application failure of that attempt.
+        let Ok(Publish::Start(p)) = s.begin_publish(a, 10) else {
+            panic!()
+        };
+        let back = p.abandon_publish(a, "no runs file", &P).unwrap();
+        assert_eq!((back.state, back.failures), (ShardState::Pending, 1));
+    }
+
+    #[test]
     fn cancel_and_retry() {
         let (s, a) = Shard::new().lease("w", 0, &P).unwrap();
-        let c = s.cancel().unwrap();
+        assert!(s.cancel(false).is_none(), "running shards finish unless --now");
+        assert_eq!(Shard::new().cancel(false).unwrap().state, ShardState::Cancelled);
+        let c = s.cancel(true).unwrap();
         assert_eq!(c.state, ShardState::Cancelled);
         assert!(matches!(
             c.heartbeat(a, 1, &P),
@@ -393,7 +510,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(c.cancel().is_none());
+        assert!(c.cancel(true).is_none());
         assert_eq!(c.retry().unwrap().state, ShardState::Pending);
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::lease::{LeasePolicy, Millis, Refused, Shard, ShardState};
+use crate::lease::{LeasePolicy, Millis, Publish, Refused, Shard, ShardState};
 
 /// The ledger refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,23 @@ pub enum LedgerError {
     /// The shard is not in the ledger.
     #[error("no shard {shard} in sweep {sweep}")]
     UnknownShard { sweep: String, shard: String },
+    /// The sweep is not in the ledger.
+    #[error("no sweep named {0}")]
+    UnknownSweep(String),
+    /// A resubmission changed the sweep's shared settings; `old` and `new` are their JSON.
+    #[error("sweep {sweep} already exists with other settings")]
+    Changed {
+        sweep: String,
+        old: String,
+        new: String,
+    },
+    /// A resubmission names another results location.
+    #[error("sweep {sweep} writes its results to {old}, not {new}")]
+    ResultsMoved {
+        sweep: String,
+        old: String,
+        new: String,
+    },
     /// Another process holds the state file.
     #[error("{path} is in use by another coordinator")]
     Locked { path: String },
@@ -46,6 +63,56 @@ pub struct Lease {
     pub config_json: String,
 }
 
+/// A sweep's own settings, as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepMeta {
+    /// Storage root of the results (empty: none; only the coordinator benchmark does that).
+    pub results: String,
+    /// The spec's shared settings as canonical JSON: a resubmission that changes them is
+    /// refused unless the user says so.
+    pub base_json: String,
+}
+
+/// How a submission relates to what the ledger has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitMode {
+    /// The first (or only) message of a submission.
+    Start {
+        /// Accept changed shared settings (`submit --new`).
+        allow_changed: bool,
+    },
+    /// A further message of a large submission: the sweep must exist.
+    Continuation,
+}
+
+/// One shard as listed for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRow {
+    /// Shard id.
+    pub id: String,
+    /// State and counters.
+    pub shard: Shard,
+}
+
+/// A sweep's state in one read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepStatus {
+    /// Shards per state name.
+    pub counts: BTreeMap<String, u64>,
+    /// Application failures, all shards.
+    pub failures: u64,
+    /// Expiries and preemptions, all shards.
+    pub interruptions: u64,
+    /// Failed shards.
+    pub failed: Vec<ShardRow>,
+    /// Leased and publishing shards.
+    pub running: Vec<ShardRow>,
+    /// Number of commits, and the times of the first and last.
+    pub commits: (u64, Millis, Millis),
+    /// The sweep's results location.
+    pub results: String,
+}
+
 /// What a submission changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -58,7 +125,9 @@ pub struct Submitted {
 const SCHEMA: &str = "
 create table if not exists sweeps (
     name text primary key,
-    created_ms integer not null
+    created_ms integer not null,
+    results text not null,
+    base_json text not null
 );
 create table if not exists shards (
     sweep text not null references sweeps(name),
@@ -68,6 +137,7 @@ create table if not exists shards (
     attempts integer not null default 0,
     worker text,
     expires_at integer,
+    -- the attempt being published (state 'publishing') or committed (state 'committed')
     committed_attempt integer,
     failures integer not null default 0,
     interruptions integer not null default 0,
@@ -149,21 +219,72 @@ impl Ledger {
         &self.policy
     }
 
-    /// Adds a sweep's shards; shards already present are left untouched (resubmitting the same
-    /// spec creates nothing; adding seeds adds only the new shards).
+    /// [`Self::submit_sweep`] with empty settings (tests and the coordinator benchmark).
     pub fn submit(
         &mut self,
         sweep: &str,
         shards: &[(String, String)],
         now: Millis,
     ) -> Result<Submitted, LedgerError> {
+        let mode = SubmitMode::Start {
+            allow_changed: false,
+        };
+        self.submit_sweep(sweep, &SweepMeta::default(), mode, shards, now)
+    }
+
+    /// Adds a sweep's shards; shards already present are left untouched (resubmitting the same
+    /// spec creates nothing; adding seeds adds only the new shards). A sweep whose shared
+    /// settings changed is refused ([`LedgerError::Changed`]) unless `allow_changed`.
+    pub fn submit_sweep(
+        &mut self,
+        sweep: &str,
+        meta: &SweepMeta,
+        mode: SubmitMode,
+        shards: &[(String, String)],
+        now: Millis,
+    ) -> Result<Submitted, LedgerError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "insert or ignore into sweeps(name, created_ms) values (?1, ?2)",
-            params![sweep, now],
-        )?;
+        let known: Option<(String, String)> = tx
+            .query_row(
+                "select results, base_json from sweeps where name = ?1",
+                [sweep],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match (known, mode) {
+            (None, SubmitMode::Continuation) => {
+                return Err(LedgerError::UnknownSweep(sweep.into()));
+            }
+            (None, SubmitMode::Start { .. }) => {
+                tx.execute(
+                    "insert into sweeps(name, created_ms, results, base_json) values (?1, ?2, ?3, ?4)",
+                    params![sweep, now, meta.results, meta.base_json],
+                )?;
+            }
+            (Some((results, _)), _) if results != meta.results => {
+                return Err(LedgerError::ResultsMoved {
+                    sweep: sweep.into(),
+                    old: results,
+                    new: meta.results.clone(),
+                });
+            }
+            (Some((_, base)), SubmitMode::Start { allow_changed }) if base != meta.base_json => {
+                if !allow_changed {
+                    return Err(LedgerError::Changed {
+                        sweep: sweep.into(),
+                        old: base,
+                        new: meta.base_json.clone(),
+                    });
+                }
+                tx.execute(
+                    "update sweeps set base_json = ?2 where name = ?1",
+                    params![sweep, meta.base_json],
+                )?;
+            }
+            (Some(_), _) => {}
+        }
         let mut added = 0;
         {
             let mut insert = tx.prepare(
@@ -245,8 +366,44 @@ impl Ledger {
         .map(|_| ())
     }
 
-    /// Commits the results of `attempt`.
+    /// Commits the results of `attempt` with nothing to publish (tests, benchmark).
     pub fn complete(
+        &mut self,
+        sweep: &str,
+        shard: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<(), LedgerError> {
+        match self.begin_publish(sweep, shard, attempt, now)? {
+            Publish::AlreadyCommitted => Ok(()),
+            Publish::Start(_) | Publish::Resume => self.commit(sweep, shard, attempt, now),
+        }
+    }
+
+    /// Records the intent to publish `attempt`'s staged results (see [`Shard::begin_publish`]).
+    /// The returned [`Publish::Start`] has already been stored.
+    pub fn begin_publish(
+        &mut self,
+        sweep: &str,
+        shard: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<Publish, LedgerError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load(&tx, &self.path, sweep, shard)?;
+        let decision = current.begin_publish(attempt, now)?;
+        if let Publish::Start(next) = &decision {
+            store(&tx, sweep, shard, next)?;
+            event(&tx, now, sweep, shard, attempt, "publishing", None)?;
+        }
+        tx.commit()?;
+        Ok(decision)
+    }
+
+    /// The copies of `attempt` are in place: Publishing → Committed.
+    pub fn commit(
         &mut self,
         sweep: &str,
         shard: &str,
@@ -257,9 +414,47 @@ impl Ledger {
             (sweep, shard, attempt),
             now,
             Some(("committed", None)),
-            |s| s.complete(attempt, now),
+            |s| s.commit(attempt),
         )
         .map(|_| ())
+    }
+
+    /// `attempt`'s staged results cannot be published; counts as an application failure.
+    pub fn abandon_publish(
+        &mut self,
+        sweep: &str,
+        shard: &str,
+        attempt: u32,
+        error: &str,
+        now: Millis,
+    ) -> Result<ShardState, LedgerError> {
+        let policy = self.policy;
+        self.transition(
+            (sweep, shard, attempt),
+            now,
+            Some(("publish-failed", Some(error))),
+            |s| s.abandon_publish(attempt, error, &policy),
+        )
+        .map(|s| s.state)
+    }
+
+    /// Shards caught between intent and commit (after a crash): `(sweep, shard, attempt)`.
+    pub fn publishing(&self) -> Result<Vec<(String, String, u32)>, LedgerError> {
+        let mut q = self.conn.prepare(
+            "select sweep, id, committed_attempt from shards where state = 'publishing' order by rowid",
+        )?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The results location of a sweep.
+    pub fn results(&self, sweep: &str) -> Result<String, LedgerError> {
+        self.conn
+            .query_row("select results from sweeps where name = ?1", [sweep], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| LedgerError::UnknownSweep(sweep.into()))
     }
 
     /// Records an application failure of `attempt`; returns the shard's new state.
@@ -326,6 +521,31 @@ impl Ledger {
         Ok(expired)
     }
 
+    /// Returns every lease to pending as an interruption (budget untouched): for the embedded
+    /// mode, whose workers died with the process that held the leases. Returns how many.
+    pub fn release_all(&mut self, now: Millis) -> Result<usize, LedgerError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held: Vec<(String, String)> = {
+            let mut q = tx.prepare("select sweep, id from shards where state = 'leased'")?;
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (sweep, shard) in &held {
+            let current = load(&tx, &self.path, sweep, shard)?;
+            let next = Shard {
+                state: ShardState::Pending,
+                interruptions: current.interruptions + 1,
+                ..current.clone()
+            };
+            store(&tx, sweep, shard, &next)?;
+            event(&tx, now, sweep, shard, current.attempts, "released", None)?;
+        }
+        tx.commit()?;
+        Ok(held.len())
+    }
+
     /// After a restart: gives every live lease at least one fresh TTL. Returns how many.
     pub fn restart_grace(&mut self, now: Millis) -> Result<usize, LedgerError> {
         let policy = self.policy;
@@ -348,12 +568,13 @@ impl Ledger {
         only: Option<&[String]>,
         now: Millis,
     ) -> Result<usize, LedgerError> {
-        self.bulk(sweep, only, now, "retried", Shard::retry)
+        self.bulk(sweep, only, now, "retried", &Shard::retry)
     }
 
-    /// Cancels pending and leased shards of `sweep`. Returns how many.
-    pub fn cancel(&mut self, sweep: &str, now: Millis) -> Result<usize, LedgerError> {
-        self.bulk(sweep, None, now, "cancelled", Shard::cancel)
+    /// Cancels the pending shards of `sweep`, and with `running` the leased ones too.
+    /// Returns how many.
+    pub fn cancel(&mut self, sweep: &str, running: bool, now: Millis) -> Result<usize, LedgerError> {
+        self.bulk(sweep, None, now, "cancelled", &|s: &Shard| s.cancel(running))
     }
 
     fn bulk(
@@ -362,11 +583,19 @@ impl Ledger {
         only: Option<&[String]>,
         now: Millis,
         kind: &str,
-        f: fn(&Shard) -> Option<Shard>,
+        f: &dyn Fn(&Shard) -> Option<Shard>,
     ) -> Result<usize, LedgerError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "select exists(select 1 from sweeps where name = ?1)",
+            [sweep],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(LedgerError::UnknownSweep(sweep.into()));
+        }
         let ids: Vec<String> = {
             let mut q = tx.prepare("select id from shards where sweep = ?1 order by rowid")?;
             q.query_map([sweep], |r| r.get(0))?
@@ -407,6 +636,71 @@ impl Ledger {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every shard of `sweep`, in submission order.
+    pub fn shards(&self, sweep: &str) -> Result<Vec<ShardRow>, LedgerError> {
+        self.rows(sweep, "1")
+    }
+
+    fn rows(&self, sweep: &str, filter: &str) -> Result<Vec<ShardRow>, LedgerError> {
+        let ids: Vec<String> = {
+            let mut q = self.conn.prepare(&format!(
+                "select id from shards where sweep = ?1 and ({filter}) order by rowid"
+            ))?;
+            q.query_map([sweep], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        ids.into_iter()
+            .map(|id| {
+                let shard = load(&self.conn, &self.path, sweep, &id)?;
+                Ok(ShardRow { id, shard })
+            })
+            .collect()
+    }
+
+    /// Leased shards per worker, as `sweep/shard`.
+    pub fn leases_by_worker(&self) -> Result<BTreeMap<String, Vec<String>>, LedgerError> {
+        let mut q = self
+            .conn
+            .prepare("select worker, sweep, id from shards where state = 'leased' order by rowid")?;
+        let rows = q.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in rows {
+            let (w, sweep, id) = row?;
+            out.entry(w).or_default().push(format!("{sweep}/{id}"));
+        }
+        Ok(out)
+    }
+
+    /// Counts, counters, failed and running shards, and the commit rate of `sweep`.
+    pub fn status(&self, sweep: &str) -> Result<SweepStatus, LedgerError> {
+        let results = self.results(sweep)?;
+        let (failures, interruptions): (i64, i64) = self.conn.query_row(
+            "select coalesce(sum(failures), 0), coalesce(sum(interruptions), 0) from shards where sweep = ?1",
+            [sweep],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let commits: (i64, Option<i64>, Option<i64>) = self.conn.query_row(
+            "select count(*), min(at_ms), max(at_ms) from events where sweep = ?1 and kind = 'committed'",
+            [sweep],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(SweepStatus {
+            counts: self.counts(sweep)?,
+            failures: failures as u64,
+            interruptions: interruptions as u64,
+            failed: self.rows(sweep, "state = 'failed'")?,
+            running: self.rows(sweep, "state in ('leased', 'publishing')")?,
+            commits: (
+                commits.0 as u64,
+                commits.1.unwrap_or(0),
+                commits.2.unwrap_or(0),
+            ),
+            results,
+        })
     }
 
     /// Number of events recorded for a shard of a given kind (audits: "why did it run twice").
@@ -458,6 +752,7 @@ fn load(conn: &Connection, path: &str, sweep: &str, shard: &str) -> Result<Shard
             worker,
             expires_at,
         },
+        ("publishing", _, _, Some(attempt)) => ShardState::Publishing { attempt },
         ("committed", _, _, Some(attempt)) => ShardState::Committed { attempt },
         ("failed", ..) => ShardState::Failed,
         ("cancelled", ..) => ShardState::Cancelled,
@@ -477,7 +772,9 @@ fn store(conn: &Connection, sweep: &str, shard: &str, s: &Shard) -> Result<(), L
         ShardState::Leased {
             worker, expires_at, ..
         } => (Some(worker.as_str()), Some(*expires_at), None),
-        ShardState::Committed { attempt } => (None, None, Some(*attempt)),
+        ShardState::Publishing { attempt } | ShardState::Committed { attempt } => {
+            (None, None, Some(*attempt))
+        }
         _ => (None, None, None),
     };
     conn.execute(
@@ -558,11 +855,18 @@ mod tests {
         for lease in &leases {
             l.complete(&lease.sweep, &lease.shard, lease.attempt, 20)
                 .unwrap();
-            // A second completion (duplicate publisher) is refused.
+            // A second completion by another attempt (duplicate publisher) is refused; the same
+            // attempt retrying after a lost reply is answered and changes nothing.
             assert!(matches!(
-                l.complete(&lease.sweep, &lease.shard, lease.attempt, 21),
+                l.complete(&lease.sweep, &lease.shard, lease.attempt + 1, 21),
                 Err(LedgerError::Refused(Refused::LeaseLost { .. }))
             ));
+            l.complete(&lease.sweep, &lease.shard, lease.attempt, 21)
+                .unwrap();
+            assert_eq!(
+                l.events(&lease.sweep, &lease.shard, "committed").unwrap(),
+                1
+            );
         }
         assert_eq!(l.counts("sw").unwrap().get("committed"), Some(&3));
         assert!(l.lease("w", 30).unwrap().is_none());
@@ -620,6 +924,68 @@ mod tests {
             l.retry("sw", Some(&["nope".into()]), 6),
             Err(LedgerError::UnknownShard { .. })
         ));
+    }
+
+    #[test]
+    fn changed_settings_are_refused_unless_allowed_and_results_cannot_move() {
+        let mut l = Ledger::in_memory(P).unwrap();
+        let meta = |base: &str| SweepMeta {
+            results: "/r".into(),
+            base_json: base.into(),
+        };
+        let start = SubmitMode::Start {
+            allow_changed: false,
+        };
+        l.submit_sweep("sw", &meta("{\"a\":1}"), start, &shards(2), 0)
+            .unwrap();
+        let err = l
+            .submit_sweep("sw", &meta("{\"a\":2}"), start, &shards(3), 1)
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::Changed { .. }), "{err}");
+        assert_eq!(l.shards("sw").unwrap().len(), 2, "a refusal adds nothing");
+        let allowed = SubmitMode::Start {
+            allow_changed: true,
+        };
+        let r = l
+            .submit_sweep("sw", &meta("{\"a\":2}"), allowed, &shards(3), 2)
+            .unwrap();
+        assert_eq!(r.added, 1);
+        let moved = SweepMeta {
+            results: "/elsewhere".into(),
+            ..meta("{\"a\":2}")
+        };
+        assert!(matches!(
+            l.submit_sweep("sw", &moved, start, &shards(3), 3),
+            Err(LedgerError::ResultsMoved { .. })
+        ));
+        assert!(matches!(
+            l.submit_sweep("nope", &meta("{}"), SubmitMode::Continuation, &shards(1), 4),
+            Err(LedgerError::UnknownSweep(_))
+        ));
+    }
+
+    #[test]
+    fn a_publish_interrupted_by_a_crash_is_found_again_and_never_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut l = Ledger::open(&path, P).unwrap();
+            l.submit("sw", &shards(1), 0).unwrap();
+            let a = l.lease("w", 0).unwrap().unwrap();
+            assert!(matches!(
+                l.begin_publish("sw", "s0", a.attempt, 10).unwrap(),
+                Publish::Start(_)
+            ));
+        }
+        let mut l = Ledger::open(&path, P).unwrap();
+        assert!(l.expire_leases(1_000_000).unwrap().is_empty());
+        assert_eq!(l.publishing().unwrap(), vec![("sw".into(), "s0".into(), 1)]);
+        assert_eq!(l.cancel("sw", true, 5).unwrap(), 0);
+        l.commit("sw", "s0", 1, 1_000_001).unwrap();
+        assert!(l.publishing().unwrap().is_empty());
+        let st = l.status("sw").unwrap();
+        assert_eq!(st.counts.get("committed"), Some(&1));
+        assert_eq!(st.commits.0, 1);
     }
 
     #[test]

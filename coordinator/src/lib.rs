@@ -6,17 +6,18 @@
 //!   the caller's fencing token and `now`; no clock, no I/O.
 //! - [`ledger`]: SQLite (WAL) persistence. Every state change is one transaction that loads
 //!   the shard, applies a [`lease`] transition and writes the result with an event row.
+//! - [`publish`]: copies an attempt's staged output to the final keys, create-only (the only
+//!   module here that touches storage).
+//! - [`service`]: the gRPC `WorkerService` and `ControlService` over the ledger: version
+//!   check, wire ↔ domain, the publish protocol, live progress and the workers registry.
+//! - [`server`]: bearer-token check, health service, lease reaper and publish roll-forward,
+//!   `serve(listener, ledger, config, shutdown)`.
 //!
 //! **Architecture invariant:** the coordinator never depends on the worker crate. Shard
 //! configs are opaque canonical JSON here; only their ids matter.
-//!
-//! - [`service`]: the gRPC `WorkerService` and `ControlService` over the ledger.
-//! - [`server`]: bearer-token check, lease reaper, `serve(listener, ledger, config, shutdown)`.
-//!
-//! Not here yet (issue 3): watch streams, workers listing, health checks, exactly-once
-//! publishing of results (the coordinator commits the attempt; the publish step is next).
 
 pub mod lease;
 pub mod ledger;
+pub mod publish;
 pub mod server;
 pub mod service;

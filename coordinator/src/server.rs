@@ -1,4 +1,5 @@
-//! Serving: the bearer-token check, the lease reaper, and `serve` on a bound listener.
+//! Serving: the bearer-token check, the health service, the lease reaper with publish
+//! roll-forward, and `serve` on a bound listener.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct ServeConfig {
     pub reaper_interval: Duration,
     /// The clock.
     pub clock: Clock,
+    /// Storage root for sweeps submitted without `[storage] results` (empty: none).
+    pub default_results: String,
 }
 
 /// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
@@ -43,8 +46,9 @@ pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Stat
     }
 }
 
-/// Serves both services on `listener` until `shutdown` resolves. On start every live lease
-/// gets one fresh TTL (restart grace); a reaper then expires leases on its own timer.
+/// Serves both services (and `grpc.health.v1`, without a token, for probes) on `listener`
+/// until `shutdown` resolves. On start every live lease gets one fresh TTL (restart grace) and
+/// interrupted publishes are finished; a reaper then expires leases on its own timer.
 pub async fn serve(
     listener: TcpListener,
     mut ledger: Ledger,
@@ -58,7 +62,8 @@ pub async fn serve(
             "restart grace: live leases extended by one TTL"
         );
     }
-    let coordinator = Coordinator::new(ledger, config.clock.clone());
+    let coordinator = Coordinator::new(ledger, config.clock.clone(), config.default_results);
+    coordinator.roll_forward().await;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {
         let c = coordinator.clone();
@@ -74,6 +79,7 @@ pub async fn serve(
                             },
                             Err(e) => tracing::error!(error = %e, "lease reaper failed"),
                         }
+                        c.roll_forward().await;
                     }
                     _ = stop_rx.changed() => break,
                 }
@@ -89,8 +95,16 @@ pub async fn serve(
     let control = ControlServiceServer::with_interceptor(coordinator, move |r: Request<()>| {
         check_token(token.as_deref(), &r).map(|()| r)
     });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<WorkerServiceServer<Coordinator>>()
+        .await;
+    health
+        .set_serving::<ControlServiceServer<Coordinator>>()
+        .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(worker)
         .add_service(control)
         .serve_with_incoming_shutdown(incoming, shutdown)

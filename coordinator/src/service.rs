@@ -1,17 +1,23 @@
 //! The gRPC services over the ledger: check the protocol version, convert wire types, apply
-//! one ledger transition, answer.
+//! ledger transitions, answer. Completion runs the publish protocol: intent, copy, commit.
 //!
 //! **Architecture invariant:** no SQL and no transition rules here; a refused transition is
 //! answered with `LEASE_LOST` and has changed nothing.
 
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::pb::{self, LeaseVerdict};
+use linesweep_storage::Storage;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::lease::{Millis, ShardState};
-use crate::ledger::{Ledger, LedgerError};
+use crate::lease::{Millis, Publish, Shard, ShardState};
+use crate::ledger::{Ledger, LedgerError, ShardRow, SubmitMode, SweepMeta, SweepStatus};
+use crate::publish::{self, PublishError};
 
 /// The coordinator's clock, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
@@ -25,33 +31,280 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Progress of a running attempt, from its heartbeats (memory only: it is advisory).
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    attempt: u32,
+    phase: String,
+    done: u64,
+    total: u64,
+}
+
+/// A worker as last heard of (memory only: `linesweep workers` is a live view).
+#[derive(Debug, Clone, Default)]
+struct WorkerEntry {
+    device: String,
+    slots: u32,
+    last_seen: Millis,
+}
+
+#[derive(Default)]
+struct Live {
+    progress: HashMap<(String, String), Progress>,
+    workers: BTreeMap<String, WorkerEntry>,
+}
+
 /// Both services over one ledger.
 #[derive(Clone)]
 pub struct Coordinator {
     // A std mutex: no await happens while it is held, and every ledger call is one short
-    // SQLite transaction.
+    // SQLite transaction. Storage I/O (publishing) happens outside it.
     ledger: Arc<Mutex<Ledger>>,
+    live: Arc<Mutex<Live>>,
+    stores: Arc<Mutex<HashMap<String, Arc<Storage>>>>,
     clock: Clock,
+    default_results: String,
+    heartbeat_interval_ms: u64,
+    watch_interval: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Coordinator {
-    /// Wraps a ledger.
-    pub fn new(ledger: Ledger, clock: Clock) -> Self {
+    /// Wraps a ledger. `default_results` is the storage root of sweeps submitted without one.
+    pub fn new(ledger: Ledger, clock: Clock, default_results: String) -> Self {
+        let ttl = ledger.policy().ttl_ms.max(1) as u64;
         Self {
             ledger: Arc::new(Mutex::new(ledger)),
+            live: Arc::default(),
+            stores: Arc::default(),
             clock,
+            default_results,
+            // Six heartbeats per TTL: a lease survives a few lost ones.
+            heartbeat_interval_ms: (ttl / 6).max(50),
+            watch_interval: Duration::from_millis(500),
         }
     }
 
     /// Runs `f` on the ledger at the current time.
     pub fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger, Millis) -> T) -> T {
         let now = (self.clock)();
-        let mut guard = self
-            .ledger
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut guard, now)
+        f(&mut lock(&self.ledger), now)
     }
+
+    fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
+    async fn storage(&self, location: &str) -> Result<Arc<Storage>, Status> {
+        if let Some(s) = lock(&self.stores).get(location) {
+            return Ok(s.clone());
+        }
+        let loc = location.to_owned();
+        let opened = tokio::task::spawn_blocking(move || Storage::open(&loc))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("results storage: {e}")))?;
+        let s = Arc::new(opened);
+        lock(&self.stores).insert(location.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Publishes and commits `attempt` (the ledger must be at `Publishing{attempt}`); returns
+    /// how many objects were newly published. A permanent publish failure is recorded as an
+    /// application failure of the attempt.
+    async fn finish_publish(
+        &self,
+        sweep: &str,
+        shard: &str,
+        attempt: u32,
+        results: &str,
+    ) -> Result<u64, Status> {
+        let storage = self.storage(results).await?;
+        let (sw, sh) = (sweep.to_owned(), shard.to_owned());
+        let st = storage.clone();
+        let copied =
+            tokio::task::spawn_blocking(move || publish::publish(&st, &sw, &sh, attempt))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        match copied {
+            Ok(n) => {
+                match self.with_ledger(|l, now| l.commit(sweep, shard, attempt, now)) {
+                    Ok(()) => {}
+                    // A concurrent call of the same attempt committed first.
+                    Err(LedgerError::Refused(_))
+                        if self.with_ledger(|l, _| l.shard(sweep, shard)).is_ok_and(|s| {
+                            s.state == ShardState::Committed { attempt }
+                        }) => {}
+                    Err(e) => return Err(status(e)),
+                }
+                lock(&self.live)
+                    .progress
+                    .remove(&(sweep.to_owned(), shard.to_owned()));
+                let (sw, sh) = (sweep.to_owned(), shard.to_owned());
+                // Staging of every attempt of a committed shard is garbage; a failure here
+                // only leaves work for `gc`.
+                let cleaned =
+                    tokio::task::spawn_blocking(move || publish::clean(&storage, &sw, &sh)).await;
+                if let Ok(Err(e)) = cleaned {
+                    tracing::warn!(%sweep, %shard, error = %e, "could not remove staging; `linesweep gc` will");
+                }
+                Ok(n as u64)
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(%sweep, %shard, attempt, error = %e, "publishing failed; it will be retried");
+                Err(Status::unavailable(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(%sweep, %shard, attempt, error = %e, "the attempt's results cannot be published");
+                self.with_ledger(|l, now| {
+                    l.abandon_publish(sweep, shard, attempt, &e.to_string(), now)
+                })
+                .map_err(status)?;
+                Err(Status::failed_precondition(e.to_string()))
+            }
+        }
+    }
+
+    /// Finishes publishes that a crash interrupted (called by the server at start and on the
+    /// reaper's timer). Returns how many were committed.
+    pub async fn roll_forward(&self) -> usize {
+        let pending = match self.with_ledger(|l, _| l.publishing()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list interrupted publishes");
+                return 0;
+            }
+        };
+        let mut done = 0;
+        for (sweep, shard, attempt) in pending {
+            let Ok(results) = self.with_ledger(|l, _| l.results(&sweep)) else {
+                continue;
+            };
+            let outcome = if results.is_empty() {
+                self.with_ledger(|l, now| l.commit(&sweep, &shard, attempt, now))
+                    .map(|()| 0)
+                    .map_err(status)
+            } else {
+                self.finish_publish(&sweep, &shard, attempt, &results).await
+            };
+            match outcome {
+                Ok(_) => {
+                    tracing::info!(%sweep, %shard, attempt, "interrupted publish rolled forward");
+                    done += 1;
+                }
+                Err(e) => tracing::warn!(%sweep, %shard, attempt, error = e.message(), "rolling a publish forward failed"),
+            }
+        }
+        done
+    }
+
+    /// Removes staging that no live attempt needs: shards that are committed or cancelled,
+    /// and shards the ledger does not know. Returns how many objects were deleted.
+    pub async fn gc(&self, sweep: &str) -> Result<u64, Status> {
+        let results = self.with_ledger(|l, _| l.results(sweep)).map_err(status)?;
+        if results.is_empty() {
+            return Ok(0);
+        }
+        let rows = self.with_ledger(|l, _| l.shards(sweep)).map_err(status)?;
+        let states: HashMap<String, Shard> = rows.into_iter().map(|r| (r.id, r.shard)).collect();
+        let storage = self.storage(&results).await?;
+        let sw = sweep.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut deleted = 0;
+            for id in publish::staged_shards(&storage, &sw)? {
+                let dead = states.get(&id).is_none_or(|s| {
+                    matches!(
+                        s.state,
+                        ShardState::Committed { .. } | ShardState::Cancelled
+                    )
+                });
+                if dead {
+                    deleted += publish::clean(&storage, &sw, &id)?;
+                }
+            }
+            Ok::<_, linesweep_storage::StorageError>(deleted as u64)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    fn seen(&self, worker: &str) {
+        let now = self.now();
+        lock(&self.live)
+            .workers
+            .entry(worker.to_owned())
+            .or_default()
+            .last_seen = now;
+    }
+
+    fn status_reply(&self, sweep: &str) -> Result<pb::StatusReply, Status> {
+        let st: SweepStatus = self.with_ledger(|l, _| l.status(sweep)).map_err(status)?;
+        let live = lock(&self.live);
+        let info = |r: &ShardRow| {
+            let mut i = shard_info(r);
+            if let Some(p) = live.progress.get(&(sweep.to_owned(), r.id.clone()))
+                && p.attempt == r.shard.attempts
+            {
+                i.phase = p.phase.clone();
+                i.done = p.done;
+                i.total = p.total;
+            }
+            i
+        };
+        let (n, first, last) = st.commits;
+        let per_minute = if n >= 2 && last > first {
+            (n - 1) as f64 * 60_000.0 / (last - first) as f64
+        } else {
+            0.0
+        };
+        let remaining: u64 = ["pending", "leased", "publishing"]
+            .iter()
+            .map(|k| st.counts.get(*k).copied().unwrap_or(0))
+            .sum();
+        let eta_s = (per_minute > 0.0).then(|| remaining as f64 * 60.0 / per_minute);
+        Ok(pb::StatusReply {
+            counts: st.counts.into_iter().collect(),
+            failures: st.failures,
+            interruptions: st.interruptions,
+            failed: st.failed.iter().map(info).collect(),
+            running: st.running.iter().map(info).collect(),
+            commits_per_minute: per_minute,
+            eta_s,
+            results: st.results,
+        })
+    }
+}
+
+fn shard_info(r: &ShardRow) -> pb::ShardInfo {
+    let s = &r.shard;
+    pb::ShardInfo {
+        id: r.id.clone(),
+        state: s.state.name().to_owned(),
+        attempts: s.attempts,
+        failures: s.failures,
+        interruptions: s.interruptions,
+        last_error: s.last_error.clone().unwrap_or_default(),
+        worker: match &s.state {
+            ShardState::Leased { worker, .. } => worker.clone(),
+            _ => String::new(),
+        },
+        committed_attempt: match s.state {
+            ShardState::Committed { attempt } => attempt,
+            _ => 0,
+        },
+        ..Default::default()
+    }
+}
+
+/// Whether a sweep has nothing left to run.
+pub fn is_finished(reply: &pb::StatusReply) -> bool {
+    ["pending", "leased", "publishing"]
+        .iter()
+        .all(|k| reply.counts.get(*k).copied().unwrap_or(0) == 0)
 }
 
 fn check_version(v: u32) -> Result<(), Status> {
@@ -85,15 +338,66 @@ fn verdict(r: Result<(), LedgerError>) -> Result<LeaseVerdict, Status> {
 
 fn status(e: LedgerError) -> Status {
     match e {
-        LedgerError::UnknownShard { .. } => Status::not_found(e.to_string()),
+        LedgerError::UnknownShard { .. } | LedgerError::UnknownSweep(_) => {
+            Status::not_found(e.to_string())
+        }
+        LedgerError::Changed { sweep, old, new } => Status::failed_precondition(format!(
+            "sweep {sweep} already exists with other settings; pass --new to add the changed shards anyway, or give the sweep another name. Changed: {}",
+            diff(&old, &new)
+        )),
+        LedgerError::ResultsMoved { .. } => Status::failed_precondition(e.to_string()),
         LedgerError::Refused(_) => Status::aborted(e.to_string()),
         LedgerError::Locked { .. } => Status::unavailable(e.to_string()),
         LedgerError::Corrupt { .. } | LedgerError::Sqlite(_) => Status::internal(e.to_string()),
     }
 }
 
+/// `key: old → new` for every setting that differs between two flat JSON objects.
+fn diff(old: &str, new: &str) -> String {
+    let parse = |s: &str| -> BTreeMap<String, serde_json::Value> {
+        serde_json::from_str(s).unwrap_or_default()
+    };
+    let (a, b) = (parse(old), parse(new));
+    let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_owned(), |v| v.to_string());
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let lines: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
+        .collect();
+    if lines.is_empty() {
+        "(no setting differs)".into()
+    } else {
+        lines.join("; ")
+    }
+}
+
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for Coordinator {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let req = req.into_inner();
+        check_version(req.protocol_version)?;
+        if req.worker.is_empty() {
+            return Err(Status::invalid_argument("worker name is empty"));
+        }
+        let now = self.now();
+        lock(&self.live).workers.insert(
+            req.worker.clone(),
+            WorkerEntry {
+                device: req.device.clone(),
+                slots: req.slots,
+                last_seen: now,
+            },
+        );
+        tracing::info!(worker = %req.worker, device = %req.device, slots = req.slots, "worker registered");
+        Ok(Response::new(pb::RegisterReply {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+        }))
+    }
+
     async fn lease(
         &self,
         req: Request<pb::LeaseRequest>,
@@ -103,9 +407,18 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         if req.worker.is_empty() {
             return Err(Status::invalid_argument("worker name is empty"));
         }
-        let (lease, ttl) =
-            self.with_ledger(|l, now| (l.lease(&req.worker, now), l.policy().ttl_ms));
-        let granted = lease.map_err(status)?.map(|l| pb::Granted {
+        self.seen(&req.worker);
+        let (lease, ttl) = self.with_ledger(|l, now| {
+            let lease = l.lease(&req.worker, now).and_then(|lease| match lease {
+                Some(lease) => {
+                    let results = l.results(&lease.sweep)?;
+                    Ok(Some((lease, results)))
+                }
+                None => Ok(None),
+            });
+            (lease, l.policy().ttl_ms)
+        });
+        let granted = lease.map_err(status)?.map(|(l, results)| pb::Granted {
             token: Some(pb::Token {
                 sweep: l.sweep,
                 shard: l.shard,
@@ -113,6 +426,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             }),
             config_json: l.config_json,
             lease_ttl_ms: ttl as u64,
+            results,
         });
         Ok(Response::new(pb::LeaseReply { granted }))
     }
@@ -126,6 +440,18 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let t = token(req.token)?;
         let v =
             verdict(self.with_ledger(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now)))?;
+        if v == LeaseVerdict::Ok {
+            let mut live = lock(&self.live);
+            live.progress.insert(
+                (t.sweep.clone(), t.shard.clone()),
+                Progress {
+                    attempt: t.attempt,
+                    phase: req.phase,
+                    done: req.done,
+                    total: req.total,
+                },
+            );
+        }
         Ok(Response::new(pb::HeartbeatReply { verdict: v.into() }))
     }
 
@@ -136,8 +462,53 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
-        let v = verdict(self.with_ledger(|l, now| l.complete(&t.sweep, &t.shard, t.attempt, now)))?;
-        Ok(Response::new(pb::CompleteReply { verdict: v.into() }))
+        let (sweep, shard, attempt) = (t.sweep.as_str(), t.shard.as_str(), t.attempt);
+        let results = self.with_ledger(|l, _| l.results(sweep)).map_err(status)?;
+        if results.is_empty() {
+            let v = verdict(self.with_ledger(|l, now| l.complete(sweep, shard, attempt, now)))?;
+            return Ok(Response::new(pb::CompleteReply {
+                verdict: v.into(),
+                published: 0,
+            }));
+        }
+        // Check the staged output before recording any intent: an attempt that staged nothing
+        // is told so and the shard is left as it is (the worker reports the failure).
+        let holds = self.with_ledger(|l, now| {
+            l.shard(sweep, shard)
+                .map(|s| matches!(s.begin_publish(attempt, now), Ok(Publish::Start(_))))
+        });
+        if holds.map_err(status)? {
+            let storage = self.storage(&results).await?;
+            let (sw, sh) = (sweep.to_owned(), shard.to_owned());
+            let check =
+                tokio::task::spawn_blocking(move || publish::staged(&storage, &sw, &sh, attempt))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            match check {
+                Ok(_) => {}
+                Err(e @ PublishError::Storage(_)) => return Err(Status::unavailable(e.to_string())),
+                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+            }
+        }
+        let decision = self.with_ledger(|l, now| l.begin_publish(sweep, shard, attempt, now));
+        let published = match decision {
+            Ok(Publish::AlreadyCommitted) => 0,
+            Ok(Publish::Start(_) | Publish::Resume) => {
+                self.finish_publish(sweep, shard, attempt, &results).await?
+            }
+            Err(e) => {
+                let v = verdict(Err(e))?;
+                return Ok(Response::new(pb::CompleteReply {
+                    verdict: v.into(),
+                    published: 0,
+                }));
+            }
+        };
+        tracing::info!(%sweep, %shard, attempt, published, "shard committed");
+        Ok(Response::new(pb::CompleteReply {
+            verdict: LeaseVerdict::Ok.into(),
+            published,
+        }))
     }
 
     async fn fail(&self, req: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
@@ -153,7 +524,12 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             }
         });
         let (v, state) = match result {
-            Ok(s) => (LeaseVerdict::Ok, s.name().to_owned()),
+            Ok(s) => {
+                lock(&self.live)
+                    .progress
+                    .remove(&(t.sweep.clone(), t.shard.clone()));
+                (LeaseVerdict::Ok, s.name().to_owned())
+            }
             Err(e) => (verdict(Err(e))?, String::new()),
         };
         Ok(Response::new(pb::FailReply {
@@ -162,6 +538,8 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         }))
     }
 }
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::control_service_server::ControlService for Coordinator {
@@ -176,13 +554,42 @@ impl pb::control_service_server::ControlService for Coordinator {
                 "a submission needs a sweep name and at least one shard",
             ));
         }
+        if let Some(bad) = req.shards.iter().find(|s| {
+            s.id.is_empty() || !s.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }) {
+            return Err(Status::invalid_argument(format!(
+                "shard id `{}` is not a plain identifier",
+                bad.id
+            )));
+        }
+        let results = if req.results.is_empty() {
+            self.default_results.clone()
+        } else {
+            req.results.clone()
+        };
+        if results.is_empty() {
+            return Err(Status::invalid_argument(
+                "the sweep names no results location ([storage] results) and the coordinator has no default (serve --results)",
+            ));
+        }
+        let meta = SweepMeta {
+            results,
+            base_json: req.base_json,
+        };
+        let mode = if req.continuation {
+            SubmitMode::Continuation
+        } else {
+            SubmitMode::Start {
+                allow_changed: req.allow_changed,
+            }
+        };
         let shards: Vec<(String, String)> = req
             .shards
             .into_iter()
             .map(|s| (s.id, s.config_json))
             .collect();
         let r = self
-            .with_ledger(|l, now| l.submit(&req.sweep, &shards, now))
+            .with_ledger(|l, now| l.submit_sweep(&req.sweep, &meta, mode, &shards, now))
             .map_err(status)?;
         Ok(Response::new(pb::SubmitReply {
             added: r.added as u64,
@@ -196,15 +603,47 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let counts = self
-            .with_ledger(|l, _| l.counts(&req.sweep))
-            .map_err(status)?;
-        if counts.is_empty() {
-            return Err(Status::not_found(format!("no sweep named {}", req.sweep)));
-        }
-        Ok(Response::new(pb::StatusReply {
-            counts: counts.into_iter().collect(),
-        }))
+        Ok(Response::new(self.status_reply(&req.sweep)?))
+    }
+
+    type WatchStream = StatusStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        check_version(req.protocol_version)?;
+        let first = self.status_reply(&req.sweep)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            let mut finished = is_finished(&last);
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !finished {
+                tokio::time::sleep(this.watch_interval).await;
+                let next = match this.status_reply(&req.sweep) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                finished = is_finished(&next);
+                if next != last || finished {
+                    if tx.send(Ok(next.clone())).await.is_err() {
+                        return;
+                    }
+                    last = next;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn retry(
@@ -227,10 +666,73 @@ impl pb::control_service_server::ControlService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let n = self
-            .with_ledger(|l, now| l.cancel(&req.sweep, now))
+            .with_ledger(|l, now| l.cancel(&req.sweep, req.now, now))
             .map_err(status)?;
         Ok(Response::new(pb::CancelReply {
             cancelled: n as u64,
         }))
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsReply>, Status> {
+        let req = req.into_inner();
+        check_version(req.protocol_version)?;
+        let rows = self
+            .with_ledger(|l, _| {
+                l.results(&req.sweep)?;
+                l.shards(&req.sweep)
+            })
+            .map_err(status)?;
+        Ok(Response::new(pb::ListShardsReply {
+            shards: rows.iter().map(shard_info).collect(),
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersReply>, Status> {
+        check_version(req.into_inner().protocol_version)?;
+        let now = self.now();
+        let (ttl, held) = self.with_ledger(|l, _| (l.policy().ttl_ms, l.leases_by_worker()));
+        let held = held.map_err(status)?;
+        let live = lock(&self.live);
+        let workers = live
+            .workers
+            .iter()
+            // A worker silent for three TTLs is gone (its leases have expired by then).
+            .filter(|(_, w)| now - w.last_seen <= 3 * ttl)
+            .map(|(name, w)| pb::WorkerInfo {
+                name: name.clone(),
+                device: w.device.clone(),
+                slots: w.slots,
+                last_seen_ms: (now - w.last_seen).max(0) as u64,
+                shards: held.get(name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersReply { workers }))
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let req = req.into_inner();
+        check_version(req.protocol_version)?;
+        let deleted = Coordinator::gc(self, &req.sweep).await?;
+        Ok(Response::new(pb::GcReply { deleted }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_name_each_changed_setting() {
+        let d = diff(
+            r#"{"train.epochs":3,"model.hidden":[512]}"#,
+            r#"{"train.epochs":5,"model.hidden":[512],"train.lr":0.1}"#,
+        );
+        assert_eq!(d, "train.epochs: 3 → 5; train.lr: (unset) → 0.1");
     }
 }

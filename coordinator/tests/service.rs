@@ -11,6 +11,7 @@ use linesweep_proto::PROTOCOL_VERSION as V;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
 use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
 use linesweep_proto::pb::{self, LeaseVerdict};
+use linesweep_storage::{Storage, layout};
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -18,6 +19,7 @@ const TOKEN: &str = "s3cret";
 
 struct Running {
     addr: String,
+    results: tempfile::TempDir,
     clock: Arc<AtomicI64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -28,10 +30,12 @@ async fn start(ttl_ms: i64) -> Running {
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let clock = Arc::new(AtomicI64::new(1_000));
     let c = clock.clone();
+    let results = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         token: Some(TOKEN.into()),
         reaper_interval: Duration::from_millis(20),
         clock: Arc::new(move || c.load(Ordering::SeqCst)),
+        default_results: results.path().display().to_string(),
     };
     let ledger = Ledger::in_memory(LeasePolicy {
         ttl_ms,
@@ -48,6 +52,7 @@ async fn start(ttl_ms: i64) -> Running {
     });
     Running {
         addr,
+        results,
         clock,
         stop: Some(tx),
         task,
@@ -94,6 +99,7 @@ async fn leases_are_fenced_and_expire() {
         protocol_version: V,
         sweep: "sw".into(),
         shards: shards.collect(),
+        ..Default::default()
     };
     let r = control
         .submit(authed(sub.clone()))
@@ -133,25 +139,45 @@ async fn leases_are_fenced_and_expire() {
     );
     assert_eq!(a.lease_ttl_ms, 500);
 
-    // a completes; completing again is answered LEASE_LOST.
+    // a completes without having staged anything: refused, and nothing changes.
     let done = pb::CompleteRequest {
         protocol_version: V,
         token: Some(token(&a)),
     };
-    let v = worker
+    let err = worker.complete(authed(done.clone())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("staged no results"), "{err:?}");
+
+    // a stages its output; completing publishes it to the final keys and removes staging.
+    let ta = token(&a);
+    let root = run.results.path().to_str().unwrap().to_owned();
+    let runs = layout::result_key("runs", "sw", &ta.shard);
+    let snap = layout::snapshot_key(&ta.shard, 0);
+    // Storage is blocking (it owns a runtime): use it from a plain thread.
+    let on_storage = |f: &(dyn Fn(&Storage) + Sync)| {
+        std::thread::scope(|s| {
+            s.spawn(|| f(&Storage::open(&root).unwrap())).join().unwrap();
+        })
+    };
+    on_storage(&|st: &Storage| {
+        let staging = layout::staging_prefix("sw", &ta.shard, ta.attempt);
+        st.put(&format!("{staging}/{runs}"), b"runs".to_vec()).unwrap();
+        st.put(&format!("{staging}/{snap}"), b"w".to_vec()).unwrap();
+    });
+    let r = worker
         .complete(authed(done.clone()))
         .await
         .unwrap()
-        .into_inner()
-        .verdict;
-    assert_eq!(v, LeaseVerdict::Ok as i32);
-    let v = worker
-        .complete(authed(done))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict;
-    assert_eq!(v, LeaseVerdict::LeaseLost as i32);
+        .into_inner();
+    assert_eq!((r.verdict, r.published), (LeaseVerdict::Ok as i32, 2));
+    on_storage(&|st: &Storage| {
+        assert_eq!(st.get(&runs).unwrap().as_ref(), b"runs");
+        assert!(st.exists(&snap).unwrap());
+        assert!(st.list("staging").unwrap().is_empty());
+    });
+    // A retry of the same completion (lost reply) is answered OK and publishes nothing.
+    let r = worker.complete(authed(done)).await.unwrap().into_inner();
+    assert_eq!((r.verdict, r.published), (LeaseVerdict::Ok as i32, 0));
 
     // b stalls past its TTL: the reaper (every 20 ms) makes it pending; it is re-leased as
     // attempt 2, and b's old attempt is fenced off.
@@ -211,6 +237,23 @@ async fn leases_are_fenced_and_expire() {
         .into_inner();
     assert_eq!(st.counts.get("committed"), Some(&1));
     assert_eq!(st.counts.get("pending"), Some(&1));
+    assert_eq!((st.failures, st.interruptions), (1, 1));
+
+    // Health checks answer without a token (for load balancers and probes).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        channel(&run.addr).await,
+    );
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "linesweep.v1.WorkerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let _ = run.stop.take().unwrap().send(());
     tokio::time::timeout(Duration::from_secs(5), &mut run.task)

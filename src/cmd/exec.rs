@@ -1,7 +1,16 @@
-//! `linesweep exec`: one shard in this process, no coordinator.
+//! `linesweep exec`: one shard in this process, no coordinator; and, with the hidden staged
+//! flags, the child process a worker runs for each leased shard.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::Context;
+use linesweep_worker::agent::ProgressLine;
 use linesweep_worker::config::ShardConfig;
+use linesweep_worker::engine::{EngineError, Phase, Progress};
+use linesweep_worker::exec::{ExecError, Placement};
 use linesweep_worker::storage::Storage;
 use linesweep_worker::{device, exec};
 
@@ -9,14 +18,51 @@ use crate::cli::ExecArgs;
 use crate::progress::Bars;
 use crate::render;
 
+/// The run stopped on request (SIGTERM/SIGINT under a worker); `main` exits with
+/// [`linesweep_worker::agent::EXIT_INTERRUPTED`].
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted at step {0}; the lease is released")]
+pub struct Interrupted(pub u64);
+
 pub fn run(args: ExecArgs) -> anyhow::Result<()> {
-    let cfg = ShardConfig::from_file(&args.config)?;
+    let (cfg, source) = match (&args.config, &args.config_json) {
+        (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
+        (None, Some(json)) => (
+            serde_json::from_str::<ShardConfig>(json).context("--config-json")?,
+            "--config-json".to_owned(),
+        ),
+        (None, None) => anyhow::bail!("give --config FILE"),
+    };
+    if let Some(expected) = &args.expect_shard {
+        let id = cfg.shard_id();
+        anyhow::ensure!(
+            *expected == id,
+            "the config hashes to shard {id}, not {expected}: the worker and the submitting linesweep disagree on the config format (upgrade both to the same version)"
+        );
+    }
     exec::check_sweep_name(&args.sweep)?;
     let device = device::parse(&args.device)?;
     let storage = Storage::open(&args.out)?;
-    let bars = Bars::default();
-    let report = exec::run(&cfg, &device, &storage, &args.sweep, &bars)
-        .with_context(|| format!("shard from {}", args.config.display()))?;
+    let placement = match args.attempt {
+        Some(attempt) => Placement::Staged { attempt },
+        None => Placement::Direct,
+    };
+    let result = if args.progress_jsonl {
+        let progress = JsonLines::new();
+        watch_parent();
+        exec::run(&cfg, &device, &storage, &args.sweep, placement, &progress)
+    } else {
+        exec::run(&cfg, &device, &storage, &args.sweep, placement, &Bars::default())
+    };
+    let report = match result {
+        Err(ExecError::Engine(EngineError::Interrupted { step })) => {
+            return Err(Interrupted(step).into());
+        }
+        other => other.with_context(|| format!("shard from {source}"))?,
+    };
+    if args.progress_jsonl {
+        return Ok(());
+    }
     if args.json {
         render::emit(&format!(
             "{}\n",
@@ -35,4 +81,89 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// A worker's child: when the agent dies its end of our stdin closes, and a shard nobody will
+/// complete is not worth finishing (the lease expires and another attempt resumes it).
+fn watch_parent() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        tracing::warn!("the worker agent is gone; stopping");
+        std::process::exit(3);
+    });
+}
+
+/// Progress as JSON lines on stdout (at most ten a second), and SIGTERM/SIGINT as a request
+/// to stop at the next step.
+struct JsonLines {
+    state: std::sync::Mutex<(ProgressLine, Instant)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl JsonLines {
+    fn new() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+                tracing::warn!(error = %e, "cannot handle signals; a stop request will kill the shard");
+            }
+        }
+        Self {
+            state: std::sync::Mutex::new((
+                ProgressLine {
+                    phase: "start".into(),
+                    done: 0,
+                    total: 0,
+                },
+                Instant::now(),
+            )),
+            stop,
+        }
+    }
+
+    fn print(line: &ProgressLine) {
+        if let Ok(json) = serde_json::to_string(line) {
+            let mut out = std::io::stdout().lock();
+            // The agent reading this may be gone; the stdin watcher handles that.
+            let _ = writeln!(out, "{json}");
+            let _ = out.flush();
+        }
+    }
+}
+
+impl Progress for JsonLines {
+    fn start(&self, phase: Phase, total: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = ProgressLine {
+            phase: match phase {
+                Phase::Training => "train",
+                Phase::Line => "line",
+            }
+            .into(),
+            done: 0,
+            total,
+        };
+        st.1 = Instant::now();
+        Self::print(&st.0);
+    }
+
+    fn advance(&self, n: u64, _loss: Option<f64>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0.done += n;
+        if st.1.elapsed().as_millis() >= 100 || st.0.done == st.0.total {
+            st.1 = Instant::now();
+            Self::print(&st.0);
+        }
+    }
+
+    fn finish(&self) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::print(&st.0);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }

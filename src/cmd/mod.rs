@@ -4,6 +4,10 @@ mod bench;
 mod exec;
 mod plan;
 mod remote;
+mod run;
+mod worker;
+
+pub use exec::Interrupted;
 
 use crate::cli::{Cli, Command};
 
@@ -18,8 +22,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Run(args) => run::run(args),
         Command::Serve(args) => remote::serve(args),
+        Command::Worker(args) => worker::run(args),
         Command::Submit(args) => remote::submit(args),
         Command::Status(args) => remote::status(args),
+        Command::Watch(args) => remote::watch(args),
+        Command::Retry(args) => remote::retry(args),
+        Command::Cancel(args) => remote::cancel(args),
+        Command::Workers(args) => remote::workers(args),
+        Command::Gc(args) => remote::gc(args),
     }
 }

@@ -1,4 +1,5 @@
-//! `linesweep serve | submit | status`: the coordinator and its clients.
+//! `linesweep serve | submit | status | watch | retry | cancel | workers | gc`: the
+//! coordinator and its clients.
 
 use std::time::Duration;
 
@@ -6,22 +7,29 @@ use anyhow::Context;
 use linesweep_coordinator::lease::LeasePolicy;
 use linesweep_coordinator::ledger::Ledger;
 use linesweep_coordinator::server::{ServeConfig, serve as serve_ledger};
-use linesweep_coordinator::service::system_clock;
+use linesweep_coordinator::service::{is_finished, system_clock};
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::pb;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
-use linesweep_worker::sweep;
+use linesweep_worker::sweep::{self, SweepPlan};
 use tonic::Request;
+use tonic::transport::Channel;
 
-use crate::cli::{ClientArgs, ServeArgs, StatusArgs, SubmitArgs};
-use crate::render::emit;
+use crate::cli::{
+    CancelArgs, ClientArgs, GcArgs, RetryArgs, ServeArgs, StatusArgs, SubmitArgs, WatchArgs,
+    WorkersArgs,
+};
+use crate::render::{self, emit};
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
+
+/// Shards per Submit message: large sweeps go in several, well under gRPC's 4 MiB limit.
+const SUBMIT_CHUNK: usize = 2_000;
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let token = args
@@ -49,11 +57,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let config = ServeConfig {
             token: Some(token),
-            reaper_interval: Duration::from_millis((policy.ttl_ms as u64 / 6).clamp(100, 10_000)),
+            reaper_interval: reaper_interval(&policy),
             clock: system_clock(),
+            default_results: args.results.clone().unwrap_or_default(),
         };
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            shutdown_signal().await;
             tracing::info!("shutting down");
         };
         serve_ledger(listener, ledger, config, shutdown)
@@ -62,10 +71,30 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn request<T>(msg: T, client: &ClientArgs) -> anyhow::Result<Request<T>> {
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) fn reaper_interval(policy: &LeasePolicy) -> Duration {
+    Duration::from_millis((policy.ttl_ms as u64 / 6).clamp(100, 10_000))
+}
+
+pub(crate) fn request<T>(msg: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
     let mut r = Request::new(msg);
-    r.set_timeout(Duration::from_secs(30));
-    if let Some(t) = &client.token {
+    r.set_timeout(Duration::from_secs(60));
+    if let Some(t) = token {
         r.metadata_mut().insert(
             "authorization",
             format!("Bearer {t}")
@@ -76,16 +105,14 @@ fn request<T>(msg: T, client: &ClientArgs) -> anyhow::Result<Request<T>> {
     Ok(r)
 }
 
-async fn control(
-    client: &ClientArgs,
-) -> anyhow::Result<ControlServiceClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(client.coordinator.clone())
-        .with_context(|| format!("bad coordinator URL {}", client.coordinator))?
+pub(crate) async fn connect(url: &str) -> anyhow::Result<ControlServiceClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("bad coordinator URL {url}"))?
         .connect_timeout(Duration::from_secs(10));
     let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {}", client.coordinator))?;
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
     Ok(ControlServiceClient::new(channel))
 }
 
@@ -93,56 +120,232 @@ fn rpc_error(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator: {} ({:?})", e.message(), e.code())
 }
 
+/// Submits a plan in chunks; returns (added, existing).
+pub(crate) async fn submit_plan(
+    c: &mut ControlServiceClient<Channel>,
+    token: Option<&str>,
+    plan: &SweepPlan,
+    results: &str,
+    allow_changed: bool,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut added, mut existing) = (0, 0);
+    for (i, chunk) in plan.shards.chunks(SUBMIT_CHUNK).enumerate() {
+        let msg = pb::SubmitRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: plan.name.clone(),
+            shards: chunk
+                .iter()
+                .map(|s| pb::ShardSpec {
+                    id: s.id.clone(),
+                    config_json: s.config.canonical_json(),
+                })
+                .collect(),
+            results: results.to_owned(),
+            allow_changed,
+            continuation: i > 0,
+            base_json: plan.base_json.clone(),
+        };
+        let r = c
+            .submit(request(msg, token)?)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        added += r.added;
+        existing += r.existing;
+    }
+    Ok((added, existing))
+}
+
+/// A `file://` URL or path made absolute, so that workers started elsewhere agree on it.
+pub(crate) fn absolute_location(loc: &str) -> anyhow::Result<String> {
+    if loc.contains("://") {
+        return Ok(loc.to_owned());
+    }
+    Ok(std::path::absolute(loc)
+        .with_context(|| format!("results location {loc}"))?
+        .display()
+        .to_string())
+}
+
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
-    let shards = plan
-        .shards
-        .iter()
-        .map(|s| pb::ShardSpec {
-            id: s.id.clone(),
-            config_json: s.config.canonical_json(),
-        })
-        .collect();
-    let msg = pb::SubmitRequest {
-        protocol_version: PROTOCOL_VERSION,
-        sweep: plan.name.clone(),
-        shards,
+    let results = match &plan.results {
+        Some(r) => absolute_location(r)?,
+        None => String::new(),
     };
-    let reply = runtime()?.block_on(async {
-        let mut c = control(&args.client).await?;
-        c.submit(request(msg, &args.client)?)
-            .await
-            .map_err(rpc_error)
+    let token = args.client.token.as_deref();
+    let (added, existing) = runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        submit_plan(&mut c, token, &plan, &results, args.new).await
     })?;
-    let r = reply.into_inner();
     emit(&format!(
-        "sweep {}: {} shards, {} added, {} already known\n",
+        "sweep {}: {} shards, {added} added, {existing} already known\n",
         plan.name,
         plan.shards.len(),
-        r.added,
-        r.existing
     ))
 }
 
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+async fn status_of(client: &ClientArgs, sweep: &str) -> anyhow::Result<pb::StatusReply> {
+    let mut c = connect(&client.coordinator).await?;
     let msg = pb::StatusRequest {
         protocol_version: PROTOCOL_VERSION,
-        sweep: args.sweep.clone(),
+        sweep: sweep.to_owned(),
     };
-    let reply = runtime()?.block_on(async {
-        let mut c = control(&args.client).await?;
-        c.status(request(msg, &args.client)?)
-            .await
-            .map_err(rpc_error)
+    Ok(c.status(request(msg, client.token.as_deref())?)
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    let (st, shards) = runtime()?.block_on(async {
+        let st = status_of(&args.client, &args.sweep).await?;
+        let shards = if args.shards {
+            let mut c = connect(&args.client.coordinator).await?;
+            let msg = pb::ListShardsRequest {
+                protocol_version: PROTOCOL_VERSION,
+                sweep: args.sweep.clone(),
+            };
+            c.list_shards(request(msg, token)?)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .shards
+        } else {
+            Vec::new()
+        };
+        anyhow::Ok((st, shards))
     })?;
-    let counts = reply.into_inner().counts;
-    let total: u64 = counts.values().sum();
-    let mut line = format!("sweep {}: {total} shards", args.sweep);
-    for state in ["pending", "leased", "committed", "failed", "cancelled"] {
-        line.push_str(&format!(
-            " · {} {state}",
-            counts.get(state).copied().unwrap_or(0)
+    if args.json {
+        return emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&render::status_json(&args.sweep, &st, &shards))?
         ));
     }
-    emit(&(line + "\n"))
+    let mut out = render::status(&args.sweep, &st);
+    if args.shards {
+        out.push_str(&render::shard_table(&shards));
+    }
+    emit(&out)
+}
+
+pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        let msg = pb::StatusRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: args.sweep.clone(),
+        };
+        let mut stream = c
+            .watch(request(msg, token)?)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        let mut last = None;
+        while let Some(update) = stream.message().await.map_err(rpc_error)? {
+            emit(&format!("{}\n", render::status_line(&args.sweep, &update)))?;
+            last = Some(update);
+        }
+        if let Some(last) = last {
+            anyhow::ensure!(
+                is_finished(&last),
+                "the coordinator closed the stream before the sweep finished"
+            );
+            emit(&render::status(&args.sweep, &last))?;
+        }
+        anyhow::Ok(())
+    })
+}
+
+pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    let n = runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        let msg = pb::RetryRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: args.sweep.clone(),
+            shards: args.shards.clone(),
+        };
+        anyhow::Ok(
+            c.retry(request(msg, token)?)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .retried,
+        )
+    })?;
+    emit(&format!(
+        "sweep {}: {n} shards pending again (committed shards are never rerun)\n",
+        args.sweep
+    ))
+}
+
+pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    let n = runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        let msg = pb::CancelRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: args.sweep.clone(),
+            now: args.now,
+        };
+        anyhow::Ok(
+            c.cancel(request(msg, token)?)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .cancelled,
+        )
+    })?;
+    let running = if args.now {
+        "running shards stop at their next heartbeat"
+    } else {
+        "running shards finish"
+    };
+    emit(&format!(
+        "sweep {}: {n} shards cancelled; {running} (`linesweep retry` runs them again)\n",
+        args.sweep
+    ))
+}
+
+pub fn workers(args: WorkersArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    let list = runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        let msg = pb::ListWorkersRequest {
+            protocol_version: PROTOCOL_VERSION,
+        };
+        anyhow::Ok(
+            c.list_workers(request(msg, token)?)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .workers,
+        )
+    })?;
+    emit(&render::workers(&list))
+}
+
+pub fn gc(args: GcArgs) -> anyhow::Result<()> {
+    let token = args.client.token.as_deref();
+    let n = runtime()?.block_on(async {
+        let mut c = connect(&args.client.coordinator).await?;
+        let msg = pb::GcRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: args.sweep.clone(),
+        };
+        anyhow::Ok(
+            c.gc(request(msg, token)?)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .deleted,
+        )
+    })?;
+    emit(&format!(
+        "sweep {}: {n} staged objects of dead attempts removed\n",
+        args.sweep
+    ))
 }

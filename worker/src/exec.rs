@@ -1,12 +1,15 @@
 //! One shard end to end against storage: the unit `linesweep exec` runs, and the unit a
-//! worker will run under a lease.
+//! worker runs (in a child process) under a lease.
 //!
-//! Layout under the storage root:
+//! Layout under the storage root (see [`crate::storage::layout`]):
 //! - `snapshots/<shard>/config.json`: the config that produced the weights (written first);
 //! - `snapshots/<shard>/step-<8 digits>.safetensors` and `snapshots/<shard>/manifest.json`;
 //! - `results/<table>/sweep=<sweep>/<shard>.parquet` for `interpolation`, `trajectory` and,
 //!   last, `runs`. The `runs` file is written create-only and acts as the commit marker: a
 //!   shard whose `runs` file exists is complete, and it is never overwritten.
+//!
+//! Under a lease ([`Placement::Staged`]) the same layout is written below the attempt's
+//! staging prefix instead, and the coordinator publishes it on commit.
 
 use crate::device::ComputeDevice;
 use serde::Serialize;
@@ -54,14 +57,18 @@ pub struct ExecReport {
     pub written: Vec<String>,
 }
 
-/// Key of a result table's file for a shard.
-pub fn result_key(table: &str, sweep: &str, shard: &str) -> String {
-    format!("results/{table}/sweep={sweep}/{shard}.parquet")
-}
+pub use crate::storage::layout::{result_key, snapshot_key};
 
-/// Key of a snapshot file.
-pub fn snapshot_key(shard: &str, step: u64) -> String {
-    format!("snapshots/{shard}/step-{step:08}.safetensors")
+/// Where a shard's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Straight to the final keys (`linesweep exec`); the `runs` file is created only once.
+    Direct,
+    /// Under the staging prefix of this attempt of a lease; the coordinator publishes it.
+    Staged {
+        /// The lease's attempt number (the fencing token).
+        attempt: u32,
+    },
 }
 
 /// Checks that a sweep name is a safe, non-numeric hive partition value (so that DuckDB and
@@ -92,6 +99,7 @@ struct Manifest<'a> {
 struct StorageSink<'a> {
     storage: &'a Storage,
     shard: &'a str,
+    prefix: &'a str,
     entries: Vec<ManifestEntry>,
     written: Vec<String>,
 }
@@ -106,7 +114,7 @@ impl SnapshotSink for StorageSink<'_> {
         let key = snapshot_key(self.shard, snap.step);
         let bytes = snap.to_safetensors()?;
         self.storage
-            .put(&key, bytes)
+            .put(&format!("{}{key}", self.prefix), bytes)
             .map_err(|e| EngineError::Sink(e.to_string()))?;
         let kind = if snap.step == 0 {
             "init"
@@ -128,37 +136,52 @@ impl SnapshotSink for StorageSink<'_> {
 }
 
 /// Runs `cfg` on `device`, writing snapshots and results to `storage` under `sweep`.
+/// Returned keys are relative to the storage root (staged keys include the staging prefix).
 pub fn run(
     cfg: &ShardConfig,
     device: &ComputeDevice,
     storage: &Storage,
     sweep: &str,
+    placement: Placement,
     progress: &dyn Progress,
 ) -> Result<ExecReport, ExecError> {
     check_sweep_name(sweep)?;
     let shard = cfg.shard_id();
-    let runs_key = result_key("runs", sweep, &shard);
-    if storage.exists(&runs_key)? {
-        return Err(ExecError::AlreadyDone {
-            shard,
-            root: storage.root().to_owned(),
-            key: runs_key,
-        });
-    }
-    tracing::info!(shard = %shard, sweep, root = storage.root(), "running shard");
+    let (prefix, attempt) = match placement {
+        Placement::Direct => {
+            let runs_key = result_key("runs", sweep, &shard);
+            if storage.exists(&runs_key)? {
+                return Err(ExecError::AlreadyDone {
+                    shard,
+                    root: storage.root().to_owned(),
+                    key: runs_key,
+                });
+            }
+            (String::new(), 0)
+        }
+        Placement::Staged { attempt } => (
+            format!(
+                "{}/",
+                crate::storage::layout::staging_prefix(sweep, &shard, attempt)
+            ),
+            attempt,
+        ),
+    };
+    tracing::info!(shard = %shard, sweep, root = storage.root(), attempt, "running shard");
 
-    let config_key = format!("snapshots/{shard}/config.json");
+    let config_key = format!("{prefix}snapshots/{shard}/config.json");
     let config_json = serde_json::to_vec_pretty(cfg).unwrap_or_default();
     storage.put(&config_key, config_json)?;
 
     let mut sink = StorageSink {
         storage,
         shard: &shard,
+        prefix: &prefix,
         entries: Vec::new(),
         written: vec![config_key],
     };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
-    let manifest_key = format!("snapshots/{shard}/manifest.json");
+    let manifest_key = format!("{prefix}snapshots/{shard}/manifest.json");
     let manifest = Manifest {
         shard: &shard,
         format: "safetensors",
@@ -173,7 +196,7 @@ pub fn run(
 
     let key = RunKey {
         shard: &shard,
-        attempt: 0,
+        attempt,
     };
     let finished = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -187,9 +210,9 @@ pub fn run(
         ("runs", results::runs_batch(&key, cfg, &outcome, finished)?),
     ];
     for (table, batch) in tables {
-        let k = result_key(table, sweep, &shard);
+        let k = format!("{prefix}{}", result_key(table, sweep, &shard));
         let bytes = results::to_parquet(table, &batch)?;
-        if table == "runs" {
+        if table == "runs" && placement == Placement::Direct {
             storage.put_create(&k, bytes)?;
         } else {
             // Leftovers of a run that died before its commit marker are replaced.

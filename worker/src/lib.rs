@@ -14,8 +14,10 @@
 //! - [`results`]: Arrow schemas and Parquet encoding of the three result tables.
 //! - [`storage`]: `object_store` behind `file://` URLs (and, later, `s3://`).
 //! - [`exec`]: glue that runs one shard end to end and writes everything to storage.
+//! - [`agent`]: the worker agent: leases, child processes, heartbeats, completion.
 //! - [`device`]: turns `--device` strings into burn devices; GPU backends behind cargo features.
 
+pub mod agent;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -25,8 +27,10 @@ pub mod model;
 pub mod results;
 pub mod science;
 pub mod snapshot;
-pub mod storage;
 pub mod sweep;
+
+/// Storage and the key layout live in their own crate, shared with the coordinator.
+pub use linesweep_storage as storage;
 
 /// Version of this crate, recorded in every `runs` row.
 pub const CODE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -57,6 +57,10 @@ pub struct SweepPlan {
     /// Shards in grid order (the first grid key in the file varies slowest), then includes;
     /// no duplicates.
     pub shards: Vec<PlannedShard>,
+    /// The shared settings (everything outside `[grid]`, `[[include]]`, `[[exclude]]`) as a
+    /// canonical JSON object of dotted keys: the coordinator refuses a resubmission that
+    /// changes them, so that one sweep name never silently mixes two experiments.
+    pub base_json: String,
 }
 
 /// Whether `name` is a safe hive partition value: a letter, then letters, digits, `_`, `-`, `.`
@@ -163,6 +167,21 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         }
     }
     let base = doc;
+    let mut flat = std::collections::BTreeMap::new();
+    for (key, value) in &base {
+        match value {
+            toml::Value::Table(fields) => {
+                for (field, v) in fields {
+                    flat.insert(format!("{key}.{field}"), v.clone());
+                }
+            }
+            other => {
+                flat.insert(key.clone(), other.clone());
+            }
+        }
+    }
+    // Serializing a map of TOML values to JSON cannot fail.
+    let base_json = serde_json::to_string(&flat).unwrap_or_default();
 
     // Grid axes: resolved path and values.
     let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
@@ -292,6 +311,7 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         name,
         results,
         shards,
+        base_json,
     })
 }
 

@@ -36,6 +36,9 @@ pub enum EngineError {
     /// The config is inconsistent with the data.
     #[error("invalid config: {0}")]
     Config(String),
+    /// Stopped on request ([`Progress::interrupted`]) after `step` steps.
+    #[error("interrupted at step {step}")]
+    Interrupted { step: u64 },
 }
 
 /// Phases that report progress.
@@ -55,6 +58,11 @@ pub trait Progress: Sync {
     fn advance(&self, n: u64, loss: Option<f64>);
     /// The current phase is over.
     fn finish(&self);
+    /// Whether the caller asked the run to stop (SIGTERM under a worker); checked between
+    /// training steps.
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that goes nowhere.

@@ -192,6 +192,7 @@ pub fn train(
         let mut step: u64 = 0;
         let mut diverged_at = None;
         let mut last_loss = f64::NAN;
+        let mut interrupted = false;
         'epochs: for _epoch in 0..tc.epochs {
             order.shuffle(&mut rng);
             for batch in order.chunks(tc.batch_size) {
@@ -217,6 +218,10 @@ pub fn train(
                     if !send(p, &mut last_snapshot_step) {
                         break 'epochs;
                     }
+                }
+                if progress.interrupted() {
+                    interrupted = true;
+                    break 'epochs;
                 }
                 let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -244,6 +249,11 @@ pub fn train(
             }
         }
         progress.finish();
+        if interrupted {
+            drop(tx);
+            let _ = writer.join();
+            return Err(EngineError::Interrupted { step });
+        }
         if let Some(p) = pending_init.take() {
             // Diverged on the very first batch.
             send(p, &mut last_snapshot_step);

@@ -239,3 +239,72 @@ pub fn to_parquet(table: &'static str, batch: &RecordBatch) -> Result<Vec<u8>, R
     w.close().map_err(err)?;
     Ok(buf)
 }
+
+/// The few `runs` columns a sweep summary needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Shard id.
+    pub shard: String,
+    /// Training stopped on a non-finite loss.
+    pub diverged: bool,
+    /// Whether the train loss is monotone along the line.
+    pub train_monotone: Option<bool>,
+    /// Δ_min of the train line.
+    pub train_delta_min: Option<f64>,
+    /// Test accuracy at θ_c.
+    pub final_test_acc: Option<f64>,
+}
+
+/// Reads the summary columns of every row of a `runs` Parquet file.
+pub fn read_run_summaries(bytes: bytes::Bytes) -> Result<Vec<RunSummary>, ResultsError> {
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let err = |message: String| ResultsError {
+        table: "runs",
+        message,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(e.to_string()))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| err(format!("no column `{name}`")))
+        };
+        let shard = col("shard")?;
+        let shard = shard
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| err("`shard` is not a string column".into()))?;
+        let bools = |name: &str| -> Result<BooleanArray, ResultsError> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .cloned()
+                .ok_or_else(|| err(format!("`{name}` is not a boolean column")))
+        };
+        let floats = |name: &str| -> Result<Float64Array, ResultsError> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .ok_or_else(|| err(format!("`{name}` is not a float column")))
+        };
+        let (diverged, monotone) = (bools("diverged")?, bools("train_monotone")?);
+        let (delta, acc) = (floats("train_delta_min")?, floats("final_test_acc")?);
+        for i in 0..batch.num_rows() {
+            let get_f = |a: &Float64Array| (!a.is_null(i)).then(|| a.value(i));
+            out.push(RunSummary {
+                shard: shard.value(i).to_owned(),
+                diverged: !diverged.is_null(i) && diverged.value(i),
+                train_monotone: (!monotone.is_null(i)).then(|| monotone.value(i)),
+                train_delta_min: get_f(&delta),
+                final_test_acc: get_f(&acc),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,9 +1,13 @@
-//! Where snapshots and results go: an `object_store` behind a location string.
+//! Where snapshots and results go: an `object_store` behind a location string, and the key
+//! layout ([`layout`]) that workers and the coordinator agree on.
 //!
 //! Locations are `file:///absolute/dir` or a plain directory path (created if missing);
 //! object-store URLs (`s3://…`) are refused with a clear message until that backend lands.
 //! Calls are blocking: the engine is synchronous and runs on its own thread, so this wraps a
-//! private current-thread runtime rather than making every caller async.
+//! private current-thread runtime rather than making every caller async. Async callers (the
+//! coordinator) must call it from `spawn_blocking`.
+
+pub mod layout;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,6 +150,38 @@ impl Storage {
         }
     }
 
+    /// Copies `from` to `to` only if nothing is at `to` yet (a hard link on local disks, so the
+    /// destination appears complete or not at all).
+    pub fn copy_create(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.rt
+            .block_on(
+                self.store
+                    .copy_if_not_exists(&Self::key(from), &Self::key(to)),
+            )
+            .map_err(|e| self.err("publishing", to, e))
+    }
+
+    /// Deletes every object under `prefix`; returns how many were removed.
+    pub fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(prefix)?;
+        for k in &keys {
+            match self.rt.block_on(self.store.delete(&Self::key(k))) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.err("deleting", k, e)),
+            }
+        }
+        if let Some(dir) = self.local_dir(prefix) {
+            // object_store deletes files, not directories; empty ones would pile up.
+            remove_empty_dirs(&dir);
+        }
+        Ok(keys.len())
+    }
+
+    fn local_dir(&self, prefix: &str) -> Option<PathBuf> {
+        let p = Path::new(&self.root).join(prefix.trim_matches('/'));
+        p.is_dir().then_some(p)
+    }
+
     /// Keys under `prefix`, sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         use futures_util::TryStreamExt;
@@ -162,6 +198,18 @@ impl Storage {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// Removes `dir` and the empty directories below it, bottom up; leaves anything non-empty.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
@@ -186,6 +234,15 @@ mod tests {
         assert!(!s.exists("a/c.bin").unwrap());
         s.put("a/c.bin", vec![9]).unwrap();
         assert_eq!(s.list("a").unwrap(), vec!["a/b.bin", "a/c.bin"]);
+        // Publishing is create-only too, and a failed publish leaves the target alone.
+        s.copy_create("a/c.bin", "p/c.bin").unwrap();
+        let err = s.copy_create("a/b.bin", "p/c.bin").unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        assert_eq!(s.get("p/c.bin").unwrap().as_ref(), &[9]);
+        assert_eq!(s.delete_prefix("a").unwrap(), 2);
+        assert!(s.list("a").unwrap().is_empty());
+        assert!(!tmp.path().join("a").exists(), "empty directories are removed too");
+        assert_eq!(s.list("p").unwrap(), vec!["p/c.bin"]);
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! `linesweep run`: the embedded mode. An in-process coordinator (state file beside the
+//! results) and local workers over loopback gRPC: the same code paths as a cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use linesweep_coordinator::lease::LeasePolicy;
+use linesweep_coordinator::ledger::Ledger;
+use linesweep_coordinator::server::{ServeConfig, serve};
+use linesweep_coordinator::service::{is_finished, system_clock};
+use linesweep_proto::{PROTOCOL_VERSION, pb};
+use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
+use linesweep_worker::results::{self, RunSummary};
+use linesweep_worker::storage::{Storage, layout};
+use linesweep_worker::sweep::{self, SweepPlan};
+use linesweep_worker::device;
+
+use super::remote::{absolute_location, connect, reaper_interval, request, submit_plan};
+use crate::cli::RunArgs;
+use crate::render::{self, GroupRow, emit};
+
+/// Default results location when neither `--out` nor the spec names one.
+const DEFAULT_OUT: &str = "linesweep-results";
+
+/// Progress bars: one for the sweep, one per worker.
+struct Bars {
+    overall: ProgressBar,
+    workers: Vec<ProgressBar>,
+}
+
+impl Bars {
+    fn new(total: u64, workers: usize) -> Self {
+        let multi = MultiProgress::new();
+        let style = |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+        let overall = multi.add(
+            ProgressBar::new(total).with_style(
+                style("sweep    [{bar:30.green/white}] {pos}/{len} shards {elapsed} eta {eta} {msg}")
+                    .progress_chars("=> "),
+            ),
+        );
+        let workers = (0..workers)
+            .map(|i| {
+                multi.add(ProgressBar::new(0).with_style(
+                    style(&format!(
+                        "worker {i} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{prefix}} {{msg}}"
+                    ))
+                    .progress_chars("=> "),
+                ))
+            })
+            .collect();
+        Self { overall, workers }
+    }
+}
+
+/// Maps agent events of worker `index` onto its bar.
+struct WorkerBar {
+    bars: Arc<Bars>,
+    index: usize,
+}
+
+impl AgentEvents for WorkerBar {
+    fn started(&self, _slot: usize, _sweep: &str, shard: &str, attempt: u32) {
+        let bar = &self.bars.workers[self.index];
+        bar.reset();
+        bar.set_length(0);
+        bar.set_prefix("");
+        bar.set_message(format!("shard {shard} (attempt {attempt})"));
+    }
+
+    fn progress(&self, _slot: usize, p: &ProgressLine) {
+        let bar = &self.bars.workers[self.index];
+        if bar.length() != Some(p.total) {
+            bar.set_length(p.total);
+        }
+        bar.set_position(p.done);
+        bar.set_prefix(if p.phase == "train" { "steps" } else { "α points" });
+    }
+
+    fn finished(&self, _slot: usize, shard: &str, outcome: &Outcome) {
+        let bar = &self.bars.workers[self.index];
+        let what = match outcome {
+            Outcome::Committed => "committed".to_owned(),
+            Outcome::Failed(e) => format!("FAILED: {e}"),
+            Outcome::LeaseLost => "lease lost".into(),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::Preempted => "released".into(),
+        };
+        bar.set_message(format!("shard {shard} {what}"));
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let plan = sweep::plan_file(&args.spec)?;
+    device::parse(&args.device)?;
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
+    let location = absolute_location(
+        args.out
+            .as_deref()
+            .or(plan.results.as_deref())
+            .unwrap_or(DEFAULT_OUT),
+    )?;
+    let storage = Storage::open(&location)?;
+    let root = storage.root().to_owned();
+    let state_dir = PathBuf::from(&root).join(".linesweep");
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let state = state_dir.join("state.db");
+    let policy = LeasePolicy::default();
+    let mut ledger = Ledger::open(&state, policy)
+        .with_context(|| format!("the sweep state in {} (is another `linesweep run` using it?)", state.display()))?;
+    let now = (system_clock())();
+    // Leases in this file belong to workers of an earlier run of this command, which died
+    // with it: give them back now instead of waiting a TTL.
+    let released = ledger.release_all(now)?;
+    if released > 0 {
+        tracing::info!(shards = released, "resuming: shards that were running when the last run stopped are pending again");
+    }
+
+    let token = format!("{:032x}", rand::random::<u128>());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let child_threads = (threads / args.workers).max(1);
+    let program = std::env::current_exe().context("locating the linesweep binary")?;
+
+    let rt = super::remote::runtime()?;
+    let (summary, interrupted) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port for the embedded coordinator")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = ServeConfig {
+            token: Some(token.clone()),
+            reaper_interval: reaper_interval(&policy),
+            clock: system_clock(),
+            default_results: root.clone(),
+        };
+        let server = tokio::spawn(serve(listener, ledger, config, async {
+            let _ = server_stopped.await;
+        }));
+        let mut control = connect_retrying(&url).await?;
+        let (added, existing) =
+            submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
+        let first = status(&mut control, &token, &plan.name).await?;
+        let committed = first.counts.get("committed").copied().unwrap_or(0);
+        tracing::info!(
+            sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
+            workers = args.workers, threads_per_worker = child_threads, results = %root,
+            "running sweep"
+        );
+
+        let total: u64 = first.counts.values().sum();
+        let bars = Arc::new(Bars::new(total, args.workers));
+        bars.overall.set_position(done_count(&first));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut agents = tokio::task::JoinSet::new();
+        for i in 0..args.workers {
+            let cfg = AgentConfig {
+                coordinator: url.clone(),
+                token: Some(token.clone()),
+                name: format!("local-{i}"),
+                device: args.device.clone(),
+                slots: 1,
+                program: program.clone(),
+                child_threads: Some(child_threads),
+                idle_poll: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(2),
+                exit_when_idle: false,
+                stop_grace: Duration::from_secs(30),
+            };
+            let events = Arc::new(WorkerBar {
+                bars: bars.clone(),
+                index: i,
+            });
+            agents.spawn(agent::run(cfg, events, stop_rx.clone()));
+        }
+
+        let mut interrupted = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let last = loop {
+            tokio::select! {
+                _ = super::remote::shutdown_signal() => {
+                    interrupted = true;
+                    bars.overall.set_message("stopping: running shards give their leases back…");
+                    let _ = stop_tx.send(true);
+                    break None;
+                }
+                _ = tick.tick() => {
+                    let st = status(&mut control, &token, &plan.name).await?;
+                    bars.overall.set_position(done_count(&st));
+                    let failed = st.counts.get("failed").copied().unwrap_or(0);
+                    if failed > 0 {
+                        bars.overall.set_message(format!("{failed} failed"));
+                    }
+                    if is_finished(&st) {
+                        let _ = stop_tx.send(true);
+                        break Some(st);
+                    }
+                }
+            }
+        };
+        while let Some(r) = agents.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "a local worker stopped");
+            }
+        }
+        let last = match last {
+            Some(st) => st,
+            None => status(&mut control, &token, &plan.name).await?,
+        };
+        bars.overall.finish();
+        for b in &bars.workers {
+            b.finish_and_clear();
+        }
+        let _ = stop_server.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        anyhow::Ok((last, interrupted))
+    })?;
+
+    let mut out = render::status(&plan.name, &summary);
+    if interrupted {
+        out.push_str(&format!(
+            "interrupted: run the same command again to resume ({} committed shards will not rerun)\n",
+            summary.counts.get("committed").copied().unwrap_or(0)
+        ));
+        emit(&out)?;
+        return Err(super::exec::Interrupted(0).into());
+    }
+    let rows = group_rows(&plan, &storage)?;
+    if args.json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "group": r.group, "runs": r.runs, "diverged": r.diverged,
+                    "monotone_fraction": r.monotone, "mean_delta_min": r.delta_min,
+                    "mean_final_test_acc": r.test_acc,
+                })
+            })
+            .collect();
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&json)?));
+    }
+    out.push_str(&render::sweep_summary(&rows));
+    out.push_str(&format!(
+        "query: duckdb -c \"select optimizer, lr, seed, train_monotone, train_delta_min, final_test_acc from read_parquet('{root}/results/runs/sweep={}/*.parquet') order by all\"\n",
+        plan.name
+    ));
+    emit(&out)
+}
+
+async fn connect_retrying(
+    url: &str,
+) -> anyhow::Result<pb::control_service_client::ControlServiceClient<tonic::transport::Channel>> {
+    let mut last = None;
+    for _ in 0..50 {
+        match connect(url).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("the embedded coordinator did not start")))
+}
+
+async fn status(
+    c: &mut pb::control_service_client::ControlServiceClient<tonic::transport::Channel>,
+    token: &str,
+    sweep: &str,
+) -> anyhow::Result<pb::StatusReply> {
+    let msg = pb::StatusRequest {
+        protocol_version: PROTOCOL_VERSION,
+        sweep: sweep.to_owned(),
+    };
+    Ok(c.status(request(msg, Some(token))?)
+        .await
+        .map_err(|e| anyhow::anyhow!("embedded coordinator: {}", e.message()))?
+        .into_inner())
+}
+
+fn done_count(st: &pb::StatusReply) -> u64 {
+    ["committed", "failed", "cancelled"]
+        .iter()
+        .map(|k| st.counts.get(*k).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Reads every committed shard's `runs` row and groups them by their grid point minus the seed.
+fn group_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<GroupRow>> {
+    let mut groups: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for shard in &plan.shards {
+        let group = shard
+            .point
+            .iter()
+            .filter(|(k, _)| k != "seed")
+            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let group = if group.is_empty() { "all".to_owned() } else { group };
+        if !order.contains(&group) {
+            order.push(group.clone());
+        }
+        let key = layout::result_key("runs", &plan.name, &shard.id);
+        if !storage.exists(&key)? {
+            continue;
+        }
+        let rows = results::read_run_summaries(storage.get(&key)?)
+            .with_context(|| format!("reading {key}"))?;
+        groups.entry(group).or_default().extend(rows);
+    }
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    Ok(order
+        .into_iter()
+        .map(|group| {
+            let runs = groups.remove(&group).unwrap_or_default();
+            let monotone: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.train_monotone.map(|m| f64::from(u8::from(m))))
+                .collect();
+            GroupRow {
+                runs: runs.len(),
+                diverged: runs.iter().filter(|r| r.diverged).count(),
+                monotone: mean(monotone),
+                delta_min: mean(runs.iter().filter_map(|r| r.train_delta_min).collect()),
+                test_acc: mean(runs.iter().filter_map(|r| r.final_test_acc).collect()),
+                group,
+            }
+        })
+        .collect())
+}

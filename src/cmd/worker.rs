@@ -1,0 +1,57 @@
+//! `linesweep worker`: the agent against a remote coordinator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use linesweep_worker::agent::{self, AgentConfig, NoEvents};
+use linesweep_worker::device;
+
+use super::remote::{runtime, shutdown_signal};
+use crate::cli::WorkerArgs;
+use crate::render::emit;
+
+/// `host-pid`: unique per process, readable in `linesweep workers`.
+pub(crate) fn default_name() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn seconds(what: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{what} must be a number of seconds ≥ 0"))
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    // Fail here, not in every child, when the device is unknown or not compiled in.
+    device::parse(&args.device)?;
+    anyhow::ensure!(args.slots >= 1, "--slots must be at least 1");
+    let cfg = AgentConfig {
+        coordinator: args.client.coordinator.clone(),
+        token: args.client.token.clone(),
+        name: args.name.clone().unwrap_or_else(default_name),
+        device: args.device.clone(),
+        slots: args.slots,
+        program: std::env::current_exe().context("locating the linesweep binary")?,
+        child_threads: None,
+        idle_poll: seconds("--idle-poll", args.idle_poll)?,
+        max_backoff: seconds("--max-backoff", args.max_backoff)?,
+        exit_when_idle: args.exit_when_idle,
+        stop_grace: Duration::from_secs(60),
+    };
+    let report = runtime()?.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: running shards checkpoint and give their leases back");
+            let _ = tx.send(true);
+        });
+        agent::run(cfg, Arc::new(NoEvents), rx).await
+    })?;
+    emit(&format!(
+        "worker done: {} committed, {} failed, {} lost or cancelled, {} released\n",
+        report.committed, report.failed, report.lost, report.preempted
+    ))
+}

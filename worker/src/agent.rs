@@ -1,0 +1,626 @@
+//! The worker agent: lease a shard, run it in a child process, keep the lease alive, complete.
+//!
+//! Each shard runs in its own child process (`linesweep exec` in staged mode) because burn's
+//! random generator is process-global: two shards in one process would not be reproducible.
+//! The child writes its snapshots and results under the attempt's staging prefix and prints
+//! progress as JSON lines ([`ProgressLine`]) on stdout; the agent, not the training loop,
+//! sends heartbeats with that progress. On exit 0 the agent asks the coordinator to publish
+//! and commit; on a lost lease or a cancel it stops the child and discards the attempt.
+//!
+//! **Architecture invariant:** the agent never trains and never writes results itself; it owns
+//! leases, child processes, heartbeats and retries.
+//!
+//! Faults: an unreachable coordinator means retrying with exponential backoff and a log line
+//! per failure streak; staged output is kept, so nothing finished is lost. A child that sees
+//! its stdin close (the agent died) exits at once. SIGTERM to the agent is passed on to the
+//! children, which checkpoint and exit with [`EXIT_INTERRUPTED`]; the lease is then released
+//! as preempted.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linesweep_proto::PROTOCOL_VERSION;
+use linesweep_proto::pb::{self, LeaseVerdict, worker_service_client::WorkerServiceClient};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Exit code of a child that stopped on request after writing a checkpoint.
+pub const EXIT_INTERRUPTED: i32 = 75;
+
+/// One line of the child's stdout in staged mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    /// `train` or `line`.
+    pub phase: String,
+    /// Units done in the phase.
+    pub done: u64,
+    /// Units in the phase.
+    pub total: u64,
+}
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinator URL is unusable.
+    #[error("bad coordinator URL `{url}`: {message}")]
+    Url { url: String, message: String },
+    /// The coordinator refused the worker (token, version).
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
+}
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator URL, e.g. `http://head:50051`.
+    pub coordinator: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Worker name (unique per process).
+    pub name: String,
+    /// Device string passed to the children (`cpu`, `wgpu:0`, …).
+    pub device: String,
+    /// Shards run at once.
+    pub slots: usize,
+    /// The `linesweep` binary the children run.
+    pub program: PathBuf,
+    /// `RAYON_NUM_THREADS` for each child (`None`: the machine's default).
+    pub child_threads: Option<usize>,
+    /// Wait between lease polls when nothing is pending.
+    pub idle_poll: Duration,
+    /// Longest wait between retries when the coordinator is unreachable.
+    pub max_backoff: Duration,
+    /// Stop once no shard is pending (the embedded mode and batch jobs).
+    pub exit_when_idle: bool,
+    /// How long a stopping child may take to checkpoint before it is killed.
+    pub stop_grace: Duration,
+}
+
+/// How one attempt ended, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published and committed.
+    Committed,
+    /// The child failed; the error was reported.
+    Failed(String),
+    /// The lease was lost (expired and re-leased, or fenced); nothing was committed.
+    LeaseLost,
+    /// The shard was cancelled by a user.
+    Cancelled,
+    /// The agent was stopped; the lease was released as preempted.
+    Preempted,
+}
+
+/// What the agent reports while it runs (progress bars, logs).
+pub trait AgentEvents: Send + Sync {
+    /// Slot `slot` started attempt `attempt` of a shard.
+    fn started(&self, _slot: usize, _sweep: &str, _shard: &str, _attempt: u32) {}
+    /// Progress of the shard on `slot`.
+    fn progress(&self, _slot: usize, _line: &ProgressLine) {}
+    /// The shard on `slot` ended.
+    fn finished(&self, _slot: usize, _shard: &str, _outcome: &Outcome) {}
+}
+
+/// Events that go nowhere (the log lines are enough).
+pub struct NoEvents;
+impl AgentEvents for NoEvents {}
+
+/// Attempts per outcome, for the caller's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Attempts committed.
+    pub committed: usize,
+    /// Attempts that failed.
+    pub failed: usize,
+    /// Attempts that lost their lease or were cancelled.
+    pub lost: usize,
+    /// Attempts released on stop.
+    pub preempted: usize,
+}
+
+#[derive(Clone)]
+struct Client {
+    inner: WorkerServiceClient<Channel>,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    max_backoff: Duration,
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+impl Client {
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(Duration::from_secs(30));
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    /// Calls `f` until it succeeds, fails with a non-transient status, or `stop` fires (then
+    /// `None`). Logs once per failure streak, then at each backoff doubling.
+    async fn retry<T, Fut>(
+        &self,
+        what: &str,
+        stop: &mut watch::Receiver<bool>,
+        mut f: impl FnMut(WorkerServiceClient<Channel>) -> Fut,
+    ) -> Option<Result<T, Status>>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match f(self.inner.clone()).await {
+                Ok(r) => {
+                    if failures > 0 {
+                        tracing::info!(what, "coordinator reachable again");
+                    }
+                    return Some(Ok(r.into_inner()));
+                }
+                Err(s) if retryable(&s) => {
+                    failures += 1;
+                    tracing::warn!(
+                        what,
+                        error = s.message(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "coordinator unreachable; retrying (staged work is kept)"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return None,
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+                Err(s) => return Some(Err(s)),
+            }
+        }
+    }
+}
+
+/// Runs the agent until `stop` becomes true (or, with `exit_when_idle`, until nothing is
+/// pending). Returns how its attempts ended.
+pub async fn run(
+    cfg: AgentConfig,
+    events: Arc<dyn AgentEvents>,
+    stop: watch::Receiver<bool>,
+) -> Result<AgentReport, AgentError> {
+    let channel = tonic::transport::Endpoint::from_shared(cfg.coordinator.clone())
+        .map_err(|e| AgentError::Url {
+            url: cfg.coordinator.clone(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let token = match &cfg.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| AgentError::Refused("the token is not valid ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let client = Client {
+        inner: WorkerServiceClient::new(channel),
+        token,
+        max_backoff: cfg.max_backoff,
+    };
+    let mut stop_rx = stop.clone();
+    let reg = pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker: cfg.name.clone(),
+        device: cfg.device.clone(),
+        slots: cfg.slots as u32,
+    };
+    let heartbeat = match client
+        .retry("register", &mut stop_rx, |mut c| {
+            let r = client.request(reg.clone());
+            async move { c.register(r).await }
+        })
+        .await
+    {
+        None => return Ok(AgentReport::default()),
+        Some(Err(s)) => return Err(AgentError::Refused(s.message().to_owned())),
+        Some(Ok(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50)),
+    };
+    tracing::info!(worker = %cfg.name, device = %cfg.device, slots = cfg.slots, coordinator = %cfg.coordinator, "worker ready");
+
+    let report = Arc::new(Mutex::new(AgentReport::default()));
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..cfg.slots.max(1) {
+        let slot_cfg = cfg.clone();
+        let (client, events, stop, report) = (
+            client.clone(),
+            events.clone(),
+            stop.clone(),
+            report.clone(),
+        );
+        slots.spawn(async move {
+            run_slot(slot, &slot_cfg, &client, heartbeat, events, stop, &report).await
+        });
+    }
+    while slots.join_next().await.is_some() {}
+    let r = report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Ok(r)
+}
+
+async fn run_slot(
+    slot: usize,
+    cfg: &AgentConfig,
+    client: &Client,
+    heartbeat: Duration,
+    events: Arc<dyn AgentEvents>,
+    mut stop: watch::Receiver<bool>,
+    report: &Mutex<AgentReport>,
+) {
+    let worker = if cfg.slots > 1 {
+        format!("{}/{slot}", cfg.name)
+    } else {
+        cfg.name.clone()
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let req = pb::LeaseRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker: worker.clone(),
+        };
+        let granted = match client
+            .retry("lease", &mut stop, |mut c| {
+                let r = client.request(req.clone());
+                async move { c.lease(r).await }
+            })
+            .await
+        {
+            None => return,
+            Some(Err(s)) => {
+                tracing::error!(error = s.message(), "the coordinator refused a lease request");
+                return;
+            }
+            Some(Ok(r)) => r.granted,
+        };
+        let Some(granted) = granted else {
+            if cfg.exit_when_idle {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.idle_poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        let Some(token) = granted.token.clone() else {
+            tracing::error!("the coordinator granted a lease without a token");
+            return;
+        };
+        events.started(slot, &token.sweep, &token.shard, token.attempt);
+        let outcome = attempt(
+            slot,
+            cfg,
+            client,
+            heartbeat,
+            events.clone(),
+            stop.clone(),
+            &granted,
+            &token,
+        )
+        .await;
+        {
+            let mut r = report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &outcome {
+                Outcome::Committed => r.committed += 1,
+                Outcome::Failed(_) => r.failed += 1,
+                Outcome::LeaseLost | Outcome::Cancelled => r.lost += 1,
+                Outcome::Preempted => r.preempted += 1,
+            }
+        }
+        events.finished(slot, &token.shard, &outcome);
+    }
+}
+
+/// The last lines of a child's stderr, for error reports.
+#[derive(Default)]
+struct Tail(Mutex<std::collections::VecDeque<String>>);
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.len() == 20 {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+
+    /// The child's `error:` line if it printed one, else its last line.
+    fn error(&self) -> Option<String> {
+        let t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.iter()
+            .rev()
+            .find(|l| l.starts_with("error:"))
+            .or_else(|| t.back())
+            .cloned()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    slot: usize,
+    cfg: &AgentConfig,
+    client: &Client,
+    heartbeat: Duration,
+    events: Arc<dyn AgentEvents>,
+    mut stop: watch::Receiver<bool>,
+    granted: &pb::Granted,
+    token: &pb::Token,
+) -> Outcome {
+    let (sweep, shard, attempt_no) = (&token.sweep, &token.shard, token.attempt);
+    let mut cmd = tokio::process::Command::new(&cfg.program);
+    cmd.args(["--quiet", "exec", "--progress-jsonl", "--config-json"])
+        .arg(&granted.config_json)
+        .args(["--expect-shard", shard, "--out", &granted.results, "--sweep", sweep])
+        .args(["--attempt", &attempt_no.to_string(), "--device", &cfg.device])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(n) = cfg.child_threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot start {}: {e}", cfg.program.display());
+            return report_failure(client, token, &msg, &mut stop).await;
+        }
+    };
+    tracing::info!(%sweep, %shard, attempt = attempt_no, "shard started");
+    let started = Instant::now();
+    let progress = Arc::new(Mutex::new(ProgressLine {
+        phase: "start".into(),
+        done: 0,
+        total: 0,
+    }));
+    let tail = Arc::new(Tail::default());
+    let mut readers = tokio::task::JoinSet::new();
+    if let Some(out) = child.stdout.take() {
+        let (progress, events) = (progress.clone(), events.clone());
+        readers.spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(p) = serde_json::from_str::<ProgressLine>(&line) {
+                    events.progress(slot, &p);
+                    *progress
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = p;
+                }
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let tail = tail.clone();
+        let shard = shard.clone();
+        readers.spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(%shard, "child: {line}");
+                tail.push(line);
+            }
+        });
+    }
+    let ended = watch_child(client, heartbeat, &mut stop, &mut child, token, &progress).await;
+    let outcome = match ended {
+        Ended::Exited(status) => {
+            // Drain the readers so that the last stderr lines are in the tail.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while readers.join_next().await.is_some() {}
+            })
+            .await;
+            if status.success() {
+                complete(client, token, &tail).await
+            } else if status.code() == Some(EXIT_INTERRUPTED) {
+                release(client, token).await
+            } else {
+                let msg = tail
+                    .error()
+                    .unwrap_or_else(|| format!("the shard process ended with {status}"));
+                report_failure(client, token, &msg, &mut stop).await
+            }
+        }
+        Ended::Verdict(v) => {
+            stop_child(&mut child, Duration::ZERO).await;
+            if v == LeaseVerdict::Cancel {
+                tracing::warn!(%sweep, %shard, attempt = attempt_no, "shard cancelled; stopped");
+                Outcome::Cancelled
+            } else {
+                tracing::warn!(%sweep, %shard, attempt = attempt_no, "lease lost (it expired and the shard went to another attempt); this attempt's output is discarded");
+                Outcome::LeaseLost
+            }
+        }
+        Ended::Stopping => {
+            tracing::info!(%shard, "stopping: asking the shard to checkpoint");
+            stop_child(&mut child, cfg.stop_grace).await;
+            release(client, token).await
+        }
+    };
+    readers.abort_all();
+    tracing::info!(%sweep, %shard, attempt = attempt_no, seconds = started.elapsed().as_secs_f64(), ?outcome, "attempt ended");
+    outcome
+}
+
+/// Why the agent stopped waiting for the child.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    Verdict(LeaseVerdict),
+    Stopping,
+}
+
+/// Waits for the child while heartbeating the lease with its progress.
+async fn watch_child(
+    client: &Client,
+    heartbeat: Duration,
+    stop: &mut watch::Receiver<bool>,
+    child: &mut tokio::process::Child,
+    token: &pb::Token,
+    progress: &Mutex<ProgressLine>,
+) -> Ended {
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            status = child.wait() => return match status {
+                Ok(s) => Ended::Exited(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "lost track of the shard process");
+                    Ended::Verdict(LeaseVerdict::LeaseLost)
+                }
+            },
+            _ = stop.changed() => return Ended::Stopping,
+            _ = tick.tick() => {
+                let p = progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let req = client.request(pb::HeartbeatRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    token: Some(token.clone()),
+                    phase: p.phase,
+                    done: p.done,
+                    total: p.total,
+                });
+                // One try per tick: a heartbeat that fails is replaced by the next one.
+                match client.inner.clone().heartbeat(req).await {
+                    Ok(r) => {
+                        failures = 0;
+                        let v = LeaseVerdict::try_from(r.into_inner().verdict)
+                            .unwrap_or(LeaseVerdict::Ok);
+                        if v != LeaseVerdict::Ok {
+                            return Ended::Verdict(v);
+                        }
+                    }
+                    Err(s) => {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::warn!(shard = %token.shard, error = s.message(), "heartbeat failed; training goes on");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM (so that the child checkpoints), then SIGKILL after `grace`.
+async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id()
+        && !grace.is_zero()
+    {
+        // SAFETY: kill(2) on a pid we own; no memory is touched.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
+    let req = pb::CompleteRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: Some(token.clone()),
+    };
+    // Completion is retried even while stopping: the work is done and only needs publishing.
+    let (_keep, mut never) = watch::channel(false);
+    match client
+        .retry("complete", &mut never, |mut c| {
+            let r = client.request(req.clone());
+            async move { c.complete(r).await }
+        })
+        .await
+    {
+        Some(Ok(r)) => match LeaseVerdict::try_from(r.verdict).unwrap_or(LeaseVerdict::LeaseLost) {
+            LeaseVerdict::Ok => {
+                tracing::info!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, published = r.published, "shard committed");
+                Outcome::Committed
+            }
+            LeaseVerdict::Cancel => Outcome::Cancelled,
+            _ => {
+                tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, "commit refused: lease lost (another attempt holds or finished the shard); nothing changed");
+                Outcome::LeaseLost
+            }
+        },
+        Some(Err(s)) if s.code() == Code::FailedPrecondition => {
+            let msg = format!(
+                "{} ({})",
+                s.message(),
+                tail.error().unwrap_or_else(|| "no output".into())
+            );
+            let (_keep, mut never) = watch::channel(false);
+            report_failure(client, token, &msg, &mut never).await
+        }
+        Some(Err(s)) => {
+            tracing::error!(error = s.message(), "completion refused");
+            Outcome::Failed(s.message().to_owned())
+        }
+        None => Outcome::LeaseLost,
+    }
+}
+
+async fn report_failure(
+    client: &Client,
+    token: &pb::Token,
+    error: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    tracing::error!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "shard failed");
+    let req = pb::FailRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: Some(token.clone()),
+        error: error.to_owned(),
+        preempted: false,
+    };
+    let _ = client
+        .retry("fail", stop, |mut c| {
+            let r = client.request(req.clone());
+            async move { c.fail(r).await }
+        })
+        .await;
+    Outcome::Failed(error.to_owned())
+}
+
+async fn release(client: &Client, token: &pb::Token) -> Outcome {
+    let req = pb::FailRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: Some(token.clone()),
+        error: String::new(),
+        preempted: true,
+    };
+    // A short, bounded try: if the coordinator is away the lease simply expires.
+    let mut r = client.inner.clone();
+    let sent = tokio::time::timeout(Duration::from_secs(5), r.fail(client.request(req))).await;
+    match sent {
+        Ok(Ok(_)) => tracing::info!(shard = %token.shard, "lease released (preempted)"),
+        _ => tracing::warn!(shard = %token.shard, "could not release the lease; it will expire"),
+    }
+    Outcome::Preempted
+}
