@@ -265,7 +265,8 @@ impl Coordinator {
             .iter()
             .map(|k| st.counts.get(*k).copied().unwrap_or(0))
             .sum();
-        let eta_s = (per_minute > 0.0).then(|| remaining as f64 * 60.0 / per_minute);
+        let eta_s =
+            (per_minute > 0.0 && remaining > 0).then(|| remaining as f64 * 60.0 / per_minute);
         Ok(pb::StatusReply {
             counts: st.counts.into_iter().collect(),
             failures: st.failures,

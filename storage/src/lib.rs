@@ -42,7 +42,17 @@ pub enum StorageError {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     root: String,
-    rt: tokio::runtime::Runtime,
+    rt: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // SAFETY: `rt` is taken exactly once, here, and never used afterwards.
+        let rt = unsafe { std::mem::ManuallyDrop::take(&mut self.rt) };
+        // The last handle may be dropped on an async runtime's thread (the coordinator caches
+        // stores); a blocking shutdown would panic there, and there is nothing to wait for.
+        rt.shutdown_background();
+    }
 }
 
 impl std::fmt::Debug for Storage {
@@ -85,7 +95,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(fs),
             root: dir.display().to_string(),
-            rt,
+            rt: std::mem::ManuallyDrop::new(rt),
         })
     }
 

@@ -397,6 +397,9 @@ async fn attempt(
         total: 0,
     }));
     let tail = Arc::new(Tail::default());
+    // The child exits when this pipe closes (we died); `Child::wait` would close it, so it is
+    // held here for the whole attempt.
+    let _lifeline = child.stdin.take();
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
         let (progress, events) = (progress.clone(), events.clone());
