@@ -487,7 +487,10 @@ async fn watch_child(
     tick.tick().await;
     let mut failures = 0u32;
     loop {
+        // Biased: a child that has finished is completed even if a heartbeat is also due, so
+        // that a worker thawed after its lease expired asks to commit and is told no.
         tokio::select! {
+            biased;
             status = child.wait() => return match status {
                 Ok(s) => Ended::Exited(s),
                 Err(e) => {
@@ -515,6 +518,11 @@ async fn watch_child(
                         let v = LeaseVerdict::try_from(r.into_inner().verdict)
                             .unwrap_or(LeaseVerdict::Ok);
                         if v != LeaseVerdict::Ok {
+                            // A child that already finished is offered for commit anyway
+                            // (the coordinator refuses it): the answer is then recorded.
+                            if let Ok(Some(status)) = child.try_wait() {
+                                return Ended::Exited(status);
+                            }
                             return Ended::Verdict(v);
                         }
                     }

@@ -1,0 +1,448 @@
+//! Distributed sweeps as real processes on loopback: `serve`, `worker`, `submit`, `status`,
+//! `retry`, `gc`, `run`, with faults (kill -9 of a worker and of the coordinator, a worker
+//! frozen past its lease). Short TTLs; every wait is bounded.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A child process killed when the test ends, whatever happens.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, sig);
+        }
+    }
+}
+
+const TOKEN: &str = "test-token";
+
+/// A 12-shard sweep (6 seeds × 2 optimizers); `epochs` sets how long each shard takes
+/// (about 0.1 s per epoch on one core).
+fn spec(dir: &Path, name: &str, epochs: u32, extra: &str) -> PathBuf {
+    let results = dir.join("results");
+    let text = format!(
+        r#"
+name = "{name}"
+
+[grid]
+optimizer = ["sgd", "adam"]
+seed = [0, 1, 2, 3, 4, 5]
+{extra}
+
+[model]
+hidden = [256, 256]
+
+[data]
+max_train_examples = 4000
+
+[train]
+epochs = {epochs}
+lr = 0.01
+
+[snapshot]
+every = 32
+
+[eval]
+max_examples = 400
+alpha_points = 11
+alpha_start = 0.0
+alpha_stop = 1.0
+
+[storage]
+results = "{}"
+"#,
+        results.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `linesweep serve` on `port` (0: any); returns it with its URL.
+fn serve(state: &Path, port: u16, ttl: u32) -> (Proc, String) {
+    let mut child = Command::new(bin())
+        .args(["-q", "serve", "--token", TOKEN, "--lease-ttl", &ttl.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let proc = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed no address within 20 s");
+    let addr = line
+        .trim()
+        .strip_prefix("coordinator on ")
+        .expect("address line")
+        .to_owned();
+    (proc, format!("http://{addr}"))
+}
+
+/// `linesweep worker`, logging to `log`.
+fn worker(url: &str, name: &str, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(bin())
+        .args(["worker", "--coordinator", url, "--token", TOKEN, "--name", name])
+        .args(["--max-backoff", "0.5", "--idle-poll", "0.2"])
+        .env("RAYON_NUM_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn worker");
+    Proc(child)
+}
+
+fn cli(dir: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--coordinator", url, "--token", TOKEN]);
+    linesweep(&all, dir, Duration::from_secs(60))
+}
+
+fn status(dir: &Path, url: &str, sweep: &str) -> Option<serde_json::Value> {
+    let o = cli(dir, url, &["status", sweep, "--json"]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+fn count(st: &serde_json::Value, state: &str) -> u64 {
+    st["counts"][state].as_u64().unwrap_or(0)
+}
+
+/// Polls `status` until `done` holds; panics after `limit`.
+fn wait_for(
+    dir: &Path,
+    url: &str,
+    sweep: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(st) = status(dir, url, sweep) {
+            if done(&st) {
+                return st;
+            }
+            last = Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not reached within {limit:?}; last status {last:#?}");
+}
+
+/// A running shard in its first third of training: there is time left to interfere.
+fn early_in_training(x: &serde_json::Value) -> bool {
+    let (done, total) = (x["done"].as_u64().unwrap_or(0), x["total"].as_u64().unwrap_or(0));
+    x["phase"] == "train" && done > 0 && done * 3 < total
+}
+
+fn finished(st: &serde_json::Value) -> bool {
+    ["pending", "leased", "publishing"]
+        .iter()
+        .all(|s| count(st, s) == 0)
+}
+
+/// DuckDB over results/**: exactly `shards` runs and no duplicate rows in any table.
+fn check_results(root: &Path, sweep: &str, shards: usize) -> String {
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("tests/python/check_sweep.py"))
+        .arg(root)
+        .args([sweep, &shards.to_string(), "11"]);
+    let out = run_with_deadline(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "result check failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Every published file, with its bytes (to prove that a fenced attempt changed nothing).
+fn published(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(vec![root.join("results"), root.join("snapshots")])
+}
+
+/// Files below `dir` (empty directories do not count).
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(vec![dir.to_owned()])
+}
+
+fn files_under(mut stack: Vec<PathBuf>) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "grid", 2, "");
+    let (_server, url) = serve(&dir.join("state.db"), 0, 5);
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "sweep grid: 12 shards, 12 added, 0 already known",
+        "{}",
+        text(&o.stderr)
+    );
+    let _workers: Vec<Proc> = (0..3)
+        .map(|i| worker(&url, &format!("w{i}"), &dir.join(format!("w{i}.log"))))
+        .collect();
+    let st = wait_for(dir, &url, "grid", Duration::from_secs(300), "12 commits", |s| {
+        count(s, "committed") == 12
+    });
+    assert_eq!(st["failures"], 0);
+    let report = check_results(&dir.join("results"), "grid", 12);
+    assert!(report.starts_with("ok: 12 runs"), "{report}");
+    // Staging is removed on commit.
+    assert!(
+        files(&dir.join("results/staging")).is_empty(),
+        "staging left behind"
+    );
+    // The workers are listed with their devices.
+    let o = cli(dir, &url, &["workers"]);
+    let listed = text(&o.stdout);
+    assert!(listed.contains("w0") && listed.contains("cpu"), "{listed}");
+    // e) Resubmitting the same spec creates nothing.
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "sweep grid: 12 shards, 0 added, 12 already known"
+    );
+    // A changed shared setting under the same name is refused with the diff …
+    let changed = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("epochs = 2", "epochs = 3");
+    std::fs::write(&spec, changed).unwrap();
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("train.epochs: 2 → 3") && err.contains("--new"), "{err}");
+    assert_eq!(count(&status(dir, &url, "grid").unwrap(), "committed"), 12);
+    // … unless --new.
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap(), "--new"]);
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "sweep grid: 12 shards, 12 added, 0 already known"
+    );
+}
+
+#[test]
+fn b_a_worker_killed_mid_shard_is_replaced_after_the_ttl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "kill", 30, "");
+    let (_server, url) = serve(&dir.join("state.db"), 0, 2);
+    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    let victim = worker(&url, "victim", &dir.join("victim.log"));
+    wait_for(dir, &url, "kill", Duration::from_secs(120), "victim mid-shard", |s| {
+        s["running"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|x| x["worker"] == "victim" && early_in_training(x))
+        })
+    });
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    let _rest: Vec<Proc> = ["b", "c"]
+        .iter()
+        .map(|n| worker(&url, n, &dir.join(format!("{n}.log"))))
+        .collect();
+    let st = wait_for(dir, &url, "kill", Duration::from_secs(300), "12 commits", |s| {
+        count(s, "committed") == 12
+    });
+    assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
+    assert_eq!(st["failures"], 0, "an expiry must not spend the failure budget");
+    let report = check_results(&dir.join("results"), "kill", 12);
+    assert!(report.starts_with("ok: 12 runs"), "{report}");
+}
+
+#[test]
+fn c_the_coordinator_killed_mid_sweep_restarts_on_the_same_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "crash", 3, "");
+    let state = dir.join("state.db");
+    let port = free_port();
+    let (server, url) = serve(&state, port, 3);
+    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    let _workers: Vec<Proc> = (0..2)
+        .map(|i| worker(&url, &format!("w{i}"), &dir.join(format!("w{i}.log"))))
+        .collect();
+    wait_for(dir, &url, "crash", Duration::from_secs(120), "some commits", |s| {
+        count(s, "committed") >= 2 && count(s, "committed") < 12
+    });
+    server.signal(libc::SIGKILL);
+    drop(server);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The workers keep training and retry; the restarted coordinator gives their leases a
+    // fresh TTL and takes their completions.
+    let (_server, url2) = serve(&state, port, 3);
+    assert_eq!(url, url2);
+    let st = wait_for(dir, &url, "crash", Duration::from_secs(300), "12 commits", |s| {
+        count(s, "committed") == 12
+    });
+    assert_eq!(st["failures"], 0, "{st:#}");
+    let report = check_results(&dir.join("results"), "crash", 12);
+    assert!(report.starts_with("ok: 12 runs"), "{report}");
+}
+
+#[test]
+fn d_a_frozen_worker_past_its_lease_is_fenced_off_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "freeze", 30, "");
+    let (_server, url) = serve(&dir.join("state.db"), 0, 2);
+    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    let log = dir.join("frozen.log");
+    let frozen = worker(&url, "frozen", &log);
+    let held = wait_for(dir, &url, "freeze", Duration::from_secs(120), "frozen mid-shard", |s| {
+        s["running"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|x| x["worker"] == "frozen" && early_in_training(x))
+        })
+    });
+    let shard = held["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["worker"] == "frozen")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Freeze the agent: no heartbeats, so its lease expires; its child trains on and stages
+    // its output under its own attempt.
+    frozen.signal(libc::SIGSTOP);
+    let other = worker(&url, "other", &dir.join("other.log"));
+    let st = wait_for(dir, &url, "freeze", Duration::from_secs(300), "12 commits", |s| {
+        count(s, "committed") == 12
+    });
+    assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
+    let before = published(&dir.join("results"));
+    frozen.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("commit refused: lease lost")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed worker never tried to commit:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(other);
+    drop(frozen);
+    assert_eq!(published(&dir.join("results")), before, "a fenced attempt changed results");
+    let o = cli(dir, &url, &["status", "freeze", "--json", "--shards"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == shard.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "committed");
+    assert!(row["committed_attempt"].as_u64() >= Some(2), "{row:#}");
+    let report = check_results(&dir.join("results"), "freeze", 12);
+    assert!(report.starts_with("ok: 12 runs"), "{report}");
+    // The zombie's staging is garbage that gc removes.
+    let o = cli(dir, &url, &["gc", "freeze"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        files(&dir.join("results/staging")).is_empty(),
+        "gc left staging behind"
+    );
+}
+
+#[test]
+fn e_retry_reruns_only_failed_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // One grid point reads a dataset directory that does not exist: it fails at run time.
+    let spec = spec(
+        dir,
+        "flaky",
+        1,
+        r#"[[include]]
+seed = 99
+"data.dataset" = "mnist"
+"data.dir" = "/nonexistent/mnist""#,
+    );
+    let (_server, url) = serve(&dir.join("state.db"), 0, 5);
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let _w = worker(&url, "w", &dir.join("w.log"));
+    let st = wait_for(dir, &url, "flaky", Duration::from_secs(300), "all done", finished);
+    assert_eq!((count(&st, "committed"), count(&st, "failed")), (12, 1), "{st:#}");
+    let failed = &st["failed"][0];
+    assert_eq!(failed["attempts"], 3, "the budget is three application failures");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("/nonexistent/mnist"),
+        "{failed:#}"
+    );
+    let before = published(&dir.join("results"));
+    let o = cli(dir, &url, &["retry", "flaky"]);
+    assert!(
+        text(&o.stdout).starts_with("sweep flaky: 1 shards pending again"),
+        "{}",
+        text(&o.stdout)
+    );
+    let st = wait_for(dir, &url, "flaky", Duration::from_secs(120), "the retry ends", |s| {
+        finished(s) && s["failed"][0]["attempts"].as_u64() == Some(6)
+    });
+    assert_eq!(count(&st, "committed"), 12, "committed shards are never rerun");
+    assert_eq!(published(&dir.join("results")), before);
+}
