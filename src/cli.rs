@@ -69,6 +69,10 @@ pub struct ExecArgs {
     /// Progress as JSON lines on stdout, no summary (for the worker agent).
     #[arg(long, hide = true)]
     pub progress_jsonl: bool,
+    /// With --attempt: checkpoint every N optimizer steps (0: never), so that a later attempt
+    /// resumes instead of starting over.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub checkpoint_every: u64,
     /// Output location: a directory or file:///dir.
     #[arg(long, short)]
     pub out: String,
@@ -130,6 +134,10 @@ pub struct WorkerArgs {
     /// Seconds between lease polls when nothing is pending.
     #[arg(long, default_value_t = 2.0)]
     pub idle_poll: f64,
+    /// Checkpoint every N optimizer steps (0: never): a shard interrupted by a crash or a
+    /// preemption resumes from its latest checkpoint, with identical results.
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
 }
 
 /// `linesweep run`.
@@ -149,6 +157,9 @@ pub struct RunArgs {
     /// Accept changed shared settings under an existing sweep name.
     #[arg(long)]
     pub new: bool,
+    /// Checkpoint every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

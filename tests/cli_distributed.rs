@@ -446,3 +446,112 @@ seed = 99
     assert_eq!(count(&st, "committed"), 12, "committed shards are never rerun");
     assert_eq!(published(&dir.join("results")), before);
 }
+
+/// `exec` in staged mode as a worker runs it: stdin held open (the agent's lifeline), JSON
+/// progress on stdout.
+fn staged_exec(dir: &Path, config_json: &str, out: &str, attempt: u32) -> Child {
+    Command::new(bin())
+        .args(["-q", "exec", "--progress-jsonl", "--config-json", config_json])
+        .args(["--out", out, "--sweep", "resume", "--attempt", &attempt.to_string()])
+        .args(["--checkpoint-every", "25"])
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exec")
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "exec did not finish within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "resume", 20, "");
+    let o = linesweep(&["plan", spec.to_str().unwrap(), "--json"], dir, Duration::from_secs(30));
+    let plan = text(&o.stdout);
+    // Adam: its per-parameter state (moments, step count) must survive the checkpoint too.
+    let first: serde_json::Value = plan
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["config"]["train"]["optimizer"] == "adam")
+        .unwrap();
+    let config = first["config"].to_string();
+
+    let mut whole = staged_exec(dir, &config, "whole", 1);
+    assert!(wait_exit(&mut whole, Duration::from_secs(120)).success());
+
+    // Interrupted mid-training with SIGTERM (a preemption): it checkpoints and exits 75.
+    let mut first_try = staged_exec(dir, &config, "parts", 1);
+    let stdout = first_try.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines.next().expect("exec ended before mid-training").unwrap();
+        let p: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if p["phase"] == "train" && p["done"].as_u64() >= Some(60) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no training progress");
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe {
+        libc::kill(first_try.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = wait_exit(&mut first_try, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(75), "an interrupted shard exits 75");
+    let shard = first["shard"].as_str().unwrap();
+    let staged = |root: &str, attempt: u32| {
+        dir.join(root)
+            .join(format!("staging/resume/{shard}/attempt-{attempt}"))
+    };
+    let checkpoints = files(&staged("parts", 1).join("checkpoints"));
+    assert!(
+        checkpoints.iter().any(|(p, _)| p.ends_with("state.json")),
+        "no checkpoint was written"
+    );
+
+    // Attempt 2 resumes from attempt 1's checkpoint …
+    let mut second = staged_exec(dir, &config, "parts", 2);
+    let mut err = String::new();
+    let mut stderr = second.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::Read::read_to_string(&mut stderr, &mut err).ok();
+        err
+    });
+    assert!(wait_exit(&mut second, Duration::from_secs(120)).success());
+    drop(second);
+    let _ = reader.join();
+    // … and every snapshot, the manifest, the line and the trajectory are byte-identical.
+    let strip = |root: &Path| -> Vec<(String, Vec<u8>)> {
+        files(root)
+            .into_iter()
+            .filter(|(p, _)| {
+                let s = p.to_string_lossy();
+                !s.contains("/checkpoints/") && !s.contains("/results/runs/")
+            })
+            .map(|(p, b)| (p.strip_prefix(root).unwrap().display().to_string(), b))
+            .collect()
+    };
+    let a = strip(&staged("whole", 1));
+    let b = strip(&staged("parts", 2));
+    assert!(a.len() >= 10, "{} files", a.len());
+    assert_eq!(
+        a.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        b.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for ((p, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{p} differs after resuming");
+    }
+}

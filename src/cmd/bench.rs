@@ -39,7 +39,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
         let storage = Storage::open(&dir.path().display().to_string())?;
         let started = std::time::Instant::now();
-        let report = exec::run(&cfg, &device, &storage, "bench", exec::Placement::Direct, &NoProgress)?;
+        let report = exec::run(&cfg, &device, &storage, "bench", exec::Placement::Direct, 0, &NoProgress)?;
         let wall = started.elapsed().as_secs_f64();
         let mut j = render::json(&report.shard, "bench", &report.outcome);
         j["repetition"] = rep.into();

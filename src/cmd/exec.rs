@@ -50,9 +50,17 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let result = if args.progress_jsonl {
         let progress = JsonLines::new();
         watch_parent();
-        exec::run(&cfg, &device, &storage, &args.sweep, placement, &progress)
+        exec::run(&cfg, &device, &storage, &args.sweep, placement, args.checkpoint_every, &progress)
     } else {
-        exec::run(&cfg, &device, &storage, &args.sweep, placement, &Bars::default())
+        exec::run(
+            &cfg,
+            &device,
+            &storage,
+            &args.sweep,
+            placement,
+            args.checkpoint_every,
+            &Bars::default(),
+        )
     };
     let report = match result {
         Err(ExecError::Engine(EngineError::Interrupted { step })) => {

@@ -170,6 +170,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 max_backoff: Duration::from_secs(2),
                 exit_when_idle: false,
                 stop_grace: Duration::from_secs(30),
+                checkpoint_every: args.checkpoint_every,
             };
             let events = Arc::new(WorkerBar {
                 bars: bars.clone(),

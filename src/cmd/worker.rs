@@ -40,6 +40,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         max_backoff: seconds("--max-backoff", args.max_backoff)?,
         exit_when_idle: args.exit_when_idle,
         stop_grace: Duration::from_secs(60),
+        checkpoint_every: args.checkpoint_every,
     };
     let report = runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub exit_when_idle: bool,
     /// How long a stopping child may take to checkpoint before it is killed.
     pub stop_grace: Duration,
+    /// Optimizer steps between checkpoints in the children (0: never).
+    pub checkpoint_every: u64,
 }
 
 /// How one attempt ended, as the agent saw it.
@@ -375,6 +377,7 @@ async fn attempt(
         .arg(&granted.config_json)
         .args(["--expect-shard", shard, "--out", &granted.results, "--sweep", sweep])
         .args(["--attempt", &attempt_no.to_string(), "--device", &cfg.device])
+        .args(["--checkpoint-every", &cfg.checkpoint_every.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -15,7 +15,10 @@ use crate::device::ComputeDevice;
 use serde::Serialize;
 
 use crate::config::ShardConfig;
-use crate::engine::{self, EngineError, Progress, ShardOutcome, SnapshotSink};
+use crate::engine::{
+    self, Checkpoint, EngineError, Progress, Resume, SampleMeta, ShardOutcome, SnapshotSink,
+};
+use crate::storage::layout;
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
 use crate::storage::{Storage, StorageError};
@@ -102,6 +105,41 @@ struct StorageSink<'a> {
     prefix: &'a str,
     entries: Vec<ManifestEntry>,
     written: Vec<String>,
+    /// Staged runs only: (sweep, attempt, checkpoint every N steps).
+    staged: Option<(&'a str, u32, u64)>,
+    last_checkpoint: Option<String>,
+}
+
+/// The small part of a checkpoint, written last: its presence marks the checkpoint complete.
+#[derive(Serialize, serde::Deserialize)]
+struct CheckpointState {
+    step: u64,
+    last_loss: f64,
+    param_ids: Vec<u64>,
+    samples: Vec<SampleMeta>,
+}
+
+fn sink_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Sink(e.to_string())
+}
+
+impl StorageSink<'_> {
+    fn entry(&mut self, key: &str, step: u64, epoch: f64, is_final: bool) {
+        let kind = if step == 0 {
+            "init"
+        } else if is_final {
+            "final"
+        } else {
+            "periodic"
+        };
+        let file = key.rsplit('/').next().unwrap_or(key).to_owned();
+        self.entries.push(ManifestEntry {
+            step,
+            epoch,
+            file,
+            kind,
+        });
+    }
 }
 
 impl SnapshotSink for StorageSink<'_> {
@@ -116,33 +154,130 @@ impl SnapshotSink for StorageSink<'_> {
         self.storage
             .put(&format!("{}{key}", self.prefix), bytes)
             .map_err(|e| EngineError::Sink(e.to_string()))?;
-        let kind = if snap.step == 0 {
-            "init"
-        } else if is_final {
-            "final"
-        } else {
-            "periodic"
-        };
-        let file = key.rsplit('/').next().unwrap_or(&key).to_owned();
-        self.entries.push(ManifestEntry {
-            step: snap.step,
-            epoch,
-            file,
-            kind,
-        });
+        self.entry(&key, snap.step, epoch, is_final);
         self.written.push(key);
         Ok(())
+    }
+
+    fn checkpoint_every(&self) -> u64 {
+        self.staged.map_or(0, |(_, _, every)| every)
+    }
+
+    fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
+        if self.staged.is_none() {
+            return Ok(());
+        }
+        let dir = format!(
+            "{}checkpoints/step-{:08}",
+            self.prefix, c.step
+        );
+        self.storage
+            .put(&format!("{dir}/model.safetensors"), c.model.clone())
+            .map_err(sink_err)?;
+        self.storage
+            .put(&format!("{dir}/optimizer.bpk"), c.optimizer.clone())
+            .map_err(sink_err)?;
+        let state = CheckpointState {
+            step: c.step,
+            last_loss: c.last_loss,
+            param_ids: c.param_ids.clone(),
+            samples: c.samples.clone(),
+        };
+        let json = serde_json::to_vec(&state).map_err(sink_err)?;
+        self.storage
+            .put(&format!("{dir}/state.json"), json)
+            .map_err(sink_err)?;
+        // Only the latest checkpoint is ever resumed from.
+        if let Some(old) = self.last_checkpoint.replace(dir) {
+            self.storage.delete_prefix(&old).map_err(sink_err)?;
+        }
+        tracing::debug!(step = c.step, "checkpoint stored");
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<Option<Resume>, EngineError> {
+        let Some((sweep, attempt, _)) = self.staged else {
+            return Ok(None);
+        };
+        let shard_staging = layout::shard_staging(sweep, self.shard);
+        // The latest complete checkpoint (state.json present) of an earlier attempt.
+        let best = self
+            .storage
+            .list(&shard_staging)
+            .map_err(sink_err)?
+            .into_iter()
+            .filter(|k| k.ends_with("/state.json") && k.contains("/checkpoints/step-"))
+            .filter_map(|k| {
+                let a = layout::attempt_of(&shard_staging, &k)?;
+                let step: u64 = k
+                    .rsplit('/')
+                    .nth(1)?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()?;
+                (a < attempt).then_some((step, a, k))
+            })
+            .max();
+        let Some((_, from, state_key)) = best else {
+            return Ok(None);
+        };
+        let dir = state_key.trim_end_matches("/state.json");
+        let state: CheckpointState =
+            serde_json::from_slice(&self.storage.get(&state_key).map_err(sink_err)?)
+                .map_err(|e| EngineError::Resume(format!("{state_key}: {e}")))?;
+        let model = self
+            .storage
+            .get(&format!("{dir}/model.safetensors"))
+            .map_err(sink_err)?
+            .to_vec();
+        let optimizer = self
+            .storage
+            .get(&format!("{dir}/optimizer.bpk"))
+            .map_err(sink_err)?
+            .to_vec();
+        // The snapshots taken before the checkpoint become this attempt's too.
+        let old_prefix = layout::staging_prefix(sweep, self.shard, from);
+        let mut snapshots = Vec::with_capacity(state.samples.len());
+        for m in &state.samples {
+            let key = snapshot_key(self.shard, m.step);
+            let bytes = self
+                .storage
+                .get(&format!("{old_prefix}/{key}"))
+                .map_err(sink_err)?;
+            let snap = HostSnapshot::from_safetensors(&bytes, &key)?;
+            self.storage
+                .put(&format!("{}{key}", self.prefix), bytes.to_vec())
+                .map_err(sink_err)?;
+            self.entry(&key, m.step, m.epoch, false);
+            self.written.push(key);
+            snapshots.push(snap);
+        }
+        tracing::info!(step = state.step, from_attempt = from, "resuming from a checkpoint");
+        Ok(Some(Resume {
+            checkpoint: Checkpoint {
+                step: state.step,
+                last_loss: state.last_loss,
+                model,
+                optimizer,
+                param_ids: state.param_ids,
+                samples: state.samples,
+            },
+            snapshots,
+        }))
     }
 }
 
 /// Runs `cfg` on `device`, writing snapshots and results to `storage` under `sweep`.
 /// Returned keys are relative to the storage root (staged keys include the staging prefix).
+/// A staged run checkpoints every `checkpoint_every` steps (0: never) and resumes from the
+/// latest checkpoint of an earlier attempt of the shard.
 pub fn run(
     cfg: &ShardConfig,
     device: &ComputeDevice,
     storage: &Storage,
     sweep: &str,
     placement: Placement,
+    checkpoint_every: u64,
     progress: &dyn Progress,
 ) -> Result<ExecReport, ExecError> {
     check_sweep_name(sweep)?;
@@ -179,6 +314,11 @@ pub fn run(
         prefix: &prefix,
         entries: Vec::new(),
         written: vec![config_key],
+        staged: match placement {
+            Placement::Direct => None,
+            Placement::Staged { attempt } => Some((sweep, attempt, checkpoint_every)),
+        },
+        last_checkpoint: None,
     };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
     let manifest_key = format!("{prefix}snapshots/{shard}/manifest.json");

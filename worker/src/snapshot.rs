@@ -99,21 +99,19 @@ impl HostSnapshot {
         Ok(Self { step, tensors })
     }
 
-    /// All parameters (never buffers) concatenated in traversal order: the vector θ of the
-    /// trajectory geometry.
+    /// All parameters (never buffers) concatenated in name order: the vector θ of the
+    /// trajectory geometry. Name order, not traversal order, so that a snapshot read back
+    /// from its file (a resumed attempt) gives the same vector as the one captured.
     pub fn parameter_vector(&self) -> Vec<f32> {
-        let n = self
+        let mut params: Vec<&NamedTensor> = self
             .tensors
             .iter()
             .filter(|t| t.kind == TensorKind::Parameter)
-            .map(|t| t.data.len())
-            .sum();
+            .collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        let n = params.iter().map(|t| t.data.len()).sum();
         let mut out = Vec::with_capacity(n);
-        for t in self
-            .tensors
-            .iter()
-            .filter(|t| t.kind == TensorKind::Parameter)
-        {
+        for t in params {
             out.extend_from_slice(&t.data);
         }
         out

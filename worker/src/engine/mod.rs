@@ -19,7 +19,7 @@ use crate::science::{self, LineShape, Projector};
 use crate::snapshot::SnapshotError;
 pub use eval::LossAcc;
 pub use line::LinePoint;
-pub use train::{SnapshotSink, TrajectorySample};
+pub use train::{Checkpoint, Resume, SampleMeta, SnapshotSink, TrajectorySample};
 
 /// A shard could not run.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ pub enum EngineError {
     /// The config is inconsistent with the data.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A checkpoint could not be applied.
+    #[error("resuming from a checkpoint: {0}")]
+    Resume(String),
     /// Stopped on request ([`Progress::interrupted`]) after `step` steps.
     #[error("interrupted at step {step}")]
     Interrupted { step: u64 },

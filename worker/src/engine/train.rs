@@ -6,6 +6,7 @@
 //! config, so it does not depend on how many random numbers the model init drew.
 
 use burn::module::Module;
+use burn::store::ModuleSnapshot;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
@@ -27,7 +28,8 @@ static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Mixed into the seed of the data-order generator so that it differs from the weight seed.
 const DATA_ORDER_SALT: u64 = 0x6461_7461_6f72_6472;
 
-/// Receives each snapshot as soon as it is taken (θ_i, every `snapshot.every` steps, θ_c).
+/// Receives each snapshot as soon as it is taken (θ_i, every `snapshot.every` steps, θ_c),
+/// and, when the sink supports it, mid-shard checkpoints and the one to resume from.
 pub trait SnapshotSink {
     /// Stores one snapshot; `epoch` is fractional (steps / steps per epoch).
     fn snapshot(
@@ -36,6 +38,61 @@ pub trait SnapshotSink {
         epoch: f64,
         is_final: bool,
     ) -> Result<(), EngineError>;
+
+    /// Steps between checkpoints (0: never). Checkpoints do not change any result.
+    fn checkpoint_every(&self) -> u64 {
+        0
+    }
+
+    /// Stores a checkpoint. Every snapshot taken before it has already been stored.
+    fn checkpoint(&mut self, _checkpoint: &Checkpoint) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The latest checkpoint of an earlier attempt of this shard, with the snapshots taken up
+    /// to it (already stored again for this attempt), if any.
+    fn resume(&mut self) -> Result<Option<Resume>, EngineError> {
+        Ok(None)
+    }
+}
+
+/// What a snapshot contributed to the trajectory, besides its weights.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SampleMeta {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// Mini-batch loss (see [`TrajectorySample::batch_loss`]).
+    pub batch_loss: f64,
+    /// Full-train-set loss, when requested.
+    pub train_loss: Option<f64>,
+}
+
+/// Everything needed to continue training bit for bit where it stopped.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The last step's mini-batch loss.
+    pub last_loss: f64,
+    /// Model weights and buffers (burn names, safetensors).
+    pub model: Vec<u8>,
+    /// Optimizer state (burnpack), keyed by parameter id.
+    pub optimizer: Vec<u8>,
+    /// Parameter ids in module order: the optimizer state refers to them.
+    pub param_ids: Vec<u64>,
+    /// The snapshots taken so far, in step order.
+    pub samples: Vec<SampleMeta>,
+}
+
+/// A checkpoint to resume from, with the snapshots its samples refer to.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The snapshots of `checkpoint.samples`, same order.
+    pub snapshots: Vec<HostSnapshot>,
 }
 
 /// One point of the training trajectory, before projection.
@@ -127,6 +184,40 @@ struct Pending {
     train_loss: Option<f64>,
 }
 
+/// A checkpoint on its way to the writer.
+struct PendingCheckpoint {
+    model: Mlp,
+    optimizer: burn::optim::OptimizerRecord,
+    param_ids: Vec<u64>,
+    step: u64,
+    last_loss: f64,
+}
+
+/// Work for the writer thread, in order: a checkpoint is stored after every snapshot before it.
+enum ToWriter {
+    Snapshot(Pending),
+    Checkpoint(PendingCheckpoint),
+}
+
+/// Gives a module the parameter ids of the run it resumes, so that the optimizer state (keyed
+/// by id) applies to the same parameters.
+struct RestoreIds(std::collections::VecDeque<u64>);
+
+impl burn::module::ModuleMapper for RestoreIds {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        match self.0.pop_front() {
+            Some(id) => {
+                let (_, tensor, _) = param.consume();
+                burn::module::Param::initialized(burn::module::ParamId::from(id), tensor)
+            }
+            None => param,
+        }
+    }
+}
+
 /// At most this many snapshots wait for the writer; each holds one copy of the weights.
 const SNAPSHOT_QUEUE: usize = 4;
 
@@ -157,6 +248,32 @@ pub fn train(
         Mlp::new(&cfg.model, train.dim, classes, &ad)
     };
     let mut optim = optimizer(tc);
+    let init = model.valid();
+    let resume = sink.resume()?;
+    if let Some(r) = &resume {
+        let c = &r.checkpoint;
+        let mut store = burn::store::SafetensorsStore::from_bytes(Some(c.model.clone()));
+        model
+            .load_from(&mut store)
+            .map_err(|e| EngineError::Resume(format!("model weights: {e}")))?;
+        let ids = burn::module::list_param_ids(&model);
+        if ids.len() != c.param_ids.len() {
+            return Err(EngineError::Resume(format!(
+                "the checkpoint has {} parameters, the model {}",
+                c.param_ids.len(),
+                ids.len()
+            )));
+        }
+        model = model.map(&mut RestoreIds(c.param_ids.iter().copied().collect()));
+        let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            c.optimizer.clone(),
+        ))
+            .map_err(|e| EngineError::Resume(format!("optimizer state: {e}")))?;
+        optim = optim.load_record(record);
+        tracing::info!(step = c.step, "resuming from a checkpoint of an earlier attempt");
+    }
+    let resume_step = resume.as_ref().map_or(0, |r| r.checkpoint.step);
+    let checkpoint_every = sink.checkpoint_every();
 
     let n = train.len();
     let steps_per_epoch = n.div_ceil(tc.batch_size) as u64;
@@ -167,35 +284,78 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DATA_ORDER_SALT);
     let loss_at = |m: &Mlp| train_eval.map(|set| evaluate(set, |x| m.forward(x)).loss);
 
-    let init = model.valid();
-    let init_train_loss = loss_at(&init);
+    let init_train_loss = if resume.is_some() {
+        None
+    } else {
+        loss_at(&init)
+    };
+    let (resumed_samples, mut last_snapshot_step, resumed_loss) = match resume {
+        Some(r) => {
+            let samples: Vec<TrajectorySample> = r
+                .checkpoint
+                .samples
+                .iter()
+                .zip(&r.snapshots)
+                .map(|(m, snap)| TrajectorySample {
+                    step: m.step,
+                    epoch: m.epoch,
+                    parameters: snap.parameter_vector(),
+                    batch_loss: m.batch_loss,
+                    train_loss: m.train_loss,
+                })
+                .collect();
+            let last = samples.last().map(|s| s.step);
+            (samples, last, r.checkpoint.last_loss)
+        }
+        None => (Vec::new(), None, f64::NAN),
+    };
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(SNAPSHOT_QUEUE);
-        let writer = scope.spawn(move || write_snapshots(rx, sink, steps_per_epoch));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(SNAPSHOT_QUEUE);
+        let writer =
+            scope.spawn(move || write_snapshots(rx, sink, steps_per_epoch, resumed_samples));
         // The init snapshot waits for the first batch: its batch loss is that batch's loss.
-        let mut pending_init = Some(Pending {
+        let mut pending_init = (resume_step == 0).then(|| Pending {
             model: init.clone(),
             step: 0,
             is_final: false,
             batch_loss: f64::NAN,
             train_loss: init_train_loss,
         });
-        let mut last_snapshot_step = None;
         let mut writer_gone = false;
         let mut send = |p: Pending, last: &mut Option<u64>| {
             *last = Some(p.step);
-            writer_gone |= tx.send(p).is_err();
+            writer_gone |= tx.send(ToWriter::Snapshot(p)).is_err();
             !writer_gone
+        };
+        let checkpoint = |model: &Mlp, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
+            let job = PendingCheckpoint {
+                model: model.valid(),
+                optimizer: optim.to_record(),
+                param_ids: burn::module::list_param_ids(model)
+                    .iter()
+                    .map(|id| id.val())
+                    .collect(),
+                step,
+                last_loss,
+            };
+            tx.send(ToWriter::Checkpoint(job)).is_ok()
         };
 
         progress.start(Phase::Training, total_steps);
+        progress.advance(resume_step, None);
         let mut step: u64 = 0;
         let mut diverged_at = None;
-        let mut last_loss = f64::NAN;
+        let mut last_loss = resumed_loss;
         let mut interrupted = false;
         'epochs: for _epoch in 0..tc.epochs {
+            // The data order of a resumed run is replayed, not stored: same shuffles, and the
+            // batches before the checkpoint are skipped.
             order.shuffle(&mut rng);
             for batch in order.chunks(tc.batch_size) {
+                if step < resume_step {
+                    step += 1;
+                    continue;
+                }
                 let idx = Tensor::<1, Int>::from_data(
                     TensorData::new(batch.to_vec(), [batch.len()]),
                     &ad,
@@ -221,6 +381,10 @@ pub fn train(
                 }
                 if progress.interrupted() {
                     interrupted = true;
+                    if step > resume_step {
+                        // A failed send means the writer died; its error surfaces below.
+                        let _ = checkpoint(&model, &optim, step, last_loss);
+                    }
                     break 'epochs;
                 }
                 let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
@@ -246,12 +410,22 @@ pub fn train(
                         break 'epochs;
                     }
                 }
+                if checkpoint_every > 0
+                    && step.is_multiple_of(checkpoint_every)
+                    && step != total_steps
+                    && !checkpoint(&model, &optim, step, last_loss)
+                {
+                    break 'epochs;
+                }
             }
         }
         progress.finish();
         if interrupted {
             drop(tx);
-            let _ = writer.join();
+            // The checkpoint must be stored before the attempt reports itself interrupted.
+            writer
+                .join()
+                .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))??;
             return Err(EngineError::Interrupted { step });
         }
         if let Some(p) = pending_init.take() {
@@ -293,14 +467,51 @@ pub fn train(
 /// The writer thread: captures each pending snapshot to the host, stores it, and keeps the
 /// parameter vector for the trajectory. Returns the samples and the seconds spent.
 fn write_snapshots(
-    rx: std::sync::mpsc::Receiver<Pending>,
+    rx: std::sync::mpsc::Receiver<ToWriter>,
     sink: &mut (dyn SnapshotSink + Send),
     steps_per_epoch: u64,
+    resumed: Vec<TrajectorySample>,
 ) -> Result<(Vec<TrajectorySample>, f64), EngineError> {
-    let mut samples = Vec::new();
+    let mut samples = resumed;
     let mut seconds = 0.0;
-    for p in rx {
+    for job in rx {
         let started = std::time::Instant::now();
+        let p = match job {
+            ToWriter::Snapshot(p) => p,
+            ToWriter::Checkpoint(c) => {
+                let mut store = burn::store::SafetensorsStore::from_bytes(None);
+                c.model
+                    .save_into(&mut store)
+                    .map_err(|e| EngineError::Sink(format!("checkpoint weights: {e}")))?;
+                let model = store
+                    .get_bytes()
+                    .map_err(|e| EngineError::Sink(format!("checkpoint weights: {e}")))?;
+                let optimizer = c
+                    .optimizer
+                    .into_bytes()
+                    .map_err(|e| EngineError::Sink(format!("checkpoint optimizer: {e}")))?
+                    .to_vec();
+                let checkpoint = Checkpoint {
+                    step: c.step,
+                    last_loss: c.last_loss,
+                    model,
+                    optimizer,
+                    param_ids: c.param_ids,
+                    samples: samples
+                        .iter()
+                        .map(|s| SampleMeta {
+                            step: s.step,
+                            epoch: s.epoch,
+                            batch_loss: s.batch_loss,
+                            train_loss: s.train_loss,
+                        })
+                        .collect(),
+                };
+                sink.checkpoint(&checkpoint)?;
+                seconds += started.elapsed().as_secs_f64();
+                continue;
+            }
+        };
         let snap = HostSnapshot::capture(&p.model, p.step)?;
         let epoch = p.step as f64 / steps_per_epoch.max(1) as f64;
         sink.snapshot(&snap, epoch, p.is_final)?;
