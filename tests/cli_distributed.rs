@@ -555,3 +555,51 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
         assert!(x == y, "{p} differs after resuming");
     }
 }
+
+#[test]
+fn run_embedded_finishes_a_sweep_and_resumes_after_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "embedded", 12, "");
+    let spec = spec.to_str().unwrap();
+    let runs_dir = dir.join("results/results/runs/sweep=embedded");
+    let out = dir.join("results");
+    let out = out.to_str().unwrap();
+    // Started, then killed with SIGKILL once a few shards are committed.
+    let mut first = Command::new(bin())
+        .args(["run", spec, "--workers", "2", "--out", out])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let committed = || std::fs::read_dir(&runs_dir).map_or(0, |d| d.count());
+    while committed() < 3 {
+        assert!(Instant::now() < deadline, "no commits within 180 s");
+        assert!(first.try_wait().unwrap().is_none(), "run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = files(&runs_dir);
+    assert!(before.len() >= 3 && before.len() < 12, "{} committed", before.len());
+    // Running the same command again finishes the sweep without rerunning committed shards.
+    let o = linesweep(
+        &["run", spec, "--workers", "2", "--out", out],
+        dir,
+        Duration::from_secs(300),
+    );
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    assert!(stdout.contains("12 committed"), "{stdout}");
+    assert!(stdout.contains("monotone") && stdout.contains("duckdb -c"), "{stdout}");
+    assert!(stdout.contains("optimizer=sgd") && stdout.contains("optimizer=adam"), "{stdout}");
+    let after = files(&runs_dir);
+    for (path, bytes) in &before {
+        let now = after.iter().find(|(p, _)| p == path).expect("a committed run vanished");
+        assert_eq!(&now.1, bytes, "{} was rewritten", path.display());
+    }
+    let report = check_results(&dir.join("results"), "embedded", 12);
+    assert!(report.starts_with("ok: 12 runs"), "{report}");
+}
