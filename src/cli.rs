@@ -285,4 +285,33 @@ pub struct BenchArgs {
     /// forward+backward at batch 128, in GFLOP/s.
     #[arg(long)]
     pub kernels: bool,
+    /// Measure something else than a shard.
+    #[command(subcommand)]
+    pub what: Option<BenchWhat>,
+}
+
+/// `linesweep bench <what>`.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Load-test the coordinator: simulated workers doing lease → heartbeat → complete over
+    /// loopback gRPC against a state file on disk (no training), then a large submission.
+    Coordinator(CoordinatorBenchArgs),
+}
+
+/// `linesweep bench coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorBenchArgs {
+    /// Concurrent simulated workers.
+    #[arg(long, default_value_t = 1000)]
+    pub workers: usize,
+    /// Shards to lease, heartbeat and complete.
+    #[arg(long, default_value_t = 100_000)]
+    pub shards: usize,
+    /// Then plan and submit a sweep of this many shards (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub submit: usize,
+    /// Offered load in cycles/s: each worker waits workers/rate seconds between cycles, the
+    /// way real workers spend their time training (0: closed loop, as fast as possible).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
 }

@@ -258,7 +258,11 @@ pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
             "  running {} attempt {} on {}: {progress}",
             r.id,
             r.attempts,
-            if r.worker.is_empty() { "—" } else { &r.worker }
+            if r.worker.is_empty() {
+                "—"
+            } else {
+                &r.worker
+            }
         );
     }
     for r in &st.failed {
@@ -303,7 +307,11 @@ pub fn shard_table(shards: &[pb::ShardInfo]) -> String {
 }
 
 /// `status --json`.
-pub fn status_json(sweep: &str, st: &pb::StatusReply, shards: &[pb::ShardInfo]) -> serde_json::Value {
+pub fn status_json(
+    sweep: &str,
+    st: &pb::StatusReply,
+    shards: &[pb::ShardInfo],
+) -> serde_json::Value {
     let info = |r: &pb::ShardInfo| {
         serde_json::json!({
             "id": r.id, "state": r.state, "attempts": r.attempts, "failures": r.failures,

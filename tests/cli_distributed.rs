@@ -77,7 +77,14 @@ results = "{}"
 /// `linesweep serve` on `port` (0: any); returns it with its URL.
 fn serve(state: &Path, port: u16, ttl: u32) -> (Proc, String) {
     let mut child = Command::new(bin())
-        .args(["-q", "serve", "--token", TOKEN, "--lease-ttl", &ttl.to_string()])
+        .args([
+            "-q",
+            "serve",
+            "--token",
+            TOKEN,
+            "--lease-ttl",
+            &ttl.to_string(),
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
         .arg(state)
         .stdout(Stdio::piped())
@@ -107,7 +114,15 @@ fn serve(state: &Path, port: u16, ttl: u32) -> (Proc, String) {
 fn worker(url: &str, name: &str, log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(bin())
-        .args(["worker", "--coordinator", url, "--token", TOKEN, "--name", name])
+        .args([
+            "worker",
+            "--coordinator",
+            url,
+            "--token",
+            TOKEN,
+            "--name",
+            name,
+        ])
         .args(["--max-backoff", "0.5", "--idle-poll", "0.2"])
         .env("RAYON_NUM_THREADS", "1")
         .stdin(Stdio::null())
@@ -161,7 +176,10 @@ fn wait_for(
 
 /// A running shard in its first third of training: there is time left to interfere.
 fn early_in_training(x: &serde_json::Value) -> bool {
-    let (done, total) = (x["done"].as_u64().unwrap_or(0), x["total"].as_u64().unwrap_or(0));
+    let (done, total) = (
+        x["done"].as_u64().unwrap_or(0),
+        x["total"].as_u64().unwrap_or(0),
+    );
     x["phase"] == "train" && done > 0 && done * 3 < total
 }
 
@@ -238,9 +256,14 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
     let _workers: Vec<Proc> = (0..3)
         .map(|i| worker(&url, &format!("w{i}"), &dir.join(format!("w{i}.log"))))
         .collect();
-    let st = wait_for(dir, &url, "grid", Duration::from_secs(300), "12 commits", |s| {
-        count(s, "committed") == 12
-    });
+    let st = wait_for(
+        dir,
+        &url,
+        "grid",
+        Duration::from_secs(300),
+        "12 commits",
+        |s| count(s, "committed") == 12,
+    );
     assert_eq!(st["failures"], 0);
     let report = check_results(&dir.join("results"), "grid", 12);
     assert!(report.starts_with("ok: 12 runs"), "{report}");
@@ -267,7 +290,10 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    assert!(err.contains("train.epochs: 2 → 3") && err.contains("--new"), "{err}");
+    assert!(
+        err.contains("train.epochs: 2 → 3") && err.contains("--new"),
+        "{err}"
+    );
     assert_eq!(count(&status(dir, &url, "grid").unwrap(), "committed"), 12);
     // … unless --new.
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap(), "--new"]);
@@ -283,25 +309,44 @@ fn b_a_worker_killed_mid_shard_is_replaced_after_the_ttl() {
     let dir = tmp.path();
     let spec = spec(dir, "kill", 30, "");
     let (_server, url) = serve(&dir.join("state.db"), 0, 2);
-    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    assert!(
+        cli(dir, &url, &["submit", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
     let victim = worker(&url, "victim", &dir.join("victim.log"));
-    wait_for(dir, &url, "kill", Duration::from_secs(120), "victim mid-shard", |s| {
-        s["running"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|x| x["worker"] == "victim" && early_in_training(x))
-        })
-    });
+    wait_for(
+        dir,
+        &url,
+        "kill",
+        Duration::from_secs(120),
+        "victim mid-shard",
+        |s| {
+            s["running"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["worker"] == "victim" && early_in_training(x))
+            })
+        },
+    );
     victim.signal(libc::SIGKILL);
     drop(victim);
     let _rest: Vec<Proc> = ["b", "c"]
         .iter()
         .map(|n| worker(&url, n, &dir.join(format!("{n}.log"))))
         .collect();
-    let st = wait_for(dir, &url, "kill", Duration::from_secs(300), "12 commits", |s| {
-        count(s, "committed") == 12
-    });
+    let st = wait_for(
+        dir,
+        &url,
+        "kill",
+        Duration::from_secs(300),
+        "12 commits",
+        |s| count(s, "committed") == 12,
+    );
     assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
-    assert_eq!(st["failures"], 0, "an expiry must not spend the failure budget");
+    assert_eq!(
+        st["failures"], 0,
+        "an expiry must not spend the failure budget"
+    );
     let report = check_results(&dir.join("results"), "kill", 12);
     assert!(report.starts_with("ok: 12 runs"), "{report}");
 }
@@ -314,13 +359,22 @@ fn c_the_coordinator_killed_mid_sweep_restarts_on_the_same_state() {
     let state = dir.join("state.db");
     let port = free_port();
     let (server, url) = serve(&state, port, 3);
-    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    assert!(
+        cli(dir, &url, &["submit", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
     let _workers: Vec<Proc> = (0..2)
         .map(|i| worker(&url, &format!("w{i}"), &dir.join(format!("w{i}.log"))))
         .collect();
-    wait_for(dir, &url, "crash", Duration::from_secs(120), "some commits", |s| {
-        count(s, "committed") >= 2 && count(s, "committed") < 12
-    });
+    wait_for(
+        dir,
+        &url,
+        "crash",
+        Duration::from_secs(120),
+        "some commits",
+        |s| count(s, "committed") >= 2 && count(s, "committed") < 12,
+    );
     server.signal(libc::SIGKILL);
     drop(server);
     std::thread::sleep(Duration::from_millis(1500));
@@ -328,9 +382,14 @@ fn c_the_coordinator_killed_mid_sweep_restarts_on_the_same_state() {
     // fresh TTL and takes their completions.
     let (_server, url2) = serve(&state, port, 3);
     assert_eq!(url, url2);
-    let st = wait_for(dir, &url, "crash", Duration::from_secs(300), "12 commits", |s| {
-        count(s, "committed") == 12
-    });
+    let st = wait_for(
+        dir,
+        &url,
+        "crash",
+        Duration::from_secs(300),
+        "12 commits",
+        |s| count(s, "committed") == 12,
+    );
     assert_eq!(st["failures"], 0, "{st:#}");
     let report = check_results(&dir.join("results"), "crash", 12);
     assert!(report.starts_with("ok: 12 runs"), "{report}");
@@ -342,15 +401,26 @@ fn d_a_frozen_worker_past_its_lease_is_fenced_off_and_changes_nothing() {
     let dir = tmp.path();
     let spec = spec(dir, "freeze", 30, "");
     let (_server, url) = serve(&dir.join("state.db"), 0, 2);
-    assert!(cli(dir, &url, &["submit", spec.to_str().unwrap()]).status.success());
+    assert!(
+        cli(dir, &url, &["submit", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
     let log = dir.join("frozen.log");
     let frozen = worker(&url, "frozen", &log);
-    let held = wait_for(dir, &url, "freeze", Duration::from_secs(120), "frozen mid-shard", |s| {
-        s["running"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|x| x["worker"] == "frozen" && early_in_training(x))
-        })
-    });
+    let held = wait_for(
+        dir,
+        &url,
+        "freeze",
+        Duration::from_secs(120),
+        "frozen mid-shard",
+        |s| {
+            s["running"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["worker"] == "frozen" && early_in_training(x))
+            })
+        },
+    );
     let shard = held["running"]
         .as_array()
         .unwrap()
@@ -364,9 +434,14 @@ fn d_a_frozen_worker_past_its_lease_is_fenced_off_and_changes_nothing() {
     // its output under its own attempt.
     frozen.signal(libc::SIGSTOP);
     let other = worker(&url, "other", &dir.join("other.log"));
-    let st = wait_for(dir, &url, "freeze", Duration::from_secs(300), "12 commits", |s| {
-        count(s, "committed") == 12
-    });
+    let st = wait_for(
+        dir,
+        &url,
+        "freeze",
+        Duration::from_secs(300),
+        "12 commits",
+        |s| count(s, "committed") == 12,
+    );
     assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
     let before = published(&dir.join("results"));
     frozen.signal(libc::SIGCONT);
@@ -384,7 +459,11 @@ fn d_a_frozen_worker_past_its_lease_is_fenced_off_and_changes_nothing() {
     }
     drop(other);
     drop(frozen);
-    assert_eq!(published(&dir.join("results")), before, "a fenced attempt changed results");
+    assert_eq!(
+        published(&dir.join("results")),
+        before,
+        "a fenced attempt changed results"
+    );
     let o = cli(dir, &url, &["status", "freeze", "--json", "--shards"]);
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let row = st["shards"]
@@ -425,12 +504,29 @@ seed = 99
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let _w = worker(&url, "w", &dir.join("w.log"));
-    let st = wait_for(dir, &url, "flaky", Duration::from_secs(300), "all done", finished);
-    assert_eq!((count(&st, "committed"), count(&st, "failed")), (12, 1), "{st:#}");
+    let st = wait_for(
+        dir,
+        &url,
+        "flaky",
+        Duration::from_secs(300),
+        "all done",
+        finished,
+    );
+    assert_eq!(
+        (count(&st, "committed"), count(&st, "failed")),
+        (12, 1),
+        "{st:#}"
+    );
     let failed = &st["failed"][0];
-    assert_eq!(failed["attempts"], 3, "the budget is three application failures");
+    assert_eq!(
+        failed["attempts"], 3,
+        "the budget is three application failures"
+    );
     assert!(
-        failed["last_error"].as_str().unwrap().contains("/nonexistent/mnist"),
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/mnist"),
         "{failed:#}"
     );
     let before = published(&dir.join("results"));
@@ -440,10 +536,19 @@ seed = 99
         "{}",
         text(&o.stdout)
     );
-    let st = wait_for(dir, &url, "flaky", Duration::from_secs(120), "the retry ends", |s| {
-        finished(s) && s["failed"][0]["attempts"].as_u64() == Some(6)
-    });
-    assert_eq!(count(&st, "committed"), 12, "committed shards are never rerun");
+    let st = wait_for(
+        dir,
+        &url,
+        "flaky",
+        Duration::from_secs(120),
+        "the retry ends",
+        |s| finished(s) && s["failed"][0]["attempts"].as_u64() == Some(6),
+    );
+    assert_eq!(
+        count(&st, "committed"),
+        12,
+        "committed shards are never rerun"
+    );
     assert_eq!(published(&dir.join("results")), before);
 }
 
@@ -451,8 +556,21 @@ seed = 99
 /// progress on stdout.
 fn staged_exec(dir: &Path, config_json: &str, out: &str, attempt: u32) -> Child {
     Command::new(bin())
-        .args(["-q", "exec", "--progress-jsonl", "--config-json", config_json])
-        .args(["--out", out, "--sweep", "resume", "--attempt", &attempt.to_string()])
+        .args([
+            "-q",
+            "exec",
+            "--progress-jsonl",
+            "--config-json",
+            config_json,
+        ])
+        .args([
+            "--out",
+            out,
+            "--sweep",
+            "resume",
+            "--attempt",
+            &attempt.to_string(),
+        ])
         .args(["--checkpoint-every", "25"])
         .env("RAYON_NUM_THREADS", "1")
         .current_dir(dir)
@@ -469,7 +587,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(Instant::now() < deadline, "exec did not finish within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "exec did not finish within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -479,7 +600,11 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let spec = spec(dir, "resume", 20, "");
-    let o = linesweep(&["plan", spec.to_str().unwrap(), "--json"], dir, Duration::from_secs(30));
+    let o = linesweep(
+        &["plan", spec.to_str().unwrap(), "--json"],
+        dir,
+        Duration::from_secs(30),
+    );
     let plan = text(&o.stdout);
     // Adam: its per-parameter state (moments, step count) must survive the checkpoint too.
     let first: serde_json::Value = plan
@@ -498,7 +623,10 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
     let mut lines = std::io::BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = lines.next().expect("exec ended before mid-training").unwrap();
+        let line = lines
+            .next()
+            .expect("exec ended before mid-training")
+            .unwrap();
         let p: serde_json::Value = serde_json::from_str(&line).unwrap();
         if p["phase"] == "train" && p["done"].as_u64() >= Some(60) {
             break;
@@ -583,7 +711,11 @@ fn run_embedded_finishes_a_sweep_and_resumes_after_kill_9() {
     first.kill().unwrap();
     first.wait().unwrap();
     let before = files(&runs_dir);
-    assert!(before.len() >= 3 && before.len() < 12, "{} committed", before.len());
+    assert!(
+        before.len() >= 3 && before.len() < 12,
+        "{} committed",
+        before.len()
+    );
     // Running the same command again finishes the sweep without rerunning committed shards.
     let o = linesweep(
         &["run", spec, "--workers", "2", "--out", out],
@@ -593,11 +725,20 @@ fn run_embedded_finishes_a_sweep_and_resumes_after_kill_9() {
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
     assert!(stdout.contains("12 committed"), "{stdout}");
-    assert!(stdout.contains("monotone") && stdout.contains("duckdb -c"), "{stdout}");
-    assert!(stdout.contains("optimizer=sgd") && stdout.contains("optimizer=adam"), "{stdout}");
+    assert!(
+        stdout.contains("monotone") && stdout.contains("duckdb -c"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("optimizer=sgd") && stdout.contains("optimizer=adam"),
+        "{stdout}"
+    );
     let after = files(&runs_dir);
     for (path, bytes) in &before {
-        let now = after.iter().find(|(p, _)| p == path).expect("a committed run vanished");
+        let now = after
+            .iter()
+            .find(|(p, _)| p == path)
+            .expect("a committed run vanished");
         assert_eq!(&now.1, bytes, "{} was rewritten", path.display());
     }
     let report = check_results(&dir.join("results"), "embedded", 12);

@@ -499,8 +499,14 @@ mod tests {
     #[test]
     fn cancel_and_retry() {
         let (s, a) = Shard::new().lease("w", 0, &P).unwrap();
-        assert!(s.cancel(false).is_none(), "running shards finish unless --now");
-        assert_eq!(Shard::new().cancel(false).unwrap().state, ShardState::Cancelled);
+        assert!(
+            s.cancel(false).is_none(),
+            "running shards finish unless --now"
+        );
+        assert_eq!(
+            Shard::new().cancel(false).unwrap().state,
+            ShardState::Cancelled
+        );
         let c = s.cancel(true).unwrap();
         assert_eq!(c.state, ShardState::Cancelled);
         assert!(matches!(

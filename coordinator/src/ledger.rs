@@ -1,15 +1,16 @@
 //! The SQLite ledger: sweeps, shards and an append-only event log.
 //!
 //! **Architecture invariant:** this is the only SQL in the repository, and every state change
-//! is one `BEGIN IMMEDIATE` transaction: load the shard, apply a [`crate::lease`] transition,
-//! write the shard and an event row, commit. A refused transition rolls back and changes
-//! nothing. The database is opened in WAL mode with an exclusive lock held for the life of the
+//! is one savepoint: load the shard, apply a [`crate::lease`] transition, write the shard and
+//! an event row, release. A refused transition rolls back and changes nothing. Outside a batch
+//! a savepoint is its own durable transaction; inside one ([`Ledger::begin_batch`]) the
+//! service commits many of them with one fsync (group commit) before answering any. The database is opened in WAL mode with an exclusive lock held for the life of the
 //! connection, so a second coordinator on the same file is refused instead of corrupting it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::lease::{LeasePolicy, Millis, Publish, Refused, Shard, ShardState};
 
@@ -214,6 +215,28 @@ impl Ledger {
         Ok(Self { conn, policy, path })
     }
 
+    /// Opens a group-commit batch: the operations that follow are savepoints inside one
+    /// transaction, made durable together by [`Self::commit_batch`] (one fsync for many
+    /// operations). Callers must not report an operation's outcome before that commit.
+    pub fn begin_batch(&mut self) -> Result<(), LedgerError> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("begin immediate")?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch, if any.
+    pub fn commit_batch(&mut self) -> Result<(), LedgerError> {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("commit") {
+                // Leave no half-open transaction behind: the batch is lost as a whole.
+                let _ = self.conn.execute_batch("rollback");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
     /// The lease policy in force.
     pub fn policy(&self) -> &LeasePolicy {
         &self.policy
@@ -243,9 +266,7 @@ impl Ledger {
         shards: &[(String, String)],
         now: Millis,
     ) -> Result<Submitted, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let known: Option<(String, String)> = tx
             .query_row(
                 "select results, base_json from sweeps where name = ?1",
@@ -304,9 +325,7 @@ impl Ledger {
     /// Leases the oldest pending shard to `worker`, or `None` when nothing is pending.
     pub fn lease(&mut self, worker: &str, now: Millis) -> Result<Option<Lease>, LedgerError> {
         let policy = self.policy;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let next: Option<(String, String, String)> = tx
             .query_row(
                 "select sweep, id, config_json from shards where state = 'pending' order by rowid limit 1",
@@ -337,9 +356,7 @@ impl Ledger {
         logged: Option<(&str, Option<&str>)>,
         f: impl FnOnce(&Shard) -> Result<Shard, Refused>,
     ) -> Result<Shard, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let current = load(&tx, &self.path, sweep, shard)?;
         let next = f(&current)?;
         store(&tx, sweep, shard, &next)?;
@@ -374,10 +391,17 @@ impl Ledger {
         attempt: u32,
         now: Millis,
     ) -> Result<(), LedgerError> {
-        match self.begin_publish(sweep, shard, attempt, now)? {
-            Publish::AlreadyCommitted => Ok(()),
-            Publish::Start(_) | Publish::Resume => self.commit(sweep, shard, attempt, now),
+        // A repeated completion of the committed attempt is answered without a second event.
+        if self.shard(sweep, shard)?.state == (ShardState::Committed { attempt }) {
+            return Ok(());
         }
+        self.transition(
+            (sweep, shard, attempt),
+            now,
+            Some(("committed", None)),
+            |s| s.complete(attempt, now),
+        )
+        .map(|_| ())
     }
 
     /// Records the intent to publish `attempt`'s staged results (see [`Shard::begin_publish`]).
@@ -389,9 +413,7 @@ impl Ledger {
         attempt: u32,
         now: Millis,
     ) -> Result<Publish, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let current = load(&tx, &self.path, sweep, shard)?;
         let decision = current.begin_publish(attempt, now)?;
         if let Publish::Start(next) = &decision {
@@ -498,9 +520,7 @@ impl Ledger {
         &mut self,
         now: Millis,
     ) -> Result<Vec<(String, String, u32)>, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let due: Vec<(String, String)> = {
             let mut q = tx.prepare(
                 "select sweep, id from shards where state = 'leased' and expires_at <= ?1",
@@ -524,9 +544,7 @@ impl Ledger {
     /// Returns every lease to pending as an interruption (budget untouched): for the embedded
     /// mode, whose workers died with the process that held the leases. Returns how many.
     pub fn release_all(&mut self, now: Millis) -> Result<usize, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let held: Vec<(String, String)> = {
             let mut q = tx.prepare("select sweep, id from shards where state = 'leased'")?;
             q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -549,9 +567,7 @@ impl Ledger {
     /// After a restart: gives every live lease at least one fresh TTL. Returns how many.
     pub fn restart_grace(&mut self, now: Millis) -> Result<usize, LedgerError> {
         let policy = self.policy;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let n = tx.execute(
             "update shards set expires_at = max(expires_at, ?1) where state = 'leased'",
             [now + policy.ttl_ms],
@@ -573,8 +589,15 @@ impl Ledger {
 
     /// Cancels the pending shards of `sweep`, and with `running` the leased ones too.
     /// Returns how many.
-    pub fn cancel(&mut self, sweep: &str, running: bool, now: Millis) -> Result<usize, LedgerError> {
-        self.bulk(sweep, None, now, "cancelled", &|s: &Shard| s.cancel(running))
+    pub fn cancel(
+        &mut self,
+        sweep: &str,
+        running: bool,
+        now: Millis,
+    ) -> Result<usize, LedgerError> {
+        self.bulk(sweep, None, now, "cancelled", &|s: &Shard| {
+            s.cancel(running)
+        })
     }
 
     fn bulk(
@@ -585,9 +608,7 @@ impl Ledger {
         kind: &str,
         f: &dyn Fn(&Shard) -> Option<Shard>,
     ) -> Result<usize, LedgerError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.savepoint()?;
         let exists: bool = tx.query_row(
             "select exists(select 1 from sweeps where name = ?1)",
             [sweep],
@@ -661,11 +682,15 @@ impl Ledger {
 
     /// Leased shards per worker, as `sweep/shard`.
     pub fn leases_by_worker(&self) -> Result<BTreeMap<String, Vec<String>>, LedgerError> {
-        let mut q = self
-            .conn
-            .prepare("select worker, sweep, id from shards where state = 'leased' order by rowid")?;
+        let mut q = self.conn.prepare(
+            "select worker, sweep, id from shards where state = 'leased' order by rowid",
+        )?;
         let rows = q.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for row in rows {

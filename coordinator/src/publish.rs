@@ -113,8 +113,11 @@ mod tests {
 
     fn stage(s: &Storage, attempt: u32, runs: &[u8]) {
         let p = staging_prefix("sw", "abc", attempt);
-        s.put(&format!("{p}/snapshots/abc/step-00000000.safetensors"), vec![1])
-            .unwrap();
+        s.put(
+            &format!("{p}/snapshots/abc/step-00000000.safetensors"),
+            vec![1],
+        )
+        .unwrap();
         s.put(&format!("{p}/checkpoints/step-5/model.bin"), vec![2])
             .unwrap();
         s.put(
@@ -134,7 +137,11 @@ mod tests {
         ));
         stage(&s, 1, b"one");
         assert_eq!(publish(&s, "sw", "abc", 1).unwrap(), 2);
-        assert_eq!(publish(&s, "sw", "abc", 1).unwrap(), 0, "a repeat is harmless");
+        assert_eq!(
+            publish(&s, "sw", "abc", 1).unwrap(),
+            0,
+            "a repeat is harmless"
+        );
         assert!(!s.exists("checkpoints/step-5/model.bin").unwrap());
         // Another attempt with other bytes cannot replace what is published.
         stage(&s, 2, b"two");

@@ -73,11 +73,12 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        match c.with_ledger(|l, now| l.expire_leases(now)) {
-                            Ok(expired) => for (sweep, shard, attempt) in expired {
+                        match c.with_ledger(|l, now| l.expire_leases(now)).await {
+                            Ok(Ok(expired)) => for (sweep, shard, attempt) in expired {
                                 tracing::warn!(%sweep, %shard, attempt, "lease expired; the shard is pending again");
                             },
-                            Err(e) => tracing::error!(error = %e, "lease reaper failed"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "lease reaper failed"),
+                            Err(e) => tracing::error!(error = e.message(), "lease reaper failed"),
                         }
                         c.roll_forward().await;
                     }

@@ -48,6 +48,24 @@ struct WorkerEntry {
     last_seen: Millis,
 }
 
+/// The ledger with its open group-commit batch.
+struct Batched {
+    ledger: Ledger,
+    /// Id of the open batch (0: none).
+    open: u64,
+    /// Last batch id issued.
+    next: u64,
+}
+
+/// What the committer has made durable.
+#[derive(Debug, Clone, Default)]
+struct Committed {
+    /// Every batch up to this id is finished.
+    done: u64,
+    /// Recent batches whose commit failed.
+    failed: Vec<u64>,
+}
+
 #[derive(Default)]
 struct Live {
     progress: HashMap<(String, String), Progress>,
@@ -59,7 +77,9 @@ struct Live {
 pub struct Coordinator {
     // A std mutex: no await happens while it is held, and every ledger call is one short
     // SQLite transaction. Storage I/O (publishing) happens outside it.
-    ledger: Arc<Mutex<Ledger>>,
+    ledger: Arc<Mutex<Batched>>,
+    committed: Arc<tokio::sync::watch::Sender<Committed>>,
+    wake: Arc<tokio::sync::Notify>,
     live: Arc<Mutex<Live>>,
     stores: Arc<Mutex<HashMap<String, Arc<Storage>>>>,
     clock: Clock,
@@ -73,11 +93,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Coordinator {
-    /// Wraps a ledger. `default_results` is the storage root of sweeps submitted without one.
+    /// Wraps a ledger and starts its group committer (needs a tokio runtime).
+    /// `default_results` is the storage root of sweeps submitted without one.
     pub fn new(ledger: Ledger, clock: Clock, default_results: String) -> Self {
         let ttl = ledger.policy().ttl_ms.max(1) as u64;
+        let ledger = Arc::new(Mutex::new(Batched {
+            ledger,
+            open: 0,
+            next: 0,
+        }));
+        let committed = Arc::new(tokio::sync::watch::channel(Committed::default()).0);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(Self::committer(
+            ledger.clone(),
+            wake.clone(),
+            committed.clone(),
+        ));
         Self {
-            ledger: Arc::new(Mutex::new(ledger)),
+            ledger,
+            committed,
+            wake,
             live: Arc::default(),
             stores: Arc::default(),
             clock,
@@ -88,10 +123,79 @@ impl Coordinator {
         }
     }
 
-    /// Runs `f` on the ledger at the current time.
-    pub fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger, Millis) -> T) -> T {
-        let now = (self.clock)();
-        f(&mut lock(&self.ledger), now)
+    /// Runs the state change `f` on the ledger at the current time, inside the open
+    /// group-commit batch, and returns once that batch is durable (one fsync for every
+    /// operation that joined it). Nothing is reported to a caller before its commit.
+    pub async fn with_ledger<T>(
+        &self,
+        f: impl FnOnce(&mut Ledger, Millis) -> T,
+    ) -> Result<T, Status> {
+        let now = self.now();
+        let mut rx = self.committed.subscribe();
+        let (r, batch) = {
+            let mut g = lock(&self.ledger);
+            if g.open == 0 {
+                g.ledger.begin_batch().map_err(status)?;
+                g.next += 1;
+                g.open = g.next;
+            }
+            let r = f(&mut g.ledger, now);
+            (r, g.open)
+        };
+        self.wake.notify_one();
+        loop {
+            {
+                let c = rx.borrow_and_update();
+                if c.failed.contains(&batch) {
+                    return Err(Status::unavailable(
+                        "the coordinator could not make the change durable (state file); retry",
+                    ));
+                }
+                if c.done >= batch {
+                    return Ok(r);
+                }
+            }
+            rx.changed()
+                .await
+                .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        }
+    }
+
+    /// Reads the ledger (no commit to wait for).
+    pub fn read_ledger<T>(&self, f: impl FnOnce(&Ledger, Millis) -> T) -> T {
+        let now = self.now();
+        f(&lock(&self.ledger).ledger, now)
+    }
+
+    /// The group committer: commits the open batch whenever an operation joined it.
+    async fn committer(
+        ledger: Arc<Mutex<Batched>>,
+        wake: Arc<tokio::sync::Notify>,
+        committed: Arc<tokio::sync::watch::Sender<Committed>>,
+    ) {
+        loop {
+            wake.notified().await;
+            let cell = ledger.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let mut g = lock(&cell);
+                let id = std::mem::take(&mut g.open);
+                (id != 0).then(|| (id, g.ledger.commit_batch()))
+            })
+            .await;
+            let Ok(Some((id, result))) = done else {
+                continue;
+            };
+            committed.send_modify(|c| {
+                c.done = id;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "committing the ledger failed; the batch is lost");
+                    c.failed.push(id);
+                    if c.failed.len() > 64 {
+                        c.failed.remove(0);
+                    }
+                }
+            });
+        }
     }
 
     fn now(&self) -> Millis {
@@ -125,19 +229,21 @@ impl Coordinator {
         let storage = self.storage(results).await?;
         let (sw, sh) = (sweep.to_owned(), shard.to_owned());
         let st = storage.clone();
-        let copied =
-            tokio::task::spawn_blocking(move || publish::publish(&st, &sw, &sh, attempt))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        let copied = tokio::task::spawn_blocking(move || publish::publish(&st, &sw, &sh, attempt))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         match copied {
             Ok(n) => {
-                match self.with_ledger(|l, now| l.commit(sweep, shard, attempt, now)) {
+                match self
+                    .with_ledger(|l, now| l.commit(sweep, shard, attempt, now))
+                    .await?
+                {
                     Ok(()) => {}
                     // A concurrent call of the same attempt committed first.
                     Err(LedgerError::Refused(_))
-                        if self.with_ledger(|l, _| l.shard(sweep, shard)).is_ok_and(|s| {
-                            s.state == ShardState::Committed { attempt }
-                        }) => {}
+                        if self
+                            .read_ledger(|l, _| l.shard(sweep, shard))
+                            .is_ok_and(|s| s.state == ShardState::Committed { attempt }) => {}
                     Err(e) => return Err(status(e)),
                 }
                 lock(&self.live)
@@ -162,6 +268,7 @@ impl Coordinator {
                 self.with_ledger(|l, now| {
                     l.abandon_publish(sweep, shard, attempt, &e.to_string(), now)
                 })
+                .await?
                 .map_err(status)?;
                 Err(Status::failed_precondition(e.to_string()))
             }
@@ -171,7 +278,7 @@ impl Coordinator {
     /// Finishes publishes that a crash interrupted (called by the server at start and on the
     /// reaper's timer). Returns how many were committed.
     pub async fn roll_forward(&self) -> usize {
-        let pending = match self.with_ledger(|l, _| l.publishing()) {
+        let pending = match self.read_ledger(|l, _| l.publishing()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list interrupted publishes");
@@ -180,13 +287,17 @@ impl Coordinator {
         };
         let mut done = 0;
         for (sweep, shard, attempt) in pending {
-            let Ok(results) = self.with_ledger(|l, _| l.results(&sweep)) else {
+            let Ok(results) = self.read_ledger(|l, _| l.results(&sweep)) else {
                 continue;
             };
             let outcome = if results.is_empty() {
-                self.with_ledger(|l, now| l.commit(&sweep, &shard, attempt, now))
-                    .map(|()| 0)
-                    .map_err(status)
+                match self
+                    .with_ledger(|l, now| l.commit(&sweep, &shard, attempt, now))
+                    .await
+                {
+                    Ok(r) => r.map(|()| 0).map_err(status),
+                    Err(e) => Err(e),
+                }
             } else {
                 self.finish_publish(&sweep, &shard, attempt, &results).await
             };
@@ -195,7 +306,9 @@ impl Coordinator {
                     tracing::info!(%sweep, %shard, attempt, "interrupted publish rolled forward");
                     done += 1;
                 }
-                Err(e) => tracing::warn!(%sweep, %shard, attempt, error = e.message(), "rolling a publish forward failed"),
+                Err(e) => {
+                    tracing::warn!(%sweep, %shard, attempt, error = e.message(), "rolling a publish forward failed")
+                }
             }
         }
         done
@@ -204,11 +317,11 @@ impl Coordinator {
     /// Removes staging that no live attempt needs: shards that are committed or cancelled,
     /// and shards the ledger does not know. Returns how many objects were deleted.
     pub async fn gc(&self, sweep: &str) -> Result<u64, Status> {
-        let results = self.with_ledger(|l, _| l.results(sweep)).map_err(status)?;
+        let results = self.read_ledger(|l, _| l.results(sweep)).map_err(status)?;
         if results.is_empty() {
             return Ok(0);
         }
-        let rows = self.with_ledger(|l, _| l.shards(sweep)).map_err(status)?;
+        let rows = self.read_ledger(|l, _| l.shards(sweep)).map_err(status)?;
         let states: HashMap<String, Shard> = rows.into_iter().map(|r| (r.id, r.shard)).collect();
         let storage = self.storage(&results).await?;
         let sw = sweep.to_owned();
@@ -242,7 +355,7 @@ impl Coordinator {
     }
 
     fn status_reply(&self, sweep: &str) -> Result<pb::StatusReply, Status> {
-        let st: SweepStatus = self.with_ledger(|l, _| l.status(sweep)).map_err(status)?;
+        let st: SweepStatus = self.read_ledger(|l, _| l.status(sweep)).map_err(status)?;
         let live = lock(&self.live);
         let info = |r: &ShardRow| {
             let mut i = shard_info(r);
@@ -409,16 +522,18 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             return Err(Status::invalid_argument("worker name is empty"));
         }
         self.seen(&req.worker);
-        let (lease, ttl) = self.with_ledger(|l, now| {
-            let lease = l.lease(&req.worker, now).and_then(|lease| match lease {
-                Some(lease) => {
-                    let results = l.results(&lease.sweep)?;
-                    Ok(Some((lease, results)))
-                }
-                None => Ok(None),
-            });
-            (lease, l.policy().ttl_ms)
-        });
+        let (lease, ttl) = self
+            .with_ledger(|l, now| {
+                let lease = l.lease(&req.worker, now).and_then(|lease| match lease {
+                    Some(lease) => {
+                        let results = l.results(&lease.sweep)?;
+                        Ok(Some((lease, results)))
+                    }
+                    None => Ok(None),
+                });
+                (lease, l.policy().ttl_ms)
+            })
+            .await?;
         let granted = lease.map_err(status)?.map(|(l, results)| pb::Granted {
             token: Some(pb::Token {
                 sweep: l.sweep,
@@ -439,8 +554,10 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
-        let v =
-            verdict(self.with_ledger(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now)))?;
+        let v = verdict(
+            self.with_ledger(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now))
+                .await?,
+        )?;
         if v == LeaseVerdict::Ok {
             let mut live = lock(&self.live);
             live.progress.insert(
@@ -464,9 +581,12 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
         let (sweep, shard, attempt) = (t.sweep.as_str(), t.shard.as_str(), t.attempt);
-        let results = self.with_ledger(|l, _| l.results(sweep)).map_err(status)?;
+        let results = self.read_ledger(|l, _| l.results(sweep)).map_err(status)?;
         if results.is_empty() {
-            let v = verdict(self.with_ledger(|l, now| l.complete(sweep, shard, attempt, now)))?;
+            let v = verdict(
+                self.with_ledger(|l, now| l.complete(sweep, shard, attempt, now))
+                    .await?,
+            )?;
             return Ok(Response::new(pb::CompleteReply {
                 verdict: v.into(),
                 published: 0,
@@ -474,7 +594,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         }
         // Check the staged output before recording any intent: an attempt that staged nothing
         // is told so and the shard is left as it is (the worker reports the failure).
-        let holds = self.with_ledger(|l, now| {
+        let holds = self.read_ledger(|l, now| {
             l.shard(sweep, shard)
                 .map(|s| matches!(s.begin_publish(attempt, now), Ok(Publish::Start(_))))
         });
@@ -487,11 +607,15 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                     .map_err(|e| Status::internal(e.to_string()))?;
             match check {
                 Ok(_) => {}
-                Err(e @ PublishError::Storage(_)) => return Err(Status::unavailable(e.to_string())),
+                Err(e @ PublishError::Storage(_)) => {
+                    return Err(Status::unavailable(e.to_string()));
+                }
                 Err(e) => return Err(Status::failed_precondition(e.to_string())),
             }
         }
-        let decision = self.with_ledger(|l, now| l.begin_publish(sweep, shard, attempt, now));
+        let decision = self
+            .with_ledger(|l, now| l.begin_publish(sweep, shard, attempt, now))
+            .await?;
         let published = match decision {
             Ok(Publish::AlreadyCommitted) => 0,
             Ok(Publish::Start(_) | Publish::Resume) => {
@@ -516,14 +640,16 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
-        let result = self.with_ledger(|l, now| {
-            if req.preempted {
-                l.preempt(&t.sweep, &t.shard, t.attempt, now)
-                    .map(|()| ShardState::Pending)
-            } else {
-                l.fail(&t.sweep, &t.shard, t.attempt, &req.error, now)
-            }
-        });
+        let result = self
+            .with_ledger(|l, now| {
+                if req.preempted {
+                    l.preempt(&t.sweep, &t.shard, t.attempt, now)
+                        .map(|()| ShardState::Pending)
+                } else {
+                    l.fail(&t.sweep, &t.shard, t.attempt, &req.error, now)
+                }
+            })
+            .await?;
         let (v, state) = match result {
             Ok(s) => {
                 lock(&self.live)
@@ -591,6 +717,7 @@ impl pb::control_service_server::ControlService for Coordinator {
             .collect();
         let r = self
             .with_ledger(|l, now| l.submit_sweep(&req.sweep, &meta, mode, &shards, now))
+            .await?
             .map_err(status)?;
         Ok(Response::new(pb::SubmitReply {
             added: r.added as u64,
@@ -656,6 +783,7 @@ impl pb::control_service_server::ControlService for Coordinator {
         let only = (!req.shards.is_empty()).then_some(req.shards.as_slice());
         let n = self
             .with_ledger(|l, now| l.retry(&req.sweep, only, now))
+            .await?
             .map_err(status)?;
         Ok(Response::new(pb::RetryReply { retried: n as u64 }))
     }
@@ -668,6 +796,7 @@ impl pb::control_service_server::ControlService for Coordinator {
         check_version(req.protocol_version)?;
         let n = self
             .with_ledger(|l, now| l.cancel(&req.sweep, req.now, now))
+            .await?
             .map_err(status)?;
         Ok(Response::new(pb::CancelReply {
             cancelled: n as u64,
@@ -681,7 +810,7 @@ impl pb::control_service_server::ControlService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let rows = self
-            .with_ledger(|l, _| {
+            .read_ledger(|l, _| {
                 l.results(&req.sweep)?;
                 l.shards(&req.sweep)
             })
@@ -697,7 +826,7 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::ListWorkersReply>, Status> {
         check_version(req.into_inner().protocol_version)?;
         let now = self.now();
-        let (ttl, held) = self.with_ledger(|l, _| (l.policy().ttl_ms, l.leases_by_worker()));
+        let (ttl, held) = self.read_ledger(|l, _| (l.policy().ttl_ms, l.leases_by_worker()));
         let held = held.map_err(status)?;
         let live = lock(&self.live);
         let workers = live

@@ -156,12 +156,15 @@ async fn leases_are_fenced_and_expire() {
     // Storage is blocking (it owns a runtime): use it from a plain thread.
     let on_storage = |f: &(dyn Fn(&Storage) + Sync)| {
         std::thread::scope(|s| {
-            s.spawn(|| f(&Storage::open(&root).unwrap())).join().unwrap();
+            s.spawn(|| f(&Storage::open(&root).unwrap()))
+                .join()
+                .unwrap();
         })
     };
     on_storage(&|st: &Storage| {
         let staging = layout::staging_prefix("sw", &ta.shard, ta.attempt);
-        st.put(&format!("{staging}/{runs}"), b"runs".to_vec()).unwrap();
+        st.put(&format!("{staging}/{runs}"), b"runs".to_vec())
+            .unwrap();
         st.put(&format!("{staging}/{snap}"), b"w".to_vec()).unwrap();
     });
     let r = worker
@@ -240,9 +243,7 @@ async fn leases_are_fenced_and_expire() {
     assert_eq!((st.failures, st.interruptions), (1, 1));
 
     // Health checks answer without a token (for load balancers and probes).
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        channel(&run.addr).await,
-    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&run.addr).await);
     let h = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "linesweep.v1.WorkerService".into(),

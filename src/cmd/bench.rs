@@ -13,6 +13,9 @@ use crate::cli::BenchArgs;
 use crate::render;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(crate::cli::BenchWhat::Coordinator(c)) = args.what {
+        return super::bench_coordinator::run(c);
+    }
     if args.kernels {
         let device = device::parse(&args.device)?;
         let k = linesweep_worker::engine::kernels::measure(&device.device);
@@ -39,7 +42,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
         let storage = Storage::open(&dir.path().display().to_string())?;
         let started = std::time::Instant::now();
-        let report = exec::run(&cfg, &device, &storage, "bench", exec::Placement::Direct, 0, &NoProgress)?;
+        let report = exec::run(
+            &cfg,
+            &device,
+            &storage,
+            "bench",
+            exec::Placement::Direct,
+            0,
+            &NoProgress,
+        )?;
         let wall = started.elapsed().as_secs_f64();
         let mut j = render::json(&report.shard, "bench", &report.outcome);
         j["repetition"] = rep.into();

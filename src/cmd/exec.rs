@@ -50,7 +50,15 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let result = if args.progress_jsonl {
         let progress = JsonLines::new();
         watch_parent();
-        exec::run(&cfg, &device, &storage, &args.sweep, placement, args.checkpoint_every, &progress)
+        exec::run(
+            &cfg,
+            &device,
+            &storage,
+            &args.sweep,
+            placement,
+            args.checkpoint_every,
+            &progress,
+        )
     } else {
         exec::run(
             &cfg,

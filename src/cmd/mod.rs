@@ -1,6 +1,7 @@
 //! One thin file per subcommand: build the inputs, call the library, render the result.
 
 mod bench;
+mod bench_coordinator;
 mod exec;
 mod plan;
 mod remote;

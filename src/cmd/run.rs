@@ -14,10 +14,10 @@ use linesweep_coordinator::server::{ServeConfig, serve};
 use linesweep_coordinator::service::{is_finished, system_clock};
 use linesweep_proto::{PROTOCOL_VERSION, pb};
 use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
+use linesweep_worker::device;
 use linesweep_worker::results::{self, RunSummary};
 use linesweep_worker::storage::{Storage, layout};
 use linesweep_worker::sweep::{self, SweepPlan};
-use linesweep_worker::device;
 
 use super::remote::{absolute_location, connect, reaper_interval, request, submit_plan};
 use crate::cli::RunArgs;
@@ -35,23 +35,28 @@ struct Bars {
 impl Bars {
     fn new(total: u64, workers: usize) -> Self {
         let multi = MultiProgress::new();
-        let style = |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = |t: &str| {
+            ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar())
+        };
         let overall = multi.add(
             ProgressBar::new(total).with_style(
-                style("sweep    [{bar:30.green/white}] {pos}/{len} shards {elapsed} eta {eta} {msg}")
-                    .progress_chars("=> "),
+                style(
+                    "sweep    [{bar:30.green/white}] {pos}/{len} shards {elapsed} eta {eta} {msg}",
+                )
+                .progress_chars("=> "),
             ),
         );
-        let workers = (0..workers)
-            .map(|i| {
-                multi.add(ProgressBar::new(0).with_style(
+        let workers =
+            (0..workers)
+                .map(|i| {
+                    multi.add(ProgressBar::new(0).with_style(
                     style(&format!(
                         "worker {i} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{prefix}} {{msg}}"
                     ))
                     .progress_chars("=> "),
                 ))
-            })
-            .collect();
+                })
+                .collect();
         Self { overall, workers }
     }
 }
@@ -77,7 +82,11 @@ impl AgentEvents for WorkerBar {
             bar.set_length(p.total);
         }
         bar.set_position(p.done);
-        bar.set_prefix(if p.phase == "train" { "steps" } else { "α points" });
+        bar.set_prefix(if p.phase == "train" {
+            "steps"
+        } else {
+            "α points"
+        });
     }
 
     fn finished(&self, _slot: usize, shard: &str, outcome: &Outcome) {
@@ -110,14 +119,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let state = state_dir.join("state.db");
     let policy = LeasePolicy::default();
-    let mut ledger = Ledger::open(&state, policy)
-        .with_context(|| format!("the sweep state in {} (is another `linesweep run` using it?)", state.display()))?;
+    let mut ledger = Ledger::open(&state, policy).with_context(|| {
+        format!(
+            "the sweep state in {} (is another `linesweep run` using it?)",
+            state.display()
+        )
+    })?;
     let now = (system_clock())();
     // Leases in this file belong to workers of an earlier run of this command, which died
     // with it: give them back now instead of waiting a TTL.
     let released = ledger.release_all(now)?;
     if released > 0 {
-        tracing::info!(shards = released, "resuming: shards that were running when the last run stopped are pending again");
+        tracing::info!(
+            shards = released,
+            "resuming: shards that were running when the last run stopped are pending again"
+        );
     }
 
     let token = format!("{:032x}", rand::random::<u128>());
@@ -300,7 +316,11 @@ fn group_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<GroupRo
             .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
             .collect::<Vec<_>>()
             .join(" ");
-        let group = if group.is_empty() { "all".to_owned() } else { group };
+        let group = if group.is_empty() {
+            "all".to_owned()
+        } else {
+            group
+        };
         if !order.contains(&group) {
             order.push(group.clone());
         }

@@ -21,7 +21,8 @@ pub(crate) fn default_name() -> String {
 }
 
 fn seconds(what: &str, s: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("{what} must be a number of seconds ≥ 0"))
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{what} must be a number of seconds ≥ 0"))
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {

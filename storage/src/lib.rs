@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(s.get("p/c.bin").unwrap().as_ref(), &[9]);
         assert_eq!(s.delete_prefix("a").unwrap(), 2);
         assert!(s.list("a").unwrap().is_empty());
-        assert!(!tmp.path().join("a").exists(), "empty directories are removed too");
+        assert!(
+            !tmp.path().join("a").exists(),
+            "empty directories are removed too"
+        );
         assert_eq!(s.list("p").unwrap(), vec!["p/c.bin"]);
     }
 

@@ -241,12 +241,8 @@ pub async fn run(
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..cfg.slots.max(1) {
         let slot_cfg = cfg.clone();
-        let (client, events, stop, report) = (
-            client.clone(),
-            events.clone(),
-            stop.clone(),
-            report.clone(),
-        );
+        let (client, events, stop, report) =
+            (client.clone(), events.clone(), stop.clone(), report.clone());
         slots.spawn(async move {
             run_slot(slot, &slot_cfg, &client, heartbeat, events, stop, &report).await
         });
@@ -290,7 +286,10 @@ async fn run_slot(
         {
             None => return,
             Some(Err(s)) => {
-                tracing::error!(error = s.message(), "the coordinator refused a lease request");
+                tracing::error!(
+                    error = s.message(),
+                    "the coordinator refused a lease request"
+                );
                 return;
             }
             Some(Ok(r)) => r.granted,
@@ -342,7 +341,10 @@ struct Tail(Mutex<std::collections::VecDeque<String>>);
 
 impl Tail {
     fn push(&self, line: String) {
-        let mut t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if t.len() == 20 {
             t.pop_front();
         }
@@ -351,7 +353,10 @@ impl Tail {
 
     /// The child's `error:` line if it printed one, else its last line.
     fn error(&self) -> Option<String> {
-        let t = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.iter()
             .rev()
             .find(|l| l.starts_with("error:"))
@@ -375,8 +380,20 @@ async fn attempt(
     let mut cmd = tokio::process::Command::new(&cfg.program);
     cmd.args(["--quiet", "exec", "--progress-jsonl", "--config-json"])
         .arg(&granted.config_json)
-        .args(["--expect-shard", shard, "--out", &granted.results, "--sweep", sweep])
-        .args(["--attempt", &attempt_no.to_string(), "--device", &cfg.device])
+        .args([
+            "--expect-shard",
+            shard,
+            "--out",
+            &granted.results,
+            "--sweep",
+            sweep,
+        ])
+        .args([
+            "--attempt",
+            &attempt_no.to_string(),
+            "--device",
+            &cfg.device,
+        ])
         .args(["--checkpoint-every", &cfg.checkpoint_every.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -18,9 +18,9 @@ use crate::config::ShardConfig;
 use crate::engine::{
     self, Checkpoint, EngineError, Progress, Resume, SampleMeta, ShardOutcome, SnapshotSink,
 };
-use crate::storage::layout;
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
+use crate::storage::layout;
 use crate::storage::{Storage, StorageError};
 
 /// Running a shard against storage failed.
@@ -167,10 +167,7 @@ impl SnapshotSink for StorageSink<'_> {
         if self.staged.is_none() {
             return Ok(());
         }
-        let dir = format!(
-            "{}checkpoints/step-{:08}",
-            self.prefix, c.step
-        );
+        let dir = format!("{}checkpoints/step-{:08}", self.prefix, c.step);
         self.storage
             .put(&format!("{dir}/model.safetensors"), c.model.clone())
             .map_err(sink_err)?;
@@ -209,12 +206,7 @@ impl SnapshotSink for StorageSink<'_> {
             .filter(|k| k.ends_with("/state.json") && k.contains("/checkpoints/step-"))
             .filter_map(|k| {
                 let a = layout::attempt_of(&shard_staging, &k)?;
-                let step: u64 = k
-                    .rsplit('/')
-                    .nth(1)?
-                    .strip_prefix("step-")?
-                    .parse()
-                    .ok()?;
+                let step: u64 = k.rsplit('/').nth(1)?.strip_prefix("step-")?.parse().ok()?;
                 (a < attempt).then_some((step, a, k))
             })
             .max();
@@ -252,7 +244,11 @@ impl SnapshotSink for StorageSink<'_> {
             self.written.push(key);
             snapshots.push(snap);
         }
-        tracing::info!(step = state.step, from_attempt = from, "resuming from a checkpoint");
+        tracing::info!(
+            step = state.step,
+            from_attempt = from,
+            "resuming from a checkpoint"
+        );
         Ok(Some(Resume {
             checkpoint: Checkpoint {
                 step: state.step,

@@ -6,11 +6,11 @@
 //! config, so it does not depend on how many random numbers the model init drew.
 
 use burn::module::Module;
-use burn::store::ModuleSnapshot;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
+use burn::store::ModuleSnapshot;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -268,9 +268,12 @@ pub fn train(
         let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
             c.optimizer.clone(),
         ))
-            .map_err(|e| EngineError::Resume(format!("optimizer state: {e}")))?;
+        .map_err(|e| EngineError::Resume(format!("optimizer state: {e}")))?;
         optim = optim.load_record(record);
-        tracing::info!(step = c.step, "resuming from a checkpoint of an earlier attempt");
+        tracing::info!(
+            step = c.step,
+            "resuming from a checkpoint of an earlier attempt"
+        );
     }
     let resume_step = resume.as_ref().map_or(0, |r| r.checkpoint.step);
     let checkpoint_every = sink.checkpoint_every();
@@ -327,19 +330,20 @@ pub fn train(
             writer_gone |= tx.send(ToWriter::Snapshot(p)).is_err();
             !writer_gone
         };
-        let checkpoint = |model: &Mlp, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
-            let job = PendingCheckpoint {
-                model: model.valid(),
-                optimizer: optim.to_record(),
-                param_ids: burn::module::list_param_ids(model)
-                    .iter()
-                    .map(|id| id.val())
-                    .collect(),
-                step,
-                last_loss,
+        let checkpoint =
+            |model: &Mlp, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
+                let job = PendingCheckpoint {
+                    model: model.valid(),
+                    optimizer: optim.to_record(),
+                    param_ids: burn::module::list_param_ids(model)
+                        .iter()
+                        .map(|id| id.val())
+                        .collect(),
+                    step,
+                    last_loss,
+                };
+                tx.send(ToWriter::Checkpoint(job)).is_ok()
             };
-            tx.send(ToWriter::Checkpoint(job)).is_ok()
-        };
 
         progress.start(Phase::Training, total_steps);
         progress.advance(resume_step, None);

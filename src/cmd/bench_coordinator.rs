@@ -1,0 +1,207 @@
+//! `linesweep bench coordinator`: the control plane under load, with no training.
+//!
+//! Simulated workers (tokio tasks sharing a few HTTP/2 connections) lease, heartbeat and
+//! complete shards against an in-process coordinator whose ledger is a real SQLite file with
+//! the production durability settings. Then a large sweep is planned and submitted in chunks.
+//! The RSS figures are the peak of this whole process (coordinator and clients together), so
+//! they are an upper bound for the coordinator alone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use linesweep_coordinator::lease::LeasePolicy;
+use linesweep_coordinator::ledger::Ledger;
+use linesweep_coordinator::server::{ServeConfig, serve};
+use linesweep_coordinator::service::system_clock;
+use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
+use linesweep_proto::{PROTOCOL_VERSION, pb};
+use linesweep_worker::sweep;
+use tonic::transport::Channel;
+
+use super::remote::{connect, request, runtime, submit_plan};
+use crate::cli::CoordinatorBenchArgs;
+use crate::render::emit;
+
+const TOKEN: &str = "bench";
+
+/// Peak resident set size of this process, in MiB (Linux; 0 elsewhere).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn cycles(
+    channels: Vec<Channel>,
+    workers: usize,
+    rate: f64,
+) -> anyhow::Result<(usize, Vec<f64>)> {
+    let think = if rate > 0.0 {
+        Duration::from_secs_f64(workers as f64 / rate)
+    } else {
+        Duration::ZERO
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let mut client = WorkerServiceClient::new(channels[w % channels.len()].clone());
+        // Spread the first requests over one think time instead of a thundering herd.
+        let offset = think.mul_f64(w as f64 / workers as f64);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let name = format!("sim-{w}");
+            tokio::time::sleep(offset).await;
+            loop {
+                let cycle = Instant::now();
+                let started = Instant::now();
+                let lease = client
+                    .lease(request(
+                        pb::LeaseRequest {
+                            protocol_version: PROTOCOL_VERSION,
+                            worker: name.clone(),
+                        },
+                        Some(TOKEN),
+                    )?)
+                    .await?
+                    .into_inner();
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                let Some(granted) = lease.granted else {
+                    break;
+                };
+                let token = granted.token;
+                client
+                    .heartbeat(request(
+                        pb::HeartbeatRequest {
+                            protocol_version: PROTOCOL_VERSION,
+                            token: token.clone(),
+                            phase: "train".into(),
+                            done: 1,
+                            total: 2,
+                        },
+                        Some(TOKEN),
+                    )?)
+                    .await?;
+                client
+                    .complete(request(
+                        pb::CompleteRequest {
+                            protocol_version: PROTOCOL_VERSION,
+                            token,
+                        },
+                        Some(TOKEN),
+                    )?)
+                    .await?;
+                if let Some(rest) = think.checked_sub(cycle.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut all = Vec::new();
+    let mut leases = 0;
+    while let Some(r) = tasks.join_next().await {
+        let lat = r.context("a simulated worker panicked")??;
+        leases += lat.len().saturating_sub(1);
+        all.extend(lat);
+    }
+    Ok((leases, all))
+}
+
+pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let mut ledger = Ledger::open(&dir.path().join("state.db"), LeasePolicy::default())?;
+    let shards: Vec<(String, String)> = (0..args.shards)
+        .map(|i| (format!("{i:016x}"), format!("{{\"seed\":{i}}}")))
+        .collect();
+    // Results location empty: nothing to publish, only the ledger is measured.
+    ledger.submit("load", &shards, 0)?;
+    drop(shards);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = ServeConfig {
+            token: Some(TOKEN.into()),
+            reaper_interval: Duration::from_secs(10),
+            clock: system_clock(),
+            default_results: dir.path().join("results").display().to_string(),
+        };
+        let server = tokio::spawn(serve(listener, ledger, config, async {
+            let _ = stopped.await;
+        }));
+        let mut channels = Vec::new();
+        for _ in 0..8 {
+            let mut last = None;
+            for _ in 0..50 {
+                match tonic::transport::Endpoint::from_shared(url.clone())?
+                    .connect()
+                    .await
+                {
+                    Ok(c) => {
+                        last = Some(c);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            channels.push(last.context("the coordinator did not start")?);
+        }
+        let started = Instant::now();
+        let (leases, mut latencies) = cycles(channels, args.workers, args.rate).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let rss_cycles = peak_rss_mib();
+
+        let mut submit = serde_json::Value::Null;
+        if args.submit > 0 {
+            let spec = format!(
+                "name = \"big\"\n[grid]\nseed = [{}]\n",
+                (0..args.submit)
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let t = Instant::now();
+            let plan = sweep::plan(&spec, "generated spec")?;
+            let plan_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut control = connect(&url).await?;
+            let results = dir.path().join("results").display().to_string();
+            let (added, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
+            let submit_s = t.elapsed().as_secs_f64();
+            submit = serde_json::json!({
+                "shards": added, "plan_s": plan_s, "submit_s": submit_s,
+                "total_s": plan_s + submit_s, "peak_rss_mib": peak_rss_mib(),
+            });
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        anyhow::Ok(serde_json::json!({
+            "workers": args.workers,
+            "offered_rate": args.rate,
+            "cycles": leases,
+            "seconds": seconds,
+            "cycles_per_s": leases as f64 / seconds,
+            "lease_latency_ms": {
+                "p50": percentile(&latencies, 0.50),
+                "p99": percentile(&latencies, 0.99),
+                "max": latencies.last().copied().unwrap_or(0.0),
+            },
+            "peak_rss_mib_after_cycles": rss_cycles,
+            "submit": submit,
+        }))
+    })?;
+    emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+}
