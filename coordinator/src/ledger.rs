@@ -227,12 +227,12 @@ impl Ledger {
 
     /// Commits the open batch, if any.
     pub fn commit_batch(&mut self) -> Result<(), LedgerError> {
-        if !self.conn.is_autocommit() {
-            if let Err(e) = self.conn.execute_batch("commit") {
-                // Leave no half-open transaction behind: the batch is lost as a whole.
-                let _ = self.conn.execute_batch("rollback");
-                return Err(e.into());
-            }
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("commit")
+        {
+            // Leave no half-open transaction behind: the batch is lost as a whole.
+            let _ = self.conn.execute_batch("rollback");
+            return Err(e.into());
         }
         Ok(())
     }
