@@ -265,6 +265,14 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
         |s| count(s, "committed") == 12,
     );
     assert_eq!(st["failures"], 0);
+    // `watch` on a finished sweep prints its final state and ends.
+    let o = cli(dir, &url, &["watch", "grid"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("grid: 12/12 committed"),
+        "{}",
+        text(&o.stdout)
+    );
     let report = check_results(&dir.join("results"), "grid", 12);
     assert!(report.starts_with("ok: 12 runs"), "{report}");
     // Staging is removed on commit.
@@ -301,6 +309,24 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
         text(&o.stdout).trim(),
         "sweep grid: 12 shards, 12 added, 0 already known"
     );
+    // Cancelling stops what has not started; what runs finishes; nothing is lost.
+    let o = cli(dir, &url, &["cancel", "grid"]);
+    let said = text(&o.stdout);
+    let cancelled: u64 = said
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let st = wait_for(
+        dir,
+        &url,
+        "grid",
+        Duration::from_secs(120),
+        "cancel settles",
+        finished,
+    );
+    assert_eq!(count(&st, "cancelled"), cancelled, "{st:#}");
+    assert_eq!(count(&st, "committed") + cancelled, 24, "{st:#}");
 }
 
 #[test]
