@@ -711,7 +711,7 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
 }
 
 #[test]
-fn run_embedded_finishes_a_sweep_and_resumes_after_kill_9() {
+fn run_embedded_resumes_after_ctrl_c_and_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let spec = spec(dir, "embedded", 12, "");
@@ -719,27 +719,48 @@ fn run_embedded_finishes_a_sweep_and_resumes_after_kill_9() {
     let runs_dir = dir.join("results/results/runs/sweep=embedded");
     let out = dir.join("results");
     let out = out.to_str().unwrap();
-    // Started, then killed with SIGKILL once a few shards are committed.
-    let mut first = Command::new(bin())
-        .args(["run", spec, "--workers", "2", "--out", out])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
     let committed = || std::fs::read_dir(&runs_dir).map_or(0, |d| d.count());
-    while committed() < 3 {
-        assert!(Instant::now() < deadline, "no commits within 180 s");
-        assert!(first.try_wait().unwrap().is_none(), "run ended early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    // Started, then stopped once `at_least` shards are committed.
+    let interrupt = |at_least: usize, sig: i32| {
+        let mut run = Command::new(bin())
+            .args(["run", spec, "--workers", "2", "--out", out])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while committed() < at_least {
+            assert!(Instant::now() < deadline, "no commits within 180 s");
+            assert!(run.try_wait().unwrap().is_none(), "run ended early");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: kill(2) on our child.
+        unsafe {
+            libc::kill(run.id() as libc::pid_t, sig);
+        }
+        let status = wait_exit(&mut run, Duration::from_secs(90));
+        assert!(
+            !status.success(),
+            "an interrupted run must not report success"
+        );
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut run.stdout.take().unwrap(), &mut said).unwrap();
+        said
+    };
+    // Ctrl-C: running shards checkpoint and give their leases back; the run says how to resume.
+    let said = interrupt(2, libc::SIGINT);
+    assert!(
+        said.contains("run the same command again to resume"),
+        "{said}"
+    );
+    let first = files(&runs_dir);
+    // kill -9: nothing gets a chance to clean up.
+    interrupt(first.len() + 2, libc::SIGKILL);
     let before = files(&runs_dir);
     assert!(
-        before.len() >= 3 && before.len() < 12,
-        "{} committed",
+        before.len() < 12,
+        "{} committed before the last run",
         before.len()
     );
     // Running the same command again finishes the sweep without rerunning committed shards.

@@ -197,9 +197,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
         let mut interrupted = false;
         let mut tick = tokio::time::interval(Duration::from_millis(300));
+        // Created once: a signal arriving between two polls must not be missed.
+        let shutdown = super::remote::shutdown_signal();
+        tokio::pin!(shutdown);
         let last = loop {
             tokio::select! {
-                _ = super::remote::shutdown_signal() => {
+                _ = &mut shutdown => {
                     interrupted = true;
                     bars.overall.set_message("stopping: running shards give their leases back…");
                     let _ = stop_tx.send(true);
@@ -244,7 +247,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             summary.counts.get("committed").copied().unwrap_or(0)
         ));
         emit(&out)?;
-        return Err(super::exec::Interrupted(0).into());
+        anyhow::bail!("interrupted by a signal; running shards gave their leases back");
     }
     let rows = group_rows(&plan, &storage)?;
     if args.json {
