@@ -161,6 +161,26 @@ impl Coordinator {
         }
     }
 
+    /// Runs a state change whose durability does not matter (a heartbeat: after a restart
+    /// every lease gets a fresh TTL anyway) in the open batch, without waiting for its commit.
+    fn with_ledger_unsynced<T>(
+        &self,
+        f: impl FnOnce(&mut Ledger, Millis) -> T,
+    ) -> Result<T, Status> {
+        let now = self.now();
+        let r = {
+            let mut g = lock(&self.ledger);
+            if g.open == 0 {
+                g.ledger.begin_batch().map_err(status)?;
+                g.next += 1;
+                g.open = g.next;
+            }
+            f(&mut g.ledger, now)
+        };
+        self.wake.notify_one();
+        Ok(r)
+    }
+
     /// Reads the ledger (no commit to wait for).
     pub fn read_ledger<T>(&self, f: impl FnOnce(&Ledger, Millis) -> T) -> T {
         let now = self.now();
@@ -555,8 +575,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
         let v = verdict(
-            self.with_ledger(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now))
-                .await?,
+            self.with_ledger_unsynced(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now))?,
         )?;
         if v == LeaseVerdict::Ok {
             let mut live = lock(&self.live);
