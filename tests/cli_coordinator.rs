@@ -2,62 +2,16 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `linesweep serve` on an ephemeral port and returns it with its URL.
-fn serve(state: &std::path::Path, token: &str) -> (Server, String) {
-    let mut child = Command::new(bin())
-        .args([
-            "-q",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            token,
-            "--state",
-        ])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let server = Server(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed no address within 20 s");
-    let addr = line
-        .trim()
-        .strip_prefix("coordinator on ")
-        .expect("address line")
-        .to_owned();
-    (server, format!("http://{addr}"))
-}
 
 #[test]
 fn submit_is_idempotent_status_counts_and_the_token_is_required() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state.db");
-    let (_server, url) = serve(&state, "tok");
+    let (_server, url) = serve(&["--listen", "127.0.0.1:0", "--token", "tok"], &state);
     let spec = repo().join("examples/mnist-mli.toml");
     let spec = spec.to_str().unwrap();
     let run = |args: &[&str]| linesweep(args, tmp.path(), Duration::from_secs(60));

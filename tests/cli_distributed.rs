@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A child process killed when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, sig);
-        }
-    }
-}
-
 const TOKEN: &str = "test-token";
 
 /// A 12-shard sweep (6 seeds × 2 optimizers); `epochs` sets how long each shard takes
@@ -76,38 +57,12 @@ results = "{}"
 
 /// `linesweep serve` on `port` (0: any); returns it with its URL.
 fn serve(state: &Path, port: u16, ttl: u32) -> (Proc, String) {
-    let mut child = Command::new(bin())
-        .args([
-            "-q",
-            "serve",
-            "--token",
-            TOKEN,
-            "--lease-ttl",
-            &ttl.to_string(),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let proc = Proc(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed no address within 20 s");
-    let addr = line
-        .trim()
-        .strip_prefix("coordinator on ")
-        .expect("address line")
-        .to_owned();
-    (proc, format!("http://{addr}"))
+    let ttl = ttl.to_string();
+    let listen = format!("127.0.0.1:{port}");
+    common::serve(
+        &["--token", TOKEN, "--lease-ttl", &ttl, "--listen", &listen],
+        state,
+    )
 }
 
 /// `linesweep worker`, logging to `log`.

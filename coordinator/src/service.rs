@@ -130,19 +130,8 @@ impl Coordinator {
         &self,
         f: impl FnOnce(&mut Ledger, Millis) -> T,
     ) -> Result<T, Status> {
-        let now = self.now();
         let mut rx = self.committed.subscribe();
-        let (r, batch) = {
-            let mut g = lock(&self.ledger);
-            if g.open == 0 {
-                g.ledger.begin_batch().map_err(status)?;
-                g.next += 1;
-                g.open = g.next;
-            }
-            let r = f(&mut g.ledger, now);
-            (r, g.open)
-        };
-        self.wake.notify_one();
+        let (r, batch) = self.join_batch(f)?;
         loop {
             {
                 let c = rx.borrow_and_update();
@@ -167,18 +156,24 @@ impl Coordinator {
         &self,
         f: impl FnOnce(&mut Ledger, Millis) -> T,
     ) -> Result<T, Status> {
+        self.join_batch(f).map(|(r, _)| r)
+    }
+
+    /// Runs `f` in the open batch (opening one if needed), wakes the committer, and returns
+    /// the batch id the change will be durable with.
+    fn join_batch<T>(&self, f: impl FnOnce(&mut Ledger, Millis) -> T) -> Result<(T, u64), Status> {
         let now = self.now();
-        let r = {
+        let joined = {
             let mut g = lock(&self.ledger);
             if g.open == 0 {
                 g.ledger.begin_batch().map_err(status)?;
                 g.next += 1;
                 g.open = g.next;
             }
-            f(&mut g.ledger, now)
+            (f(&mut g.ledger, now), g.open)
         };
         self.wake.notify_one();
-        Ok(r)
+        Ok(joined)
     }
 
     /// Reads the ledger (no commit to wait for).

@@ -47,29 +47,24 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         Some(attempt) => Placement::Staged { attempt },
         None => Placement::Direct,
     };
-    let result = if args.progress_jsonl {
-        let progress = JsonLines::new();
+    let (jsonl, bars);
+    let progress: &dyn Progress = if args.progress_jsonl {
         watch_parent();
-        exec::run(
-            &cfg,
-            &device,
-            &storage,
-            &args.sweep,
-            placement,
-            args.checkpoint_every,
-            &progress,
-        )
+        jsonl = JsonLines::new();
+        &jsonl
     } else {
-        exec::run(
-            &cfg,
-            &device,
-            &storage,
-            &args.sweep,
-            placement,
-            args.checkpoint_every,
-            &Bars::default(),
-        )
+        bars = Bars::default();
+        &bars
     };
+    let result = exec::run(
+        &cfg,
+        &device,
+        &storage,
+        &args.sweep,
+        placement,
+        args.checkpoint_every,
+        progress,
+    );
     let report = match result {
         Err(ExecError::Engine(EngineError::Interrupted { step })) => {
             return Err(Interrupted(step).into());

@@ -185,16 +185,25 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     ))
 }
 
-async fn status_of(client: &ClientArgs, sweep: &str) -> anyhow::Result<pb::StatusReply> {
-    let mut c = connect(&client.coordinator).await?;
+/// One `Status` call on an open connection.
+pub(crate) async fn fetch_status(
+    c: &mut ControlServiceClient<Channel>,
+    token: Option<&str>,
+    sweep: &str,
+) -> anyhow::Result<pb::StatusReply> {
     let msg = pb::StatusRequest {
         protocol_version: PROTOCOL_VERSION,
         sweep: sweep.to_owned(),
     };
-    Ok(c.status(request(msg, client.token.as_deref())?)
+    Ok(c.status(request(msg, token)?)
         .await
         .map_err(rpc_error)?
         .into_inner())
+}
+
+async fn status_of(client: &ClientArgs, sweep: &str) -> anyhow::Result<pb::StatusReply> {
+    let mut c = connect(&client.coordinator).await?;
+    fetch_status(&mut c, client.token.as_deref(), sweep).await
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {

@@ -12,14 +12,14 @@ use linesweep_coordinator::lease::LeasePolicy;
 use linesweep_coordinator::ledger::Ledger;
 use linesweep_coordinator::server::{ServeConfig, serve};
 use linesweep_coordinator::service::{is_finished, system_clock};
-use linesweep_proto::{PROTOCOL_VERSION, pb};
+use linesweep_proto::pb;
 use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
 use linesweep_worker::device;
 use linesweep_worker::results::{self, RunSummary};
 use linesweep_worker::storage::{Storage, layout};
 use linesweep_worker::sweep::{self, SweepPlan};
 
-use super::remote::{absolute_location, connect, reaper_interval, request, submit_plan};
+use super::remote::{absolute_location, connect, fetch_status, reaper_interval, submit_plan};
 use crate::cli::RunArgs;
 use crate::render::{self, GroupRow, emit};
 
@@ -160,7 +160,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut control = connect_retrying(&url).await?;
         let (added, existing) =
             submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
-        let first = status(&mut control, &token, &plan.name).await?;
+        let first = fetch_status(&mut control, Some(&token), &plan.name).await?;
         let committed = first.counts.get("committed").copied().unwrap_or(0);
         tracing::info!(
             sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
@@ -209,7 +209,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     break None;
                 }
                 _ = tick.tick() => {
-                    let st = status(&mut control, &token, &plan.name).await?;
+                    let st = fetch_status(&mut control, Some(&token), &plan.name).await?;
                     bars.overall.set_position(done_count(&st));
                     let failed = st.counts.get("failed").copied().unwrap_or(0);
                     if failed > 0 {
@@ -229,7 +229,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let last = match last {
             Some(st) => st,
-            None => status(&mut control, &token, &plan.name).await?,
+            None => fetch_status(&mut control, Some(&token), &plan.name).await?,
         };
         bars.overall.finish();
         for b in &bars.workers {
@@ -283,21 +283,6 @@ async fn connect_retrying(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("the embedded coordinator did not start")))
-}
-
-async fn status(
-    c: &mut pb::control_service_client::ControlServiceClient<tonic::transport::Channel>,
-    token: &str,
-    sweep: &str,
-) -> anyhow::Result<pb::StatusReply> {
-    let msg = pb::StatusRequest {
-        protocol_version: PROTOCOL_VERSION,
-        sweep: sweep.to_owned(),
-    };
-    Ok(c.status(request(msg, Some(token))?)
-        .await
-        .map_err(|e| anyhow::anyhow!("embedded coordinator: {}", e.message()))?
-        .into_inner())
 }
 
 fn done_count(st: &pb::StatusReply) -> u64 {

@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `linesweep` binary under test.
@@ -65,4 +66,54 @@ pub fn linesweep(args: &[&str], cwd: &Path, limit: Duration) -> Output {
 /// Text of an output stream.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A child process killed when the test ends, whatever happens.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Starts `linesweep -q serve ARGS…` and returns it with the URL from its first stdout line.
+pub fn serve(args: &[&str], state: &Path) -> (Proc, String) {
+    let mut child = Command::new(bin())
+        .args(["-q", "serve"])
+        .args(args)
+        .arg("--state")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let proc = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed no address within 20 s");
+    let addr = line
+        .trim()
+        .strip_prefix("coordinator on ")
+        .expect("address line")
+        .to_owned();
+    (proc, format!("http://{addr}"))
 }
