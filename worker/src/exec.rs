@@ -184,8 +184,11 @@ impl SnapshotSink for StorageSink<'_> {
         self.storage
             .put(&format!("{dir}/state.json"), json)
             .map_err(sink_err)?;
-        // Only the latest checkpoint is ever resumed from.
-        if let Some(old) = self.last_checkpoint.replace(dir) {
+        // Only the latest checkpoint is ever resumed from. An interruption right after a
+        // periodic checkpoint rewrites the same step: that directory must not be deleted.
+        if let Some(old) = self.last_checkpoint.replace(dir.clone())
+            && old != dir
+        {
             self.storage.delete_prefix(&old).map_err(sink_err)?;
         }
         tracing::debug!(step = c.step, "checkpoint stored");

@@ -385,7 +385,8 @@ pub fn train(
                 }
                 if progress.interrupted() {
                     interrupted = true;
-                    if step > resume_step {
+                    let stored = checkpoint_every > 0 && step.is_multiple_of(checkpoint_every);
+                    if step > resume_step && !stored {
                         // A failed send means the writer died; its error surfaces below.
                         let _ = checkpoint(&model, &optim, step, last_loss);
                     }
