@@ -28,7 +28,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let (cfg, source) = match (&args.config, &args.config_json) {
         (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
         (None, Some(json)) => (
-            serde_json::from_str::<ShardConfig>(json).context("--config-json")?,
+            serde_json::from_str::<ShardConfig>(json)
+                .context("--config-json")?
+                .normalized(),
             "--config-json".to_owned(),
         ),
         (None, None) => anyhow::bail!("give --config FILE"),

@@ -45,6 +45,10 @@ pub enum DatasetName {
     Mnist10k,
     /// MNIST IDX files (raw or gzip) in `data.dir`.
     Mnist,
+    /// CIFAR-10 binary batches (`data_batch_1..5.bin`, `test_batch.bin`) in `data.dir`.
+    Cifar10,
+    /// ImageNet folders `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG` in `data.dir`.
+    Imagenet,
 }
 
 impl DatasetName {
@@ -53,6 +57,8 @@ impl DatasetName {
         match self {
             Self::Mnist10k => "mnist-10k",
             Self::Mnist => "mnist",
+            Self::Cifar10 => "cifar10",
+            Self::Imagenet => "imagenet",
         }
     }
 }
@@ -63,6 +69,20 @@ impl DatasetName {
 pub enum Arch {
     /// Fully connected network.
     Mlp,
+    /// Small convolutional network (`channels`).
+    Cnn,
+    /// CIFAR ResNet-20.
+    Resnet20,
+    /// CIFAR ResNet-32.
+    Resnet32,
+    /// CIFAR ResNet-44.
+    Resnet44,
+    /// CIFAR ResNet-56.
+    Resnet56,
+    /// ImageNet ResNet-18 (torchvision).
+    Resnet18,
+    /// ImageNet ResNet-50 (torchvision v1.5).
+    Resnet50,
 }
 
 impl Arch {
@@ -70,6 +90,121 @@ impl Arch {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mlp => "mlp",
+            Self::Cnn => "cnn",
+            Self::Resnet20 => "resnet20",
+            Self::Resnet32 => "resnet32",
+            Self::Resnet44 => "resnet44",
+            Self::Resnet56 => "resnet56",
+            Self::Resnet18 => "resnet18",
+            Self::Resnet50 => "resnet50",
+        }
+    }
+
+    /// Residual networks have batch norm unless told otherwise; the others have none.
+    pub fn default_norm(self) -> Norm {
+        match self {
+            Self::Mlp | Self::Cnn => Norm::None,
+            _ => Norm::Batch,
+        }
+    }
+}
+
+/// Normalisation layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// None.
+    None,
+    /// Batch norm after every hidden linear layer or convolution, before the nonlinearity.
+    Batch,
+}
+
+impl Norm {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+/// How batch-norm running statistics are set at each α of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Interpolated like the weights (loss-landscape's `states`).
+    Interpolate,
+    /// Reset, then re-estimated from `eval.bn_batches` training batches in training mode
+    /// (Lucas et al.).
+    Recompute,
+    /// The end network's (θ_c's) statistics.
+    Endpoint,
+}
+
+impl BnMode {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interpolate => "interpolate",
+            Self::Recompute => "recompute",
+            Self::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// Floating-point precision of training and evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    F32,
+    /// bfloat16 compute where the device supports it; snapshots and geometry stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Where a line starts: θ_i or an intermediate snapshot (`eval.starts`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StartPoint {
+    /// θ_i.
+    Init,
+    /// After this many optimizer steps.
+    Step(u64),
+    /// After this many epochs (may be fractional).
+    Epoch(f64),
+}
+
+impl StartPoint {
+    /// Parses `init`, `step:N` or `epoch:E`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a start: write \"init\", \"step:N\" or \"epoch:E\"");
+        match s.split_once(':') {
+            None if s == "init" => Ok(Self::Init),
+            Some(("step", n)) => n.trim().parse().map(Self::Step).map_err(|_| bad()),
+            Some(("epoch", e)) => match e.trim().parse::<f64>() {
+                Ok(e) if e.is_finite() && e >= 0.0 => Ok(Self::Epoch(e)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+
+    /// The optimizer step this start names, given the run's steps per epoch.
+    pub fn step(self, steps_per_epoch: u64) -> u64 {
+        match self {
+            Self::Init => 0,
+            Self::Step(n) => n,
+            Self::Epoch(e) => (e * steps_per_epoch as f64).round() as u64,
         }
     }
 }
@@ -171,6 +306,13 @@ pub struct DataConfig {
     pub dir: Option<PathBuf>,
     /// Train on this many training examples (a fixed, seed-independent subset); all if unset.
     pub max_train_examples: Option<usize>,
+    /// Training augmentation of `cifar10` (random crop with padding 4, horizontal flip) and
+    /// `imagenet` (random-resized crop, flip). Other datasets have none.
+    pub augment: bool,
+    /// Side of the square `imagenet` input (training crop and evaluation centre crop).
+    pub image_size: usize,
+    /// Threads decoding and augmenting training batches ahead of the device.
+    pub loader_threads: usize,
 }
 
 /// `[model]`.
@@ -181,10 +323,20 @@ pub struct ModelConfig {
     pub arch: Arch,
     /// Hidden-layer widths of the MLP.
     pub hidden: Vec<usize>,
-    /// Hidden nonlinearity.
+    /// Convolution widths of the CNN (one 3×3 conv + 2×2 max-pool each).
+    pub channels: Vec<usize>,
+    /// Hidden nonlinearity (MLP and CNN; residual networks use ReLU).
     pub activation: Activation,
-    /// Batch norm after every hidden linear layer, before the nonlinearity.
-    pub batch_norm: bool,
+    /// Normalisation layers; unset means the architecture's default (batch norm for residual
+    /// networks, none otherwise). Configs are normalised so that the default is spelled out.
+    pub norm: Option<Norm>,
+}
+
+impl ModelConfig {
+    /// Whether the network has batch norm.
+    pub fn batch_norm(&self) -> bool {
+        self.norm.unwrap_or(self.arch.default_norm()) == Norm::Batch
+    }
 }
 
 /// `[train]`.
@@ -213,6 +365,8 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// Compute precision.
+    pub precision: Precision,
     /// Epochs at which the `step` schedule multiplies the lr by `gamma`.
     pub milestones: Vec<usize>,
     /// Factor of the `step` schedule.
@@ -243,6 +397,13 @@ pub struct EvalConfig {
     pub max_examples: Option<usize>,
     /// Also compute the full-train-set loss at every snapshot (costs one pass per snapshot).
     pub trajectory_train_loss: bool,
+    /// Where lines start: `init` (θ_i), `step:N`, `epoch:E`; every line ends at θ_c. A
+    /// snapshot is taken at every listed step.
+    pub starts: Vec<String>,
+    /// Batch-norm handling along the line, one line per mode (networks with batch norm).
+    pub bn_modes: Vec<BnMode>,
+    /// Training batches that re-estimate the statistics at each α in `recompute` mode.
+    pub bn_batches: usize,
 }
 
 impl Default for DataConfig {
@@ -251,6 +412,9 @@ impl Default for DataConfig {
             dataset: DatasetName::Mnist10k,
             dir: None,
             max_train_examples: None,
+            augment: true,
+            image_size: 224,
+            loader_threads: 2,
         }
     }
 }
@@ -260,8 +424,9 @@ impl Default for ModelConfig {
         Self {
             arch: Arch::Mlp,
             hidden: vec![1024, 1024],
+            channels: vec![32, 64],
             activation: Activation::Relu,
-            batch_norm: false,
+            norm: None,
         }
     }
 }
@@ -280,6 +445,7 @@ impl Default for TrainConfig {
             batch_size: 128,
             epochs: 10,
             schedule: Schedule::Constant,
+            precision: Precision::F32,
             milestones: Vec::new(),
             gamma: 0.1,
         }
@@ -301,6 +467,9 @@ impl Default for EvalConfig {
             batch_size: 1000,
             max_examples: None,
             trajectory_train_loss: false,
+            starts: vec!["init".into()],
+            bn_modes: vec![BnMode::Interpolate],
+            bn_batches: 10,
         }
     }
 }
@@ -338,6 +507,7 @@ impl ShardConfig {
     /// Parses and validates TOML text; `file` names the source in errors.
     pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
+        let cfg = cfg.normalized();
         if let Err(v) = cfg.validate() {
             let line = locate_key(src, v.section, v.key).unwrap_or(1);
             let field = if v.section.is_empty() {
@@ -353,6 +523,24 @@ impl ShardConfig {
             });
         }
         Ok(cfg)
+    }
+
+    /// Spells out defaults that depend on other fields (the architecture's normalisation), so
+    /// that two configs meaning the same run have the same shard id.
+    pub fn normalized(mut self) -> Self {
+        if self.model.norm.is_none() {
+            self.model.norm = Some(self.model.arch.default_norm());
+        }
+        self
+    }
+
+    /// The parsed `eval.starts` (valid after [`validate`](Self::validate)).
+    pub fn start_points(&self) -> Vec<(String, StartPoint)> {
+        self.eval
+            .starts
+            .iter()
+            .filter_map(|s| StartPoint::parse(s).ok().map(|p| (s.clone(), p)))
+            .collect()
     }
 
     /// Range checks that serde cannot express.
@@ -428,15 +616,36 @@ impl ShardConfig {
         if m.hidden.contains(&0) {
             return bad("model", "hidden", "hidden widths must be at least 1".into());
         }
-        match self.data.dataset {
-            DatasetName::Mnist if self.data.dir.is_none() => {
-                return bad(
-                    "data",
-                    "dir",
-                    "dataset \"mnist\" needs `dir`, the folder of its IDX files".into(),
-                );
-            }
-            _ => {}
+        if m.arch == Arch::Cnn && (m.channels.is_empty() || m.channels.contains(&0)) {
+            return bad(
+                "model",
+                "channels",
+                "the CNN needs at least one convolution width, each at least 1".into(),
+            );
+        }
+        let what = match self.data.dataset {
+            DatasetName::Mnist => Some("the folder of its IDX files"),
+            DatasetName::Cifar10 => Some("the folder of data_batch_1.bin … test_batch.bin"),
+            DatasetName::Imagenet => Some("the folder holding train/ and val/"),
+            DatasetName::Mnist10k => None,
+        };
+        if let Some(what) = what
+            && self.data.dir.is_none()
+        {
+            return bad(
+                "data",
+                "dir",
+                format!(
+                    "dataset \"{}\" needs `dir`, {what}",
+                    self.data.dataset.as_str()
+                ),
+            );
+        }
+        if self.data.image_size < 8 {
+            return bad("data", "image_size", "must be at least 8".into());
+        }
+        if self.data.loader_threads == 0 {
+            return bad("data", "loader_threads", "must be at least 1".into());
         }
         if self.data.max_train_examples == Some(0) {
             return bad("data", "max_train_examples", "must be at least 1".into());
@@ -461,6 +670,35 @@ impl ShardConfig {
         }
         if e.max_examples == Some(0) {
             return bad("eval", "max_examples", "must be at least 1".into());
+        }
+        if e.starts.is_empty() {
+            return bad(
+                "eval",
+                "starts",
+                "list at least one start, e.g. [\"init\"]".into(),
+            );
+        }
+        for (i, s) in e.starts.iter().enumerate() {
+            if let Err(msg) = StartPoint::parse(s) {
+                return bad("eval", "starts", msg);
+            }
+            if e.starts[..i].contains(s) {
+                return bad("eval", "starts", format!("`{s}` is listed twice"));
+            }
+        }
+        if e.bn_modes.is_empty() {
+            return bad(
+                "eval",
+                "bn_modes",
+                "list at least one mode, e.g. [\"interpolate\"]".into(),
+            );
+        }
+        if e.bn_batches == 0 && e.bn_modes.contains(&BnMode::Recompute) {
+            return bad(
+                "eval",
+                "bn_batches",
+                "recompute needs at least 1 batch".into(),
+            );
         }
         Ok(())
     }
@@ -539,7 +777,7 @@ mod tests {
     #[test]
     fn empty_file_is_the_default_shard() {
         let cfg = ShardConfig::from_toml("", "empty.toml").unwrap();
-        assert_eq!(cfg, ShardConfig::default());
+        assert_eq!(cfg, ShardConfig::default().normalized());
         assert_eq!(cfg.model.hidden, vec![1024, 1024]);
         assert_eq!(cfg.train.eps, 1e-8);
         assert_eq!(cfg.alpha_grid().unwrap().len(), 41);

@@ -343,7 +343,7 @@ pub fn run(
     let tables = [
         (
             "interpolation",
-            results::interpolation_batch(&key, "init", &outcome)?,
+            results::interpolation_batch(&key, &outcome)?,
         ),
         ("trajectory", results::trajectory_batch(&key, &outcome)?),
         ("runs", results::runs_batch(&key, cfg, &outcome, finished)?),

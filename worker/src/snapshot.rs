@@ -248,7 +248,7 @@ mod tests {
         device.seed(1);
         let cfg = ModelConfig {
             hidden: vec![6, 5],
-            batch_norm: true,
+            norm: Some(crate::config::Norm::Batch),
             ..ModelConfig::default()
         };
         let m = Mlp::new(&cfg, 4, 3, &device);
@@ -319,7 +319,7 @@ mod tests {
         let device = Device::flex();
         let cfg = ModelConfig {
             hidden: vec![3],
-            batch_norm: true,
+            norm: Some(crate::config::Norm::Batch),
             ..ModelConfig::default()
         };
         let s = HostSnapshot::capture(&Mlp::new(&cfg, 2, 2, &device), 42).unwrap();

@@ -262,16 +262,16 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let config = ShardConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Parse {
+        let config = ShardConfig::deserialize(toml::Value::Table(table))
+            .map(ShardConfig::normalized)
+            .map_err(|e| ConfigError::Parse {
                 file: file.to_owned(),
                 message: format!(
                     "shard ({}): {}",
                     describe(),
                     e.message().trim().replace('\n', " ")
                 ),
-            }
-        })?;
+            })?;
         if let Err(v) = config.validate() {
             let key = format!("{}.{}", v.section, v.key);
             let in_grid = point

@@ -163,7 +163,7 @@ fn divergence_is_recorded_not_crashed() {
 #[test]
 fn batch_norm_line_marks_negative_variance_points_invalid() {
     let mut cfg = small();
-    cfg.model.batch_norm = true;
+    cfg.model.norm = Some(linesweep_worker::config::Norm::Batch);
     cfg.eval.alpha_start = -3.0;
     cfg.eval.alpha_stop = 4.0;
     cfg.eval.alpha_points = 15; // step 0.5: 0 and 1 are on the grid

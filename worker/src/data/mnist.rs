@@ -131,8 +131,8 @@ fn split(
         .collect();
     Ok(Split {
         features,
-        labels,
-        dim: rows * cols,
+        labels: labels.into_iter().map(u16::from).collect(),
+        shape: [1, rows, cols],
     })
 }
 
@@ -144,7 +144,7 @@ mod tests {
     fn builtin_sample_has_the_documented_class_counts() {
         let d = load_builtin().unwrap();
         assert_eq!(
-            (d.train.len(), d.test.len(), d.train.dim),
+            (d.train.len(), d.test.len(), d.train.dim()),
             (8000, 2000, 784)
         );
         let count = |s: &Split| {

@@ -29,8 +29,8 @@ pub fn correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 /// A split uploaded to a device once, cut into evaluation batches.
 #[derive(Debug, Clone)]
 pub struct EvalSet {
-    /// `(features [batch, dim], targets [batch])` per batch.
-    pub batches: Vec<(Tensor<2>, Tensor<1, Int>)>,
+    /// `(features [batch, c, h, w], targets [batch])` per batch.
+    pub batches: Vec<(Tensor<4>, Tensor<1, Int>)>,
     /// Number of examples.
     pub len: usize,
 }
@@ -55,16 +55,17 @@ impl EvalSet {
     }
 }
 
-/// `[len, dim]` features of a split on `device`.
-pub fn features_tensor(split: &Split, device: &Device) -> Tensor<2> {
+/// `[len, c, h, w]` features of a split on `device`.
+pub fn features_tensor(split: &Split, device: &Device) -> Tensor<4> {
+    let [c, h, w] = split.shape;
     Tensor::from_data(
-        TensorData::new(split.features.clone(), [split.len(), split.dim]),
+        TensorData::new(split.features.clone(), [split.len(), c, h, w]),
         device,
     )
 }
 
 /// `[len]` integer labels on `device`.
-pub fn labels_tensor(labels: &[u8], device: &Device) -> Tensor<1, Int> {
+pub fn labels_tensor(labels: &[u16], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
     Tensor::from_data(TensorData::new(v, [labels.len()]), device)
 }
@@ -122,7 +123,7 @@ impl Accumulator {
 }
 
 /// Loss and accuracy of `forward` over `set`.
-pub fn evaluate(set: &EvalSet, forward: impl Fn(Tensor<2>) -> Tensor<2>) -> LossAcc {
+pub fn evaluate(set: &EvalSet, forward: impl Fn(Tensor<4>) -> Tensor<2>) -> LossAcc {
     let mut acc = Accumulator::default();
     for (x, y) in &set.batches {
         acc.add(forward(x.clone()), y.clone());
@@ -179,7 +180,7 @@ mod select_tests {
         let split = Split {
             features: (0..40).map(|v| v as f32).collect(),
             labels: (0..10).collect(),
-            dim: 4,
+            shape: [1, 2, 2],
         };
         let x = features_tensor(&split, &device);
         let y = labels_tensor(&split.labels, &device);
@@ -210,8 +211,8 @@ mod select_tests {
         let (n, dim) = (8000usize, 784usize);
         let split = Split {
             features: (0..n * dim).map(|v| (v % 9973) as f32).collect(),
-            labels: (0..n).map(|i| (i % 10) as u8).collect(),
-            dim,
+            labels: (0..n).map(|i| (i % 10) as u16).collect(),
+            shape: [1, 28, 28],
         };
         let x = features_tensor(&split, &device);
         let y = labels_tensor(&split.labels, &device);

@@ -52,7 +52,7 @@ pub fn measure(device: &Device) -> KernelRates {
     let mut model = Mlp::new(&ModelConfig::default(), 784, 10, &ad);
     let mut optim = SgdConfig::new().init();
     let x = Tensor::<2>::random([batch, 784], burn::tensor::Distribution::Default, &ad);
-    let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+    let labels: Vec<u16> = (0..batch).map(|i| (i % 10) as u16).collect();
     let y = labels_tensor(&labels, &ad);
     let secs = time(20, || {
         let loss = cross_entropy(model.forward(x.clone()), y.clone()).mean();

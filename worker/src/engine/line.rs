@@ -1,18 +1,20 @@
-//! Loss and accuracy along θ(α) = (1−α)·θ_start + α·θ_end.
+//! Loss and accuracy along θ(α) = (1−α)·θ_start + α·θ_end, under one batch-norm mode.
 //!
-//! The first layer's pre-activation is linear in the weights:
+//! For the MLP the first layer's pre-activation is linear in the weights:
 //! x·W(α) + b(α) = (1−α)·(x·W_s + b_s) + α·(x·W_e + b_e). Both endpoint pre-activations are
 //! computed once per example and reused at every α, so a point of the line costs everything
 //! but the first matmul. For the default MLP (784-1024-1024-10) that removes 43% of the
 //! multiply-adds of every point. The cache holds two `[examples, width₀]` f32 matrices; above
 //! [`CACHE_LIMIT_BYTES`] the pre-activations are recomputed per point instead (same numbers,
-//! more time).
+//! more time). Convolutional networks take the full forward pass at every α.
 
+use burn::module::{Module, RunningState};
 use burn::prelude::*;
 
 use super::eval::{Accumulator, EvalSet, LossAcc};
 use super::{Phase, Progress};
-use crate::model::Mlp;
+use crate::config::BnMode;
+use crate::model::Net;
 use crate::science::{AlphaGrid, lerp_modules, lerp_tensor};
 
 /// Largest total size of cached endpoint pre-activations.
@@ -24,6 +26,10 @@ pub const NEGATIVE_VARIANCE: &str = "negative interpolated batch-norm running va
 /// The line evaluated on one split at one α.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinePoint {
+    /// The line's start (`init`, `step:N`, …), as listed in `eval.starts`.
+    pub start: String,
+    /// Batch-norm mode; `None` for networks without batch norm.
+    pub bn_mode: Option<BnMode>,
     /// Index of the split in the `sets` passed to [`evaluate_line`].
     pub split: usize,
     /// Interpolation coefficient.
@@ -34,72 +40,147 @@ pub struct LinePoint {
     pub invalid_reason: Option<&'static str>,
 }
 
-/// Evaluates the line from `start` to `end` at every α of `grid` on every set, in evaluation
-/// mode; batch-norm running statistics are interpolated like weights.
+/// One line to evaluate.
+pub struct Line<'a> {
+    /// Label of the start.
+    pub start_label: &'a str,
+    /// θ at α = 0.
+    pub start: &'a Net,
+    /// θ at α = 1 (θ_c).
+    pub end: &'a Net,
+    /// Batch-norm mode (`None` without batch norm).
+    pub bn_mode: Option<BnMode>,
+    /// Training batches for `recompute` (used in training mode, no gradients).
+    pub bn_batches: Option<&'a EvalSet>,
+}
+
+/// Copies `from`'s running statistics into `to` (same architecture).
+fn copy_running_stats(to: &mut Net, from: &Net) {
+    let mut src = from.clone();
+    for (dst, src) in to.norms_mut().into_iter().zip(src.norms_mut()) {
+        dst.running_mean = RunningState::new(src.running_mean.value());
+        dst.running_var = RunningState::new(src.running_var.value());
+    }
+}
+
+/// Resets the running statistics of `net` and re-estimates them as the plain average over
+/// `batches` of the batch statistics, in training mode on an autodiff device without
+/// parameter gradients.
+pub fn recompute_running_stats(net: Net, batches: &EvalSet) -> Net {
+    let Some((x0, _)) = batches.batches.first() else {
+        return net;
+    };
+    let ad = x0.device().autodiff();
+    let mut m = net.to_device(&ad).train().no_grad();
+    for bn in m.norms_mut() {
+        let c = bn.running_mean.value().dims()[0];
+        let dev = bn.running_mean.value().device();
+        bn.running_mean = RunningState::new(Tensor::zeros([c], &dev));
+        bn.running_var = RunningState::new(Tensor::ones([c], &dev));
+    }
+    for (k, (x, _)) in batches.batches.iter().enumerate() {
+        // momentum 1/k turns the exponential average into the cumulative mean.
+        for bn in m.norms_mut() {
+            bn.momentum = 1.0 / (k + 1) as f64;
+        }
+        let _ = m.forward(x.clone().to_device(&ad));
+    }
+    let dev = x0.device();
+    m.valid().to_device(&dev)
+}
+
+/// Evaluates `line` at every α of `grid` on every set, in evaluation mode.
 pub fn evaluate_line(
-    start: &Mlp,
-    end: &Mlp,
+    line: &Line<'_>,
     grid: &AlphaGrid,
     sets: &[&EvalSet],
     progress: &dyn Progress,
 ) -> Vec<LinePoint> {
-    let width: usize = sets
-        .iter()
-        .flat_map(|s| s.batches.first())
-        .map(|(x, _)| start.first_layer(x.clone().narrow(0, 0, 1)).dims()[1])
-        .next()
-        .unwrap_or(0);
+    let mlps = line.start.as_mlp().zip(line.end.as_mlp());
+    let width: usize = match mlps {
+        Some((s, _)) => sets
+            .iter()
+            .flat_map(|set| set.batches.first())
+            .map(|(x, _)| s.first_layer(flat(x.clone().narrow(0, 0, 1))).dims()[1])
+            .next()
+            .unwrap_or(0),
+        None => 0,
+    };
     let examples: usize = sets.iter().map(|s| s.len).sum();
-    let cache = 2 * examples * width * 4 <= CACHE_LIMIT_BYTES;
+    let cache = mlps.is_some() && 2 * examples * width * 4 <= CACHE_LIMIT_BYTES;
     // [set][batch] -> (pre_start, pre_end), each [batch, width₀].
-    let cached: Vec<Vec<(Tensor<2>, Tensor<2>)>> = if cache {
-        sets.iter()
-            .map(|s| {
-                s.batches
+    let cached: Vec<Vec<(Tensor<2>, Tensor<2>)>> = match mlps.filter(|_| cache) {
+        Some((s, e)) => sets
+            .iter()
+            .map(|set| {
+                set.batches
                     .iter()
-                    .map(|(x, _)| (start.first_layer(x.clone()), end.first_layer(x.clone())))
+                    .map(|(x, _)| {
+                        let x = flat(x.clone());
+                        (s.first_layer(x.clone()), e.first_layer(x))
+                    })
                     .collect()
             })
-            .collect()
-    } else {
-        Vec::new()
+            .collect(),
+        None => Vec::new(),
     };
 
-    progress.start(Phase::Line, grid.len() as u64);
     let mut points = Vec::with_capacity(grid.len() * sets.len());
     for &alpha in grid.values() {
-        let model = lerp_modules(start, end, alpha);
+        let mut model = lerp_modules(line.start, line.end, alpha);
+        match line.bn_mode {
+            Some(BnMode::Endpoint) => copy_running_stats(&mut model, line.end),
+            Some(BnMode::Recompute) => {
+                if let Some(b) = line.bn_batches {
+                    model = recompute_running_stats(model, b);
+                }
+            }
+            Some(BnMode::Interpolate) | None => {}
+        }
         let invalid = model.min_running_var().is_some_and(|v| v < 0.0);
         for (si, set) in sets.iter().enumerate() {
+            let point = |value: Option<LossAcc>, reason: Option<&'static str>| LinePoint {
+                start: line.start_label.to_owned(),
+                bn_mode: line.bn_mode,
+                split: si,
+                alpha,
+                value,
+                invalid_reason: reason,
+            };
             if invalid {
-                points.push(LinePoint {
-                    split: si,
-                    alpha,
-                    value: None,
-                    invalid_reason: Some(NEGATIVE_VARIANCE),
-                });
+                points.push(point(None, Some(NEGATIVE_VARIANCE)));
                 continue;
             }
             let mut acc = Accumulator::default();
             for (bi, (x, y)) in set.batches.iter().enumerate() {
-                let (pre_s, pre_e) = match cached.get(si) {
-                    Some(c) => c[bi].clone(),
-                    None => (start.first_layer(x.clone()), end.first_layer(x.clone())),
+                let logits = match (model.as_mlp(), cached.get(si)) {
+                    (Some(m), Some(c)) => {
+                        let (pre_s, pre_e) = c[bi].clone();
+                        m.forward_from_first(lerp_tensor(pre_s, pre_e, alpha))
+                    }
+                    _ => model.forward(x.clone()),
                 };
-                let logits = model.forward_from_first(lerp_tensor(pre_s, pre_e, alpha));
                 acc.add(logits, y.clone());
             }
             let value = acc.finish();
             let ok = value.loss.is_finite();
-            points.push(LinePoint {
-                split: si,
-                alpha,
-                value: ok.then_some(value),
-                invalid_reason: (!ok).then_some("non-finite loss"),
-            });
+            points.push(point(
+                ok.then_some(value),
+                (!ok).then_some("non-finite loss"),
+            ));
         }
         progress.advance(1, None);
     }
-    progress.finish();
     points
+}
+
+/// `[b, c, h, w] → [b, c·h·w]`.
+fn flat(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c * h * w])
+}
+
+/// Starts the line phase's progress for `lines` lines of `grid`.
+pub fn start_progress(progress: &dyn Progress, grid: &AlphaGrid, lines: usize) {
+    progress.start(Phase::Line, (grid.len() * lines) as u64);
 }

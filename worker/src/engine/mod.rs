@@ -12,7 +12,7 @@ pub mod train;
 
 use std::time::Instant;
 
-use crate::config::ShardConfig;
+use crate::config::{self, ShardConfig};
 use crate::data::{self, DataError};
 use crate::device::ComputeDevice;
 use crate::science::{self, LineShape, Projector};
@@ -149,8 +149,10 @@ pub struct RunMetrics {
     pub alpha_min_train_loss: Option<f64>,
     /// Training samples per second (wall time of the training phase).
     pub train_samples_per_s: f64,
-    /// α points per second (each point covers every split).
+    /// α points per second (each point covers every split), over all lines.
     pub line_points_per_s: f64,
+    /// Images skipped because they did not decode (training and evaluation).
+    pub skipped_images: u64,
     /// Phase timings.
     pub timings: Timings,
 }
@@ -182,23 +184,20 @@ pub fn run_shard(
         .map_err(|e| EngineError::Config(e.to_string()))?;
 
     let t = Instant::now();
-    let dataset = data::load(&cfg.data)?;
-    let train_split = dataset.train.subset(cfg.data.max_train_examples);
-    let eval_train = train_split.subset(cfg.eval.max_examples);
-    let eval_test = dataset.test.subset(cfg.eval.max_examples);
+    let data = data::load(&cfg.data, cfg.eval.max_examples)?;
     let sets = [
-        eval::EvalSet::new(&eval_train, cfg.eval.batch_size, device),
-        eval::EvalSet::new(&eval_test, cfg.eval.batch_size, device),
+        eval::EvalSet::new(&data.eval_train, cfg.eval.batch_size, device),
+        eval::EvalSet::new(&data.test, cfg.eval.batch_size, device),
     ];
     let mut timings = Timings {
         data: t.elapsed().as_secs_f64(),
         ..Timings::default()
     };
     tracing::info!(
-        dataset = dataset.name,
-        train = train_split.len(),
-        eval_train = eval_train.len(),
-        eval_test = eval_test.len(),
+        dataset = data.name,
+        train = data.train.len(),
+        eval_train = data.eval_train.len(),
+        eval_test = data.test.len(),
         "data loaded"
     );
 
@@ -207,9 +206,9 @@ pub fn run_shard(
     let trained = train::train(
         cfg,
         device,
-        &train_split,
+        &data.train,
         trajectory_set,
-        dataset.classes,
+        data.classes,
         sink,
         progress,
     )?;
@@ -221,13 +220,14 @@ pub fn run_shard(
         diverged_step: trained.diverged_at,
         steps: trained.steps,
         parameters: trained.parameter_count as u64,
-        train_examples: train_split.len() as u64,
-        eval_examples: [eval_train.len() as u64, eval_test.len() as u64],
-        ln_k: science::ln_k(dataset.classes),
+        train_examples: data.train.len() as u64,
+        eval_examples: [data.eval_train.len() as u64, data.test.len() as u64],
+        ln_k: science::ln_k(data.classes),
+        skipped_images: data.skipped_images + trained.skipped_images,
         ..RunMetrics::default()
     };
     metrics.train_samples_per_s = (trained.steps as f64 / trained.steps_per_epoch.max(1) as f64)
-        * train_split.len() as f64
+        * data.train.len() as f64
         / timings.train.max(1e-9);
 
     let (line, trajectory) = if metrics.diverged {
@@ -235,16 +235,50 @@ pub fn run_shard(
         (Vec::new(), Vec::new())
     } else {
         let t = Instant::now();
-        let line = line::evaluate_line(
-            &trained.init,
-            &trained.last,
-            &grid,
-            &[&sets[0], &sets[1]],
-            progress,
-        );
+        let modes: Vec<Option<config::BnMode>> = if trained.last.has_batch_norm() {
+            cfg.eval.bn_modes.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        // `recompute` re-estimates the statistics from a fixed set of training examples, in
+        // batches of the training batch size.
+        let recompute_set = modes.contains(&Some(config::BnMode::Recompute)).then(|| {
+            let n = (cfg.eval.bn_batches * cfg.train.batch_size).min(data.eval_train.len());
+            let idx: Vec<usize> = (0..n).collect();
+            eval::EvalSet::new(&data.eval_train.select(&idx), cfg.train.batch_size, device)
+        });
+        line::start_progress(progress, &grid, trained.starts.len() * modes.len());
+        let mut line = Vec::new();
+        for (label, start) in &trained.starts {
+            for &bn_mode in &modes {
+                let spec = line::Line {
+                    start_label: label,
+                    start,
+                    end: &trained.last,
+                    bn_mode,
+                    bn_batches: recompute_set.as_ref(),
+                };
+                line.extend(line::evaluate_line(
+                    &spec,
+                    &grid,
+                    &[&sets[0], &sets[1]],
+                    progress,
+                ));
+            }
+        }
+        progress.finish();
         timings.line = t.elapsed().as_secs_f64();
-        metrics.line_points_per_s = grid.len() as f64 / timings.line.max(1e-9);
-        line_metrics(&mut metrics, &grid, &line);
+        metrics.line_points_per_s = line.len() as f64 / 2.0 / timings.line.max(1e-9);
+        // The run's line metrics describe the first line: first start, first mode.
+        let primary: Vec<LinePoint> = match trained.starts.first() {
+            Some((label, _)) => line
+                .iter()
+                .filter(|p| p.start == *label && p.bn_mode == modes[0])
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        line_metrics(&mut metrics, &grid, &primary);
 
         let t = Instant::now();
         let trajectory = project(&trained.samples);

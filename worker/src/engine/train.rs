@@ -15,11 +15,11 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::eval::{EvalSet, cross_entropy, evaluate, features_tensor, labels_tensor};
+use super::eval::{EvalSet, cross_entropy, evaluate, labels_tensor};
 use super::{EngineError, Phase, Progress};
-use crate::config::{OptimizerName, Schedule, ShardConfig, TrainConfig};
-use crate::data::Split;
-use crate::model::Mlp;
+use crate::config::{OptimizerName, Precision, Schedule, ShardConfig, TrainConfig};
+use crate::data::{Batch, TrainData};
+use crate::model::Net;
 use crate::snapshot::HostSnapshot;
 
 /// Serialises seeding and weight initialisation within the process.
@@ -114,9 +114,11 @@ pub struct TrajectorySample {
 /// What training produced.
 pub struct Trained {
     /// θ_i, without autodiff.
-    pub init: Mlp,
+    pub init: Net,
     /// θ_c (the last finite weights if the run diverged), without autodiff.
-    pub last: Mlp,
+    pub last: Net,
+    /// The start of every line (`eval.starts`), labelled, in the config's order.
+    pub starts: Vec<(String, Net)>,
     /// θ_i, periodic snapshots and θ_c, in step order, each step once.
     pub samples: Vec<TrajectorySample>,
     /// Optimizer steps taken.
@@ -129,6 +131,8 @@ pub struct Trained {
     pub parameter_count: usize,
     /// Seconds the writer thread spent capturing and storing snapshots (overlaps training).
     pub snapshot_seconds: f64,
+    /// Training images skipped because they did not decode.
+    pub skipped_images: u64,
 }
 
 /// The learning rate at `step` (0-based) for schedule `cfg`.
@@ -177,7 +181,7 @@ fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
 /// A snapshot on its way to the writer thread: a cheap copy of the weights (burn tensors are
 /// reference-counted and immutable) plus what the trajectory row needs.
 struct Pending {
-    model: Mlp,
+    model: Net,
     step: u64,
     is_final: bool,
     batch_loss: f64,
@@ -186,7 +190,7 @@ struct Pending {
 
 /// A checkpoint on its way to the writer.
 struct PendingCheckpoint {
-    model: Mlp,
+    model: Net,
     optimizer: burn::optim::OptimizerRecord,
     param_ids: Vec<u64>,
     step: u64,
@@ -221,23 +225,69 @@ impl burn::module::ModuleMapper for RestoreIds {
 /// At most this many snapshots wait for the writer; each holds one copy of the weights.
 const SNAPSHOT_QUEUE: usize = 4;
 
+/// Batches decoded ahead of the optimizer.
+const PREFETCH: usize = 4;
+
+/// Mixed into the seed of each step's augmentation randomness.
+const AUGMENT_SALT: u64 = 0x6175_676d_656e_7421;
+
+/// The augmentation seed of `step`: a function of the run's seed and the step alone, so a
+/// resumed attempt replays the same batches.
+fn augment_seed(seed: u64, step: u64) -> u64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ AUGMENT_SALT);
+    rng.set_stream(step);
+    rand::Rng::random(&mut rng)
+}
+
+/// A host batch on `device`: `[n, c, h, w]` features and `[n]` targets.
+pub fn batch_tensors(
+    features: Vec<f32>,
+    labels: &[u16],
+    shape: [usize; 3],
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, Int>) {
+    let [c, h, w] = shape;
+    let x = Tensor::from_data(TensorData::new(features, [labels.len(), c, h, w]), device);
+    (x, labels_tensor(labels, device))
+}
+
+/// Loads a snapshot's weights into a network of the same architecture as `template`.
+pub fn net_from_snapshot(template: &Net, snap: &HostSnapshot) -> Result<Net, EngineError> {
+    let bytes = snap.to_safetensors()?;
+    let mut store = burn::store::SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(burn::store::PyTorchToBurnAdapter)
+        .skip_enum_variants(true)
+        .allow_partial(false);
+    let mut net = template.clone();
+    net.load_from(&mut store)
+        .map_err(|e| EngineError::Resume(format!("snapshot of step {}: {e}", snap.step)))?;
+    Ok(net)
+}
+
 /// Trains the model of `cfg` on `train` (and, when asked, evaluates the full training set at
 /// each snapshot on `train_eval`).
 ///
 /// Snapshots are captured, encoded and handed to `sink` on a writer thread, so that slow
-/// storage does not stall the optimizer; the queue between the two is bounded.
+/// storage does not stall the optimizer; the queue between the two is bounded. Training
+/// batches are built (decoded, augmented) on a loader thread, [`PREFETCH`] steps ahead.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &ShardConfig,
     device: &Device,
-    train: &Split,
+    train: &TrainData,
     train_eval: Option<&EvalSet>,
     classes: usize,
     sink: &mut (dyn SnapshotSink + Send),
     progress: &dyn Progress,
 ) -> Result<Trained, EngineError> {
     let tc = &cfg.train;
+    if tc.precision == Precision::Bf16 {
+        return Err(EngineError::Config(
+            "train.precision = \"bf16\" is not implemented yet; use \"f32\"".into(),
+        ));
+    }
     let ad = device.clone().autodiff();
+    let shape = train.shape();
     let mut model = {
         // burn's generator is process-global (see the module doc): seeding and drawing the
         // initial weights must not interleave with another shard's draws in this process.
@@ -245,7 +295,7 @@ pub fn train(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         ad.seed(cfg.seed);
-        Mlp::new(&cfg.model, train.dim, classes, &ad)
+        Net::new(&cfg.model, shape, classes, &ad)
     };
     let mut optim = optimizer(tc);
     let init = model.valid();
@@ -279,13 +329,41 @@ pub fn train(
     let checkpoint_every = sink.checkpoint_every();
 
     let n = train.len();
+    if n == 0 {
+        return Err(EngineError::Config("the training set is empty".into()));
+    }
     let steps_per_epoch = n.div_ceil(tc.batch_size) as u64;
     let total_steps = steps_per_epoch * tc.epochs as u64;
-    let x_all = features_tensor(train, &ad);
-    let y_all = labels_tensor(&train.labels, &ad);
-    let mut order: Vec<i64> = (0..n as i64).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DATA_ORDER_SALT);
-    let loss_at = |m: &Mlp| train_eval.map(|set| evaluate(set, |x| m.forward(x)).loss);
+    // Lines start at θ_i or at intermediate snapshots, each taken at its step.
+    let mut start_steps: Vec<(String, u64)> = Vec::new();
+    for (label, point) in cfg.start_points() {
+        let s = point.step(steps_per_epoch);
+        if s >= total_steps {
+            return Err(EngineError::Config(format!(
+                "eval.starts: `{label}` is step {s}, but training ends at step {total_steps} \
+                 ({steps_per_epoch} steps per epoch); a line must start before θ_c"
+            )));
+        }
+        start_steps.push((label, s));
+    }
+    let mut start_models: Vec<(String, u64, Net)> = Vec::new();
+    for (label, s) in &start_steps {
+        if *s == 0 {
+            start_models.push((label.clone(), 0, init.clone()));
+        } else if *s <= resume_step {
+            let snap = resume
+                .as_ref()
+                .and_then(|r| r.snapshots.iter().find(|x| x.step == *s))
+                .ok_or_else(|| {
+                    EngineError::Resume(format!(
+                        "no snapshot of step {s} (start `{label}`) to resume with"
+                    ))
+                })?;
+            start_models.push((label.clone(), *s, net_from_snapshot(&init, snap)?));
+        }
+    }
+    let is_start = |step: u64| start_steps.iter().any(|(_, s)| *s == step);
+    let loss_at = |m: &Net| train_eval.map(|set| evaluate(set, |x| m.forward(x)).loss);
 
     let init_train_loss = if resume.is_some() {
         None
@@ -312,10 +390,34 @@ pub fn train(
         }
         None => (Vec::new(), None, f64::NAN),
     };
+    let threads = cfg.data.loader_threads;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(SNAPSHOT_QUEUE);
         let writer =
             scope.spawn(move || write_snapshots(rx, sink, steps_per_epoch, resumed_samples));
+        // The data order of a resumed run is replayed, not stored: the same shuffles, and
+        // the batches before the checkpoint are skipped.
+        let (btx, brx) = std::sync::mpsc::sync_channel::<Batch>(PREFETCH);
+        let seed = cfg.seed;
+        let batch_size = tc.batch_size;
+        let epochs = tc.epochs;
+        scope.spawn(move || {
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DATA_ORDER_SALT);
+            let mut step = 0u64;
+            for _ in 0..epochs {
+                order.shuffle(&mut rng);
+                for chunk in order.chunks(batch_size) {
+                    if step >= resume_step {
+                        let b = train.batch(chunk, augment_seed(seed, step), threads);
+                        if btx.send(b).is_err() {
+                            return;
+                        }
+                    }
+                    step += 1;
+                }
+            }
+        });
         // The init snapshot waits for the first batch: its batch loss is that batch's loss.
         let mut pending_init = (resume_step == 0).then(|| Pending {
             model: init.clone(),
@@ -331,7 +433,7 @@ pub fn train(
             !writer_gone
         };
         let checkpoint =
-            |model: &Mlp, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
+            |model: &Net, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
                 let job = PendingCheckpoint {
                     model: model.valid(),
                     optimizer: optim.to_record(),
@@ -347,25 +449,25 @@ pub fn train(
 
         progress.start(Phase::Training, total_steps);
         progress.advance(resume_step, None);
-        let mut step: u64 = 0;
+        let mut step: u64 = resume_step;
         let mut diverged_at = None;
         let mut last_loss = resumed_loss;
         let mut interrupted = false;
-        'epochs: for _epoch in 0..tc.epochs {
-            // The data order of a resumed run is replayed, not stored: same shuffles, and the
-            // batches before the checkpoint are skipped.
-            order.shuffle(&mut rng);
-            for batch in order.chunks(tc.batch_size) {
-                if step < resume_step {
-                    step += 1;
-                    continue;
-                }
-                let idx = Tensor::<1, Int>::from_data(
-                    TensorData::new(batch.to_vec(), [batch.len()]),
-                    &ad,
-                );
-                let x = x_all.clone().select(0, idx.clone()); // [batch, dim]
-                let y = y_all.clone().select(0, idx); // [batch]
+        let mut skipped_images = 0u64;
+        while step < total_steps {
+            let Ok(batch) = brx.recv() else {
+                return Err(EngineError::Data(crate::data::DataError {
+                    file: "training data".into(),
+                    problem: "the batch loader stopped early".into(),
+                }));
+            };
+            skipped_images += batch.skipped;
+            // A batch whose every image failed to decode trains nothing but still counts as a
+            // step, so that step numbers (and the data order) stay those of the config.
+            let loss_value = if batch.labels.is_empty() {
+                None
+            } else {
+                let (x, y) = batch_tensors(batch.features, &batch.labels, shape, &ad);
                 let loss = cross_entropy(model.forward(x), y).mean();
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
@@ -375,55 +477,61 @@ pub fn train(
                         loss = loss_value,
                         "training loss is not finite; stopping the run as diverged"
                     );
-                    break 'epochs;
+                    break;
                 }
-                if let Some(mut p) = pending_init.take() {
-                    p.batch_loss = loss_value;
-                    if !send(p, &mut last_snapshot_step) {
-                        break 'epochs;
-                    }
+                Some((loss, loss_value))
+            };
+            if let Some(mut p) = pending_init.take() {
+                p.batch_loss = loss_value.as_ref().map_or(f64::NAN, |(_, v)| *v);
+                if !send(p, &mut last_snapshot_step) {
+                    break;
                 }
-                if progress.interrupted() {
-                    interrupted = true;
-                    let stored = checkpoint_every > 0 && step.is_multiple_of(checkpoint_every);
-                    if step > resume_step && !stored {
-                        // A failed send means the writer died; its error surfaces below.
-                        let _ = checkpoint(&model, &optim, step, last_loss);
-                    }
-                    break 'epochs;
+            }
+            if progress.interrupted() {
+                interrupted = true;
+                let stored = checkpoint_every > 0 && step.is_multiple_of(checkpoint_every);
+                if step > resume_step && !stored {
+                    // A failed send means the writer died; its error surfaces below.
+                    let _ = checkpoint(&model, &optim, step, last_loss);
                 }
+                break;
+            }
+            let step_loss = loss_value.as_ref().map_or(f64::NAN, |(_, v)| *v);
+            if let Some((loss, loss_value)) = loss_value {
                 let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = optim.step(lr, model, grads);
-                step += 1;
                 last_loss = loss_value;
-                progress.advance(1, Some(loss_value));
-                if cfg.snapshot.every > 0
-                    && step.is_multiple_of(cfg.snapshot.every as u64)
-                    && step != total_steps
-                {
-                    let m = model.valid();
-                    let train_loss = loss_at(&m);
-                    let p = Pending {
-                        model: m,
-                        step,
-                        is_final: false,
-                        batch_loss: loss_value,
-                        train_loss,
-                    };
-                    if !send(p, &mut last_snapshot_step) {
-                        break 'epochs;
-                    }
+            }
+            step += 1;
+            progress.advance(1, (step_loss.is_finite()).then_some(step_loss));
+            let periodic = cfg.snapshot.every > 0 && step.is_multiple_of(cfg.snapshot.every as u64);
+            if (periodic || is_start(step)) && step != total_steps {
+                let m = model.valid();
+                if let Some((label, _)) = start_steps.iter().find(|(_, s)| *s == step) {
+                    start_models.push((label.clone(), step, m.clone()));
                 }
-                if checkpoint_every > 0
-                    && step.is_multiple_of(checkpoint_every)
-                    && step != total_steps
-                    && !checkpoint(&model, &optim, step, last_loss)
-                {
-                    break 'epochs;
+                let train_loss = loss_at(&m);
+                let p = Pending {
+                    model: m,
+                    step,
+                    is_final: false,
+                    batch_loss: last_loss,
+                    train_loss,
+                };
+                if !send(p, &mut last_snapshot_step) {
+                    break;
                 }
             }
+            if checkpoint_every > 0
+                && step.is_multiple_of(checkpoint_every)
+                && step != total_steps
+                && !checkpoint(&model, &optim, step, last_loss)
+            {
+                break;
+            }
         }
+        drop(brx);
         progress.finish();
         if interrupted {
             drop(tx);
@@ -456,15 +564,22 @@ pub fn train(
             .join()
             .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))??;
         let parameter_count = samples.first().map_or(0, |s| s.parameters.len());
+        // Lines in the order the config lists their starts.
+        start_models.sort_by_key(|(label, _, _)| start_steps.iter().position(|(l, _)| l == label));
         Ok(Trained {
             init,
             last,
+            starts: start_models
+                .into_iter()
+                .map(|(label, _, m)| (label, m))
+                .collect(),
             samples,
             steps: step,
             steps_per_epoch,
             diverged_at,
             parameter_count,
             snapshot_seconds: seconds,
+            skipped_images,
         })
     })
 }

@@ -9,8 +9,8 @@
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation;
 
+use super::activate;
 use crate::config::{Activation, ModelConfig};
 
 /// Multi-layer perceptron.
@@ -35,7 +35,7 @@ impl Mlp {
             .windows(2)
             .map(|w| LinearConfig::new(w[0], w[1]).init(device))
             .collect();
-        let norms = if cfg.batch_norm {
+        let norms = if cfg.batch_norm() {
             cfg.hidden
                 .iter()
                 .map(|&w| BatchNormConfig::new(w).init(device))
@@ -82,34 +82,24 @@ impl Mlp {
             Some(bn) => bn.forward(pre),
             None => pre,
         };
-        match self.activation {
-            Activation::Relu => activation::relu(normed),
-            Activation::Tanh => activation::tanh(normed),
-            Activation::Sigmoid => activation::sigmoid(normed),
-        }
+        activate(self.activation, normed)
     }
 
-    /// True when the network has batch-norm layers (and so running statistics).
-    pub fn has_batch_norm(&self) -> bool {
-        !self.norms.is_empty()
+    /// The batch-norm layers.
+    pub fn norms(&self) -> impl Iterator<Item = &BatchNorm> {
+        self.norms.iter()
     }
 
-    /// The smallest running variance of any batch-norm layer (`None` without batch norm).
-    ///
-    /// Interpolating running variances outside α ∈ [0, 1] can make them negative; such a
-    /// network has no meaningful loss and the line records the point as invalid.
-    pub fn min_running_var(&self) -> Option<f32> {
-        self.norms
-            .iter()
-            .map(|bn| bn.running_var.value().min().into_scalar::<f32>())
-            .reduce(f32::min)
+    /// The batch-norm layers, mutably.
+    pub fn norms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm> {
+        self.norms.iter_mut()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::config::{ModelConfig, Norm};
 
     #[test]
     fn forward_shapes_and_split_forward_agree() {
@@ -118,7 +108,7 @@ mod tests {
         for bn in [false, true] {
             let cfg = ModelConfig {
                 hidden: vec![16, 8],
-                batch_norm: bn,
+                norm: Some(if bn { Norm::Batch } else { Norm::None }),
                 ..ModelConfig::default()
             };
             let m = Mlp::new(&cfg, 12, 3, &device);
@@ -135,7 +125,7 @@ mod tests {
                 y2.into_data().try_into_vec::<f32>().unwrap(),
             );
             assert_eq!(a, b);
-            assert_eq!(m.has_batch_norm(), bn);
+            assert_eq!(m.norms().count(), if bn { 2 } else { 0 });
         }
     }
 

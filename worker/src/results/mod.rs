@@ -10,7 +10,7 @@ pub mod schema;
 
 use std::sync::Arc;
 
-use arrow_array::builder::{ListBuilder, UInt64Builder};
+use arrow_array::builder::{ListBuilder, StringBuilder, UInt64Builder};
 use arrow_array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt64Array,
@@ -23,7 +23,7 @@ use crate::config::ShardConfig;
 use crate::engine::{SPLITS, ShardOutcome};
 
 /// Version of the result schemas; bump when a column is added.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Encoding a table failed (a schema/encoder mismatch or a Parquet error).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,14 @@ fn strs<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
 }
 fn u64s(v: impl IntoIterator<Item = u64>) -> ArrayRef {
     Arc::new(UInt64Array::from_iter_values(v))
+}
+fn str_list<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for x in v {
+        b.values().append_value(x);
+    }
+    b.append(true);
+    Arc::new(b.finish())
 }
 fn versions(n: usize) -> ArrayRef {
     Arc::new(Int32Array::from(vec![SCHEMA_VERSION; n]))
@@ -119,7 +127,7 @@ pub fn runs_batch(
         one_s(cfg.model.arch.as_str()),
         list(&cfg.model.hidden),
         one_s(cfg.model.activation.as_str()),
-        one_b(cfg.model.batch_norm),
+        one_b(cfg.model.batch_norm()),
         one_s(t.optimizer.as_str()),
         one_f(t.lr),
         one_f(t.momentum),
@@ -175,21 +183,35 @@ pub fn runs_batch(
         one_f(m.timings.line),
         one_f(m.timings.trajectory),
         one_f(m.timings.total),
+        // Added in schema version 2.
+        list(&cfg.model.channels),
+        one_s(
+            cfg.model
+                .norm
+                .unwrap_or(cfg.model.arch.default_norm())
+                .as_str(),
+        ),
+        one_b(cfg.data.augment),
+        one_u(cfg.data.image_size as u64),
+        one_s(t.precision.as_str()),
+        str_list(e.starts.iter().map(String::as_str)),
+        str_list(e.bn_modes.iter().map(|m| m.as_str())),
+        one_u(e.bn_batches as u64),
+        one_u(m.skipped_images),
     ];
     batch("runs", schema::runs(), cols)
 }
 
-/// The `interpolation` batch of a shard: one row per (α, split).
+/// The `interpolation` batch of a shard: one row per (start, batch-norm mode, α, split).
 pub fn interpolation_batch(
     key: &RunKey<'_>,
-    start: &str,
     out: &ShardOutcome,
 ) -> Result<RecordBatch, ResultsError> {
     let n = out.line.len();
     let cols: Vec<ArrayRef> = vec![
         versions(n),
         strs(std::iter::repeat_n(key.shard, n)),
-        strs(std::iter::repeat_n(start, n)),
+        strs(out.line.iter().map(|p| p.start.as_str())),
         f64s(out.line.iter().map(|p| p.alpha)),
         strs(out.line.iter().map(|p| SPLITS[p.split])),
         opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.loss))),
@@ -198,6 +220,12 @@ pub fn interpolation_batch(
             out.line
                 .iter()
                 .map(|p| p.invalid_reason)
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            out.line
+                .iter()
+                .map(|p| p.bn_mode.map(|m| m.as_str()))
                 .collect::<StringArray>(),
         ),
     ];

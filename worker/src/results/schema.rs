@@ -11,6 +11,10 @@ fn f(name: &str, dt: DataType, nullable: bool) -> Field {
     Field::new(name, dt, nullable)
 }
 
+fn list_str() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
 fn list_u64() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::UInt64, true)))
 }
@@ -93,6 +97,16 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("line_s", F, false),
         f("trajectory_s", F, false),
         f("total_s", F, false),
+        // Schema version 2.
+        f("channels", list_u64(), true),
+        f("norm", S, true),
+        f("augment", B, true),
+        f("image_size", U, true),
+        f("precision", S, true),
+        f("eval_starts", list_str(), true),
+        f("bn_modes", list_str(), true),
+        f("bn_batches", U, true),
+        f("skipped_images", U, true),
     ]))
 });
 
@@ -107,6 +121,8 @@ static INTERPOLATION: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("loss", F, true),
         f("accuracy", F, true),
         f("invalid_reason", S, true),
+        // Schema version 2.
+        f("bn_mode", S, true),
     ]))
 });
 
@@ -130,7 +146,7 @@ pub fn runs() -> SchemaRef {
     RUNS.clone()
 }
 
-/// One row per (start, α, split) of the line.
+/// One row per (start, batch-norm mode, α, split) of the lines.
 pub fn interpolation() -> SchemaRef {
     INTERPOLATION.clone()
 }

@@ -197,14 +197,14 @@ mod tests {
     #[test]
     fn lerping_modules_leaves_both_endpoints_untouched() {
         use crate::config::ModelConfig;
-        use crate::model::Mlp;
+        use crate::model::Net;
         let device = Device::flex();
         let cfg = ModelConfig {
             hidden: vec![3],
-            batch_norm: true,
+            norm: Some(crate::config::Norm::Batch),
             ..ModelConfig::default()
         };
-        let a = Mlp::new(&cfg, 2, 2, &device);
+        let a = Net::new(&cfg, [1, 1, 2], 2, &device);
         let b = lerp_modules(&a, &a, 3.0).map(&mut Scale(2.0));
         let before = a.min_running_var();
         let mid = lerp_modules(&a, &b, -4.0);
