@@ -192,3 +192,133 @@ fn batch_norm_line_marks_negative_variance_points_invalid() {
             .any(|p| p.invalid_reason == Some(linesweep_worker::engine::line::NEGATIVE_VARIANCE))
     );
 }
+
+#[test]
+fn a_resnet20_training_step_lowers_the_loss() {
+    use burn::module::Module;
+    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::prelude::*;
+    use linesweep_worker::config::{Arch, ModelConfig};
+    use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};
+    use linesweep_worker::model::Net;
+
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let cfg = ModelConfig {
+        arch: Arch::Resnet20,
+        ..ModelConfig::default()
+    };
+    let mut net = Net::new(&cfg, [3, 32, 32], 10, &device);
+    let x = Tensor::<4>::random(
+        [16, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let labels: Vec<u16> = (0..16).map(|i| (i % 10) as u16).collect();
+    let y = labels_tensor(&labels, &device);
+    let mut optim = SgdConfig::new().init();
+    let loss_of = |net: &Net| -> f32 {
+        cross_entropy(net.valid().forward(x.clone().to_device(&Device::flex())), y.clone().to_device(&Device::flex()))
+            .mean()
+            .into_scalar()
+    };
+    // Evaluation mode uses running statistics; train a few steps on the same batch first so
+    // that they describe it.
+    let before = cross_entropy(net.forward(x.clone()), y.clone()).mean().into_scalar::<f32>();
+    for _ in 0..5 {
+        let loss = cross_entropy(net.forward(x.clone()), y.clone()).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optim.step(0.05, net, grads);
+    }
+    let after = cross_entropy(net.forward(x.clone()), y.clone()).mean().into_scalar::<f32>();
+    assert!(after < before, "training-mode loss {before} → {after}");
+    assert!(loss_of(&net).is_finite());
+}
+
+fn bn_shard() -> ShardConfig {
+    ShardConfig::from_toml(
+        r#"
+seed = 3
+[data]
+max_train_examples = 256
+[model]
+arch = "resnet20"
+[train]
+epochs = 1
+batch_size = 64
+lr = 0.05
+momentum = 0.9
+[snapshot]
+every = 0
+[eval]
+max_examples = 128
+batch_size = 64
+alpha_start = 0.0
+alpha_stop = 1.0
+alpha_points = 5
+starts = ["init", "step:2"]
+bn_modes = ["interpolate", "recompute", "endpoint"]
+bn_batches = 2
+"#,
+        "bn.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn batch_norm_modes_and_intermediate_starts_give_their_own_lines() {
+    let cfg = bn_shard();
+    let mut keep = Keep::default();
+    let out = engine::run_shard(&cfg, &ComputeDevice::cpu(), &mut keep, &NoProgress).unwrap();
+    // 2 starts × 3 modes × 5 α × 2 splits.
+    assert_eq!(out.line.len(), 60);
+    // The step-2 start forced a snapshot at step 2 (no periodic snapshots configured).
+    assert_eq!(keep.0.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    use linesweep_worker::config::BnMode;
+    let loss = |start: &str, mode: BnMode, alpha: f64| {
+        out.line
+            .iter()
+            .find(|p| p.start == start && p.bn_mode == Some(mode) && p.alpha == alpha && p.split == 0)
+            .and_then(|p| p.value)
+            .map(|v| v.loss)
+            .unwrap()
+    };
+    for start in ["init", "step:2"] {
+        let i = loss(start, BnMode::Interpolate, 0.5);
+        let r = loss(start, BnMode::Recompute, 0.5);
+        assert!((i - r).abs() > 1e-6, "{start}: recompute {r} = interpolate {i}");
+        // At α = 1 the interpolated statistics are θ_c's own.
+        assert_eq!(loss(start, BnMode::Interpolate, 1.0), loss(start, BnMode::Endpoint, 1.0));
+    }
+    // Both lines end at θ_c; their α = 0 points are different networks.
+    assert_eq!(loss("init", BnMode::Interpolate, 1.0), loss("step:2", BnMode::Interpolate, 1.0));
+    assert_ne!(loss("init", BnMode::Interpolate, 0.0), loss("step:2", BnMode::Interpolate, 0.0));
+
+    // A start after the end of training is an error, not a panic.
+    let mut late = cfg.clone();
+    late.eval.starts = vec!["step:4".into()];
+    let err = engine::run_shard(&late, &ComputeDevice::cpu(), &mut Keep::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("eval.starts: `step:4`") && err.contains("training ends at step 4"), "{err}");
+}
+
+#[test]
+fn a_snapshot_loads_back_into_its_network() {
+    use burn::prelude::*;
+    use linesweep_worker::config::{Arch, ModelConfig};
+    use linesweep_worker::engine::train::net_from_snapshot;
+    use linesweep_worker::model::Net;
+    let device = Device::flex();
+    let cfg = ModelConfig {
+        arch: Arch::Resnet20,
+        ..ModelConfig::default()
+    };
+    device.seed(1);
+    let a = Net::new(&cfg, [3, 32, 32], 10, &device);
+    device.seed(2);
+    let b = Net::new(&cfg, [3, 32, 32], 10, &device);
+    let snap = HostSnapshot::capture(&a, 7).unwrap();
+    let loaded = net_from_snapshot(&b, &snap).unwrap();
+    assert_eq!(HostSnapshot::capture(&loaded, 7).unwrap(), snap);
+}

@@ -60,6 +60,8 @@ every = 5
 [eval]
 max_examples = 200
 alpha_points = 5
+# A line from step 8: a resumed attempt rebuilds that start from its snapshot.
+starts = ["init", "step:8"]
 "#,
         "resume.toml",
     )

@@ -127,3 +127,124 @@ impl Net {
             .reduce(f32::min)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Norm;
+    use crate::snapshot::{HostSnapshot, TensorKind};
+
+    fn cfg(arch: Arch) -> ModelConfig {
+        ModelConfig {
+            arch,
+            ..ModelConfig::default()
+        }
+    }
+
+    fn names(net: &Net) -> Vec<(String, Vec<usize>, TensorKind)> {
+        HostSnapshot::capture(net, 0)
+            .unwrap()
+            .tensors
+            .into_iter()
+            .map(|t| (t.name, t.shape, t.kind))
+            .collect()
+    }
+
+    #[test]
+    fn resnet50_has_torchvisions_parameter_count() {
+        let device = Device::flex();
+        device.seed(1);
+        let net = Net::new(&cfg(Arch::Resnet50), [3, 224, 224], 1000, &device);
+        let snap = HostSnapshot::capture(&net, 0).unwrap();
+        // torchvision.models.resnet50(): 25,557,032 trainable parameters; running statistics
+        // are buffers (53 batch-norm layers, 26,560 channels, mean and variance each).
+        assert_eq!(snap.parameter_count(), 25_557_032);
+        let buffers: usize = snap
+            .tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Buffer)
+            .map(|t| t.data.len())
+            .sum();
+        assert_eq!(buffers, 2 * 26_560);
+    }
+
+    #[test]
+    fn resnet_names_are_torchvisions() {
+        let device = Device::flex();
+        let net = Net::new(&cfg(Arch::Resnet18), [3, 64, 64], 10, &device);
+        let n = names(&net);
+        let has = |name: &str, shape: &[usize]| {
+            assert!(
+                n.iter().any(|(k, s, _)| k == name && s == shape),
+                "{name} {shape:?} missing"
+            );
+        };
+        has("conv1.weight", &[64, 3, 7, 7]);
+        has("bn1.weight", &[64]);
+        has("bn1.running_var", &[64]);
+        has("layer1.0.conv1.weight", &[64, 64, 3, 3]);
+        has("layer2.0.downsample.0.weight", &[128, 64, 1, 1]);
+        has("layer2.0.downsample.1.running_mean", &[128]);
+        has("layer4.1.bn2.bias", &[512]);
+        has("fc.weight", &[10, 512]);
+        has("fc.bias", &[10]);
+        assert!(n.iter().all(|(k, _, _)| !k.contains("ResNet") && !k.contains("gamma")));
+        // torchvision resnet18 state_dict: 62 parameters + 40 buffers (num_batches_tracked
+        // is added when the file is written).
+        assert_eq!(n.len(), 62 + 40);
+
+        let cifar = Net::new(&cfg(Arch::Resnet20), [3, 32, 32], 10, &device);
+        let n = names(&cifar);
+        assert!(n.iter().any(|(k, s, _)| k == "conv1.weight" && s == &[16, 3, 3, 3]));
+        assert!(n.iter().any(|(k, _, _)| k == "layer3.2.conv2.weight"));
+        assert!(n.iter().all(|(k, _, _)| !k.starts_with("layer4")));
+        // 0.27 M parameters, as in He et al. (a little more with projection shortcuts).
+        let p = HostSnapshot::capture(&cifar, 0).unwrap().parameter_count();
+        assert!((270_000..280_000).contains(&p), "{p}");
+
+        let plain = Net::new(
+            &ModelConfig {
+                norm: Some(Norm::None),
+                ..cfg(Arch::Resnet20)
+            },
+            [3, 32, 32],
+            10,
+            &device,
+        );
+        assert!(!plain.has_batch_norm());
+        assert!(names(&plain).iter().any(|(k, _, _)| k == "layer1.0.conv1.bias"));
+    }
+
+    #[test]
+    fn cnn_names_and_forward_shapes() {
+        let device = Device::flex();
+        let c = ModelConfig {
+            channels: vec![4, 8],
+            norm: Some(Norm::Batch),
+            ..cfg(Arch::Cnn)
+        };
+        let net = Net::new(&c, [1, 28, 28], 10, &device);
+        let n = names(&net);
+        for k in ["convs.0.weight", "convs.1.bias", "norms.1.running_var", "fc.weight"] {
+            assert!(n.iter().any(|(name, _, _)| name == k), "{k}");
+        }
+        let y = net.forward(Tensor::zeros([3, 1, 28, 28], &device));
+        assert_eq!(y.dims(), [3, 10]);
+    }
+
+    #[test]
+    fn resnet50_forward_at_224() {
+        let device = Device::flex();
+        device.seed(3);
+        let net = Net::new(&cfg(Arch::Resnet50), [3, 224, 224], 1000, &device);
+        let x = Tensor::<4>::random(
+            [2, 3, 224, 224],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let y = net.valid().forward(x);
+        assert_eq!(y.dims(), [2, 1000]);
+        let v: Vec<f32> = y.into_data().try_into_vec().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+}
