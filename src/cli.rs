@@ -49,6 +49,37 @@ pub enum Command {
     DefaultConfig,
     /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
     Bench(BenchArgs),
+    /// Datasets: download the public ones and verify their checksums.
+    Data(DataArgs),
+}
+
+/// `linesweep data`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub what: DataWhat,
+}
+
+/// `linesweep data <what>`.
+#[derive(Debug, Subcommand)]
+pub enum DataWhat {
+    /// Download `mnist` or `cifar10` into DIR and verify the published MD5 checksums
+    /// (`imagenet` explains where to place it).
+    Fetch(FetchArgs),
+}
+
+/// `linesweep data fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// `mnist`, `cifar10` (or `imagenet`, which cannot be downloaded).
+    pub dataset: String,
+    /// Target directory; point `data.dir` of a shard config at it.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Base URL of a mirror serving the same file names (default: the public sources).
+    #[arg(long, env = "LINESWEEP_MIRROR")]
+    pub mirror: Option<String>,
 }
 
 /// `linesweep exec`.
@@ -296,6 +327,47 @@ pub enum BenchWhat {
     /// Load-test the coordinator: simulated workers doing lease → heartbeat → complete over
     /// loopback gRPC against a state file on disk (no training), then a large submission.
     Coordinator(CoordinatorBenchArgs),
+    /// Training and evaluation images/s of one architecture on synthetic images.
+    Model(ModelBenchArgs),
+    /// JPEG decoding and augmentation images/s of the ImageNet loader on generated images.
+    Decode(DecodeBenchArgs),
+}
+
+/// `linesweep bench model`.
+#[derive(Debug, Args)]
+pub struct ModelBenchArgs {
+    /// Architecture (`resnet20`, `resnet50`, `cnn`, `mlp`, …).
+    #[arg(long, default_value = "resnet20")]
+    pub arch: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Image side (32 for CIFAR, 224 for ImageNet).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Timed training steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `linesweep bench decode`.
+#[derive(Debug, Args)]
+pub struct DecodeBenchArgs {
+    /// Generated JPEGs to decode (two classes).
+    #[arg(long, default_value_t = 256)]
+    pub images: usize,
+    /// Output side.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// `linesweep bench coordinator`.

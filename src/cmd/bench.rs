@@ -13,8 +13,11 @@ use crate::cli::BenchArgs;
 use crate::render;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(crate::cli::BenchWhat::Coordinator(c)) = args.what {
-        return super::bench_coordinator::run(c);
+    match args.what {
+        Some(crate::cli::BenchWhat::Coordinator(c)) => return super::bench_coordinator::run(c),
+        Some(crate::cli::BenchWhat::Model(m)) => return super::bench_model::model(m),
+        Some(crate::cli::BenchWhat::Decode(d)) => return super::bench_model::decode(d),
+        None => {}
     }
     if args.kernels {
         let device = device::parse(&args.device)?;

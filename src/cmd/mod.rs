@@ -2,6 +2,8 @@
 
 mod bench;
 mod bench_coordinator;
+mod bench_model;
+mod data;
 mod exec;
 mod plan;
 mod remote;
@@ -33,5 +35,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => remote::cancel(args),
         Command::Workers(args) => remote::workers(args),
         Command::Gc(args) => remote::gc(args),
+        Command::Data(args) => data::run(args),
     }
 }

@@ -218,19 +218,26 @@ fn a_resnet20_training_step_lowers_the_loss() {
     let y = labels_tensor(&labels, &device);
     let mut optim = SgdConfig::new().init();
     let loss_of = |net: &Net| -> f32 {
-        cross_entropy(net.valid().forward(x.clone().to_device(&Device::flex())), y.clone().to_device(&Device::flex()))
-            .mean()
-            .into_scalar()
+        cross_entropy(
+            net.valid().forward(x.clone().to_device(&Device::flex())),
+            y.clone().to_device(&Device::flex()),
+        )
+        .mean()
+        .into_scalar()
     };
     // Evaluation mode uses running statistics; train a few steps on the same batch first so
     // that they describe it.
-    let before = cross_entropy(net.forward(x.clone()), y.clone()).mean().into_scalar::<f32>();
+    let before = cross_entropy(net.forward(x.clone()), y.clone())
+        .mean()
+        .into_scalar::<f32>();
     for _ in 0..5 {
         let loss = cross_entropy(net.forward(x.clone()), y.clone()).mean();
         let grads = GradientsParams::from_grads(loss.backward(), &net);
         net = optim.step(0.05, net, grads);
     }
-    let after = cross_entropy(net.forward(x.clone()), y.clone()).mean().into_scalar::<f32>();
+    let after = cross_entropy(net.forward(x.clone()), y.clone())
+        .mean()
+        .into_scalar::<f32>();
     assert!(after < before, "training-mode loss {before} → {after}");
     assert!(loss_of(&net).is_finite());
 }
@@ -273,12 +280,17 @@ fn batch_norm_modes_and_intermediate_starts_give_their_own_lines() {
     // 2 starts × 3 modes × 5 α × 2 splits.
     assert_eq!(out.line.len(), 60);
     // The step-2 start forced a snapshot at step 2 (no periodic snapshots configured).
-    assert_eq!(keep.0.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(
+        keep.0.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 2, 4]
+    );
     use linesweep_worker::config::BnMode;
     let loss = |start: &str, mode: BnMode, alpha: f64| {
         out.line
             .iter()
-            .find(|p| p.start == start && p.bn_mode == Some(mode) && p.alpha == alpha && p.split == 0)
+            .find(|p| {
+                p.start == start && p.bn_mode == Some(mode) && p.alpha == alpha && p.split == 0
+            })
             .and_then(|p| p.value)
             .map(|v| v.loss)
             .unwrap()
@@ -286,21 +298,41 @@ fn batch_norm_modes_and_intermediate_starts_give_their_own_lines() {
     for start in ["init", "step:2"] {
         let i = loss(start, BnMode::Interpolate, 0.5);
         let r = loss(start, BnMode::Recompute, 0.5);
-        assert!((i - r).abs() > 1e-6, "{start}: recompute {r} = interpolate {i}");
+        assert!(
+            (i - r).abs() > 1e-6,
+            "{start}: recompute {r} = interpolate {i}"
+        );
         // At α = 1 the interpolated statistics are θ_c's own.
-        assert_eq!(loss(start, BnMode::Interpolate, 1.0), loss(start, BnMode::Endpoint, 1.0));
+        assert_eq!(
+            loss(start, BnMode::Interpolate, 1.0),
+            loss(start, BnMode::Endpoint, 1.0)
+        );
     }
     // Both lines end at θ_c; their α = 0 points are different networks.
-    assert_eq!(loss("init", BnMode::Interpolate, 1.0), loss("step:2", BnMode::Interpolate, 1.0));
-    assert_ne!(loss("init", BnMode::Interpolate, 0.0), loss("step:2", BnMode::Interpolate, 0.0));
+    assert_eq!(
+        loss("init", BnMode::Interpolate, 1.0),
+        loss("step:2", BnMode::Interpolate, 1.0)
+    );
+    assert_ne!(
+        loss("init", BnMode::Interpolate, 0.0),
+        loss("step:2", BnMode::Interpolate, 0.0)
+    );
 
     // A start after the end of training is an error, not a panic.
     let mut late = cfg.clone();
     late.eval.starts = vec!["step:4".into()];
-    let err = engine::run_shard(&late, &ComputeDevice::cpu(), &mut Keep::default(), &NoProgress)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("eval.starts: `step:4`") && err.contains("training ends at step 4"), "{err}");
+    let err = engine::run_shard(
+        &late,
+        &ComputeDevice::cpu(),
+        &mut Keep::default(),
+        &NoProgress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("eval.starts: `step:4`") && err.contains("training ends at step 4"),
+        "{err}"
+    );
 }
 
 #[test]

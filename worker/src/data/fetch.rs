@@ -223,9 +223,35 @@ fn extract_cifar(archive: &Path, dir: &Path) -> Result<(), FetchError> {
     Ok(())
 }
 
+/// The files of each dataset and their checksums.
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog {
+    /// MNIST's four files.
+    pub mnist: [Resource; 4],
+    /// CIFAR-10's archive.
+    pub cifar10: Resource,
+}
+
+/// The published files and checksums.
+pub const PUBLIC: Catalog = Catalog {
+    mnist: MNIST,
+    cifar10: CIFAR10,
+};
+
 /// Downloads dataset `name` (`mnist` or `cifar10`) into `dir` from `mirror` (default: the
-/// public sources).
+/// public sources), verifying the published checksums.
 pub fn fetch(
+    name: &str,
+    dir: &Path,
+    mirror: Option<&str>,
+    progress: OnProgress<'_>,
+) -> Result<FetchReport, FetchError> {
+    fetch_from(&PUBLIC, name, dir, mirror, progress)
+}
+
+/// [`fetch`] against another catalog (tests serve fixture files with their own checksums).
+pub fn fetch_from(
+    catalog: &Catalog,
     name: &str,
     dir: &Path,
     mirror: Option<&str>,
@@ -235,14 +261,14 @@ pub fn fetch(
     let mut report = FetchReport::default();
     match name {
         "mnist" => {
-            for r in &MNIST {
+            for r in &catalog.mnist {
                 download(mirror.unwrap_or(MNIST_BASE), r, dir, &mut report, progress)?;
             }
         }
         "cifar10" => {
             let archive = download(
                 mirror.unwrap_or(CIFAR10_BASE),
-                &CIFAR10,
+                &catalog.cifar10,
                 dir,
                 &mut report,
                 progress,
@@ -265,4 +291,159 @@ pub fn fetch(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    /// Serves `files` over HTTP/1.1 on a loopback port until the test ends; every connection
+    /// is answered once and closed.
+    fn serve(files: HashMap<String, Vec<u8>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(64) {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                // Drain the headers.
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let name = path
+                    .trim_start_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("");
+                let (status, body) = match files.get(name) {
+                    Some(b) => ("200 OK", b.clone()),
+                    None => ("404 Not Found", b"no such file".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        format!("http://{addr}/data")
+    }
+
+    fn md5(bytes: &[u8]) -> &'static str {
+        Box::leak(hex(&Md5::digest(bytes)).into_boxed_str())
+    }
+
+    fn cifar_archive() -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, bytes: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, bytes).unwrap();
+        };
+        for (i, f) in super::super::cifar::TRAIN_FILES.iter().enumerate() {
+            add(
+                &format!("cifar-10-batches-bin/{f}"),
+                &super::super::cifar::synthetic_records(3, i as u8),
+            );
+        }
+        add(
+            "cifar-10-batches-bin/test_batch.bin",
+            &super::super::cifar::synthetic_records(2, 7),
+        );
+        add("cifar-10-batches-bin/readme.html", b"<html/>");
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn fetch_verifies_extracts_skips_present_files_and_refuses_mismatches() {
+        let archive = cifar_archive();
+        let mnist: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 100 + i]).collect();
+        let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+        files.insert(CIFAR10.file.into(), archive.clone());
+        for (r, b) in MNIST.iter().zip(&mnist) {
+            files.insert(r.file.into(), b.clone());
+        }
+        let base = serve(files);
+        let catalog = Catalog {
+            mnist: std::array::from_fn(|i| Resource {
+                file: MNIST[i].file,
+                md5: md5(&mnist[i]),
+            }),
+            cifar10: Resource {
+                file: CIFAR10.file,
+                md5: md5(&archive),
+            },
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let seen = std::sync::Mutex::new(0u64);
+        let progress = |_: &str, done: u64, _: Option<u64>| *seen.lock().unwrap() = done;
+        let r = fetch_from(&catalog, "cifar10", tmp.path(), Some(&base), &progress).unwrap();
+        assert_eq!(r.downloaded, vec![CIFAR10.file.to_string()]);
+        assert_eq!(r.bytes, archive.len() as u64);
+        assert_eq!(*seen.lock().unwrap(), archive.len() as u64);
+        let d = super::super::cifar::load_dir(tmp.path()).unwrap();
+        assert_eq!((d.train.len(), d.test.len()), (15, 2));
+        assert!(!tmp.path().join("readme.html").exists());
+        // Again: nothing is downloaded.
+        let r = fetch_from(&catalog, "cifar10", tmp.path(), Some(&base), &progress).unwrap();
+        assert_eq!((r.downloaded.len(), r.present.len()), (0, 1));
+
+        let r = fetch_from(&catalog, "mnist", tmp.path(), Some(&base), &progress).unwrap();
+        assert_eq!(r.downloaded.len(), 4);
+
+        // The published checksums do not match these fixture bytes: refused, nothing kept.
+        let other = tempfile::tempdir().unwrap();
+        let err = fetch("mnist", other.path(), Some(&base), &progress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("checksum mismatch") && err.contains(MNIST[0].md5),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(other.path()).unwrap().count(),
+            0,
+            "nothing is kept"
+        );
+
+        let err = fetch("imagenet", other.path(), None, &progress)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be downloaded automatically"), "{err}");
+        let err = fetch("svhn", other.path(), None, &progress)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("choose mnist or cifar10"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_http_error_naming_the_url() {
+        let base = serve(HashMap::new());
+        let tmp = tempfile::tempdir().unwrap();
+        let err = fetch("cifar10", tmp.path(), Some(&base), &|_, _, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/data/cifar-10-binary.tar.gz") && err.contains("404"),
+            "{err}"
+        );
+    }
 }

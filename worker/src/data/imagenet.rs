@@ -321,19 +321,20 @@ pub fn load(dir: &Path, cfg: &DataConfig, eval_max: Option<usize>) -> Result<Loa
 }
 
 /// Writes a tiny ImageNet-layout folder of generated JPEGs (`classes` folders, `train` and
-/// `val` images per class, varied sizes), for tests and benchmarks.
+/// `val` images per class, sides from `side` to `side` + 30 pixels), for tests and benchmarks.
 pub fn write_synthetic(
     dir: &Path,
     classes: usize,
     train: usize,
     val: usize,
+    side: u32,
 ) -> std::io::Result<()> {
     for (split, n) in [("train", train), ("val", val)] {
         for c in 0..classes {
             let folder = dir.join(split).join(format!("n{:08}", c + 1));
             std::fs::create_dir_all(&folder)?;
             for i in 0..n {
-                let (w, h) = (40 + (i as u32 * 7) % 30, 36 + (i as u32 * 11) % 30);
+                let (w, h) = (side + (i as u32 * 7) % 30, side - 4 + (i as u32 * 11) % 30);
                 let img = RgbImage::from_fn(w, h, |x, y| {
                     // Class 0 is reddish and class 1 bluish, with a texture per image.
                     let t = ((x * 3 + y * 5 + i as u32 * 13) % 64) as u8;
@@ -369,7 +370,7 @@ mod tests {
     #[test]
     fn folder_loads_shapes_labels_and_transforms() {
         let tmp = tempfile::tempdir().unwrap();
-        write_synthetic(tmp.path(), 2, 5, 3).unwrap();
+        write_synthetic(tmp.path(), 2, 5, 3, 40).unwrap();
         let d = load(tmp.path(), &cfg(32), None).unwrap();
         assert_eq!(d.classes, 2);
         assert_eq!((d.train.len(), d.train.shape()), (10, [3, 32, 32]));
@@ -395,7 +396,7 @@ mod tests {
     #[test]
     fn corrupt_images_are_skipped_and_counted_and_empty_folders_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        write_synthetic(tmp.path(), 2, 3, 2).unwrap();
+        write_synthetic(tmp.path(), 2, 3, 2, 40).unwrap();
         std::fs::write(
             tmp.path().join("train/n00000001/img0000.JPEG"),
             b"not a jpeg",

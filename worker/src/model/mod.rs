@@ -188,14 +188,20 @@ mod tests {
         has("layer4.1.bn2.bias", &[512]);
         has("fc.weight", &[10, 512]);
         has("fc.bias", &[10]);
-        assert!(n.iter().all(|(k, _, _)| !k.contains("ResNet") && !k.contains("gamma")));
+        assert!(
+            n.iter()
+                .all(|(k, _, _)| !k.contains("ResNet") && !k.contains("gamma"))
+        );
         // torchvision resnet18 state_dict: 62 parameters + 40 buffers (num_batches_tracked
         // is added when the file is written).
         assert_eq!(n.len(), 62 + 40);
 
         let cifar = Net::new(&cfg(Arch::Resnet20), [3, 32, 32], 10, &device);
         let n = names(&cifar);
-        assert!(n.iter().any(|(k, s, _)| k == "conv1.weight" && s == &[16, 3, 3, 3]));
+        assert!(
+            n.iter()
+                .any(|(k, s, _)| k == "conv1.weight" && s == &[16, 3, 3, 3])
+        );
         assert!(n.iter().any(|(k, _, _)| k == "layer3.2.conv2.weight"));
         assert!(n.iter().all(|(k, _, _)| !k.starts_with("layer4")));
         // 0.27 M parameters, as in He et al. (a little more with projection shortcuts).
@@ -212,7 +218,11 @@ mod tests {
             &device,
         );
         assert!(!plain.has_batch_norm());
-        assert!(names(&plain).iter().any(|(k, _, _)| k == "layer1.0.conv1.bias"));
+        assert!(
+            names(&plain)
+                .iter()
+                .any(|(k, _, _)| k == "layer1.0.conv1.bias")
+        );
     }
 
     #[test]
@@ -225,7 +235,12 @@ mod tests {
         };
         let net = Net::new(&c, [1, 28, 28], 10, &device);
         let n = names(&net);
-        for k in ["convs.0.weight", "convs.1.bias", "norms.1.running_var", "fc.weight"] {
+        for k in [
+            "convs.0.weight",
+            "convs.1.bias",
+            "norms.1.running_var",
+            "fc.weight",
+        ] {
             assert!(n.iter().any(|(name, _, _)| name == k), "{k}");
         }
         let y = net.forward(Tensor::zeros([3, 1, 28, 28], &device));

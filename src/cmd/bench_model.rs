@@ -1,0 +1,108 @@
+//! `linesweep bench model` and `linesweep bench decode`: images/s of one architecture's
+//! training step and evaluation pass, and of the ImageNet decoder, on synthetic inputs.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::prelude::*;
+use linesweep_worker::config::{Arch, DataConfig, ModelConfig};
+use linesweep_worker::data::{TrainData, imagenet};
+use linesweep_worker::device;
+use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};
+use linesweep_worker::model::Net;
+
+use crate::cli::{DecodeBenchArgs, ModelBenchArgs};
+
+pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
+    let arch: Arch = serde_json::from_value(serde_json::Value::String(args.arch.clone()))
+        .with_context(|| format!("unknown architecture `{}`", args.arch))?;
+    let target = device::parse(&args.device)?;
+    let ad = target.device.clone().autodiff();
+    ad.seed(1);
+    let cfg = ModelConfig {
+        arch,
+        ..ModelConfig::default()
+    };
+    let mut net = Net::new(&cfg, [3, args.size, args.size], args.classes, &ad);
+    let x = Tensor::<4>::random(
+        [args.batch, 3, args.size, args.size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &ad,
+    );
+    let labels: Vec<u16> = (0..args.batch).map(|i| (i % args.classes) as u16).collect();
+    let y = labels_tensor(&labels, &ad);
+    let mut optim = SgdConfig::new().init();
+    let mut step = |net: Net| -> (Net, f32) {
+        let loss = cross_entropy(net.forward(x.clone()), y.clone()).mean();
+        let v = loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        (optim.step(0.01, net, grads), v)
+    };
+    (net, _) = step(net);
+    let t = Instant::now();
+    for _ in 0..args.steps {
+        (net, _) = step(net);
+    }
+    let train_s = t.elapsed().as_secs_f64();
+    let valid = net.valid();
+    let xv = x.clone().to_device(&target.device);
+    let yv = y.clone().to_device(&target.device);
+    let eval = |m: &Net| {
+        cross_entropy(m.forward(xv.clone()), yv.clone())
+            .mean()
+            .into_scalar::<f32>()
+    };
+    eval(&valid);
+    let t = Instant::now();
+    for _ in 0..args.steps {
+        eval(&valid);
+    }
+    let eval_s = t.elapsed().as_secs_f64();
+    let images = (args.steps * args.batch) as f64;
+    crate::render::emit(&format!(
+        "{}\n",
+        serde_json::json!({
+            "impl": "linesweep", "device": target.name, "arch": args.arch, "batch": args.batch,
+            "size": args.size, "steps": args.steps,
+            "train_images_per_s": images / train_s, "eval_images_per_s": images / eval_s,
+        })
+    ))?;
+    Ok(())
+}
+
+pub fn decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let per_class = args.images.div_ceil(2);
+    // ImageNet's training images average about 400×350 pixels.
+    imagenet::write_synthetic(dir.path(), 2, per_class, 1, 380).context("writing JPEGs")?;
+    let cfg = DataConfig {
+        image_size: args.size,
+        ..DataConfig::default()
+    };
+    let loaded = imagenet::load(dir.path(), &cfg, Some(2))?;
+    let TrainData::Folder(_) = &loaded.train else {
+        anyhow::bail!("expected a folder dataset");
+    };
+    let idx: Vec<usize> = (0..loaded.train.len()).collect();
+    let t = Instant::now();
+    let mut decoded = 0usize;
+    for (k, chunk) in idx.chunks(32).enumerate() {
+        decoded += loaded
+            .train
+            .batch(chunk, k as u64, args.threads)
+            .labels
+            .len();
+    }
+    let s = t.elapsed().as_secs_f64();
+    crate::render::emit(&format!(
+        "{}\n",
+        serde_json::json!({
+            "impl": "linesweep", "what": "imagenet train transform (decode + random-resized crop + flip)",
+            "images": decoded, "threads": args.threads, "size": args.size,
+            "images_per_s": decoded as f64 / s,
+        })
+    ))?;
+    Ok(())
+}

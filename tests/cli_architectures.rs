@@ -1,0 +1,94 @@
+//! A sweep over architectures (MLP, CNN, ResNet-20 with batch norm) × seeds on a generated
+//! CIFAR-10 fixture, through `linesweep run`, with the results read back by DuckDB and Polars.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{linesweep, repo, run_with_deadline, text};
+use linesweep_worker::data::cifar;
+
+#[test]
+fn mlp_cnn_and_resnet20_on_cifar10_land_in_duckdb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("cifar");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, name) in cifar::TRAIN_FILES.iter().enumerate() {
+        std::fs::write(data.join(name), cifar::synthetic_records(20, i as u8)).unwrap();
+    }
+    std::fs::write(data.join(cifar::TEST_FILE), cifar::synthetic_records(40, 99)).unwrap();
+    let spec = dir.join("archs.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+name = "archs"
+
+[grid]
+arch = ["mlp", "cnn", "resnet20"]
+seed = [1, 2]
+
+[data]
+dataset = "cifar10"
+dir = "{}"
+max_train_examples = 64
+
+[model]
+hidden = [32]
+channels = [8, 16]
+
+[train]
+epochs = 1
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+
+[snapshot]
+every = 1
+
+[eval]
+max_examples = 32
+alpha_start = 0.0
+alpha_stop = 1.0
+alpha_points = 5
+starts = ["init", "step:1"]
+bn_modes = ["interpolate", "recompute"]
+bn_batches = 1
+
+[storage]
+results = "{}"
+"#,
+            data.display(),
+            dir.join("results").display()
+        ),
+    )
+    .unwrap();
+    let out = linesweep(
+        &["run", spec.to_str().unwrap(), "--workers", "2"],
+        dir,
+        Duration::from_secs(600),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "run failed:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("6/6 committed") || stdout.contains("6 committed"), "{stdout}");
+
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("tests/python/check_archs.py"))
+        .arg(dir.join("results"))
+        .arg("archs");
+    let check = run_with_deadline(cmd, Duration::from_secs(120));
+    assert!(
+        check.status.success(),
+        "result check failed:\n{}\n{}",
+        text(&check.stdout),
+        text(&check.stderr)
+    );
+    assert!(text(&check.stdout).starts_with("ok: 6 runs"), "{}", text(&check.stdout));
+}
