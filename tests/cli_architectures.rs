@@ -18,7 +18,11 @@ fn mlp_cnn_and_resnet20_on_cifar10_land_in_duckdb() {
     for (i, name) in cifar::TRAIN_FILES.iter().enumerate() {
         std::fs::write(data.join(name), cifar::synthetic_records(20, i as u8)).unwrap();
     }
-    std::fs::write(data.join(cifar::TEST_FILE), cifar::synthetic_records(40, 99)).unwrap();
+    std::fs::write(
+        data.join(cifar::TEST_FILE),
+        cifar::synthetic_records(40, 99),
+    )
+    .unwrap();
     let spec = dir.join("archs.toml");
     std::fs::write(
         &spec,
@@ -76,7 +80,10 @@ results = "{}"
         "run failed:\n{stdout}\n{}",
         text(&out.stderr)
     );
-    assert!(stdout.contains("6/6 committed") || stdout.contains("6 committed"), "{stdout}");
+    assert!(
+        stdout.contains("6/6 committed") || stdout.contains("6 committed"),
+        "{stdout}"
+    );
 
     let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = Command::new(python);
@@ -90,5 +97,92 @@ results = "{}"
         text(&check.stdout),
         text(&check.stderr)
     );
-    assert!(text(&check.stdout).starts_with("ok: 6 runs"), "{}", text(&check.stdout));
+    assert!(
+        text(&check.stdout).starts_with("ok: 6 runs"),
+        "{}",
+        text(&check.stdout)
+    );
+}
+
+#[test]
+fn bad_architecture_inputs_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exec = |toml: &str| {
+        let cfg = dir.join("shard.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let out = linesweep(
+            &[
+                "exec",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                dir.join("out").to_str().unwrap(),
+            ],
+            dir,
+            Duration::from_secs(120),
+        );
+        assert!(!out.status.success(), "{toml} was accepted");
+        text(&out.stderr)
+    };
+    let err = exec("[model]\narch = \"resnet101\"\n");
+    assert!(
+        err.contains("line 2") && err.contains("resnet101") && err.contains("resnet50"),
+        "{err}"
+    );
+    let err = exec("[eval]\nbn_modes = [\"average\"]\n");
+    assert!(
+        err.contains("average") && err.contains("recompute"),
+        "{err}"
+    );
+    let err = exec("[eval]\nstarts = [\"init\", \"halfway\"]\n");
+    assert!(
+        err.contains("shard.toml:2: field `eval.starts`") && err.contains("halfway"),
+        "{err}"
+    );
+    let err = exec("[data]\ndataset = \"imagenet\"\n");
+    assert!(err.contains("field `data.dir`"), "{err}");
+
+    let cifar_dir = dir.join("cifar");
+    std::fs::create_dir_all(&cifar_dir).unwrap();
+    for name in cifar::TRAIN_FILES {
+        std::fs::write(cifar_dir.join(name), cifar::synthetic_records(2, 0)).unwrap();
+    }
+    std::fs::write(cifar_dir.join(cifar::TEST_FILE), vec![0u8; 3072]).unwrap();
+    let err = exec(&format!(
+        "[data]\ndataset = \"cifar10\"\ndir = \"{}\"\n",
+        cifar_dir.display()
+    ));
+    assert!(
+        err.contains("test_batch.bin: 3072 bytes is not a whole number"),
+        "{err}"
+    );
+
+    let empty = dir.join("imagenet");
+    std::fs::create_dir_all(empty.join("train/n01")).unwrap();
+    std::fs::create_dir_all(empty.join("val/n01")).unwrap();
+    let err = exec(&format!(
+        "[data]\ndataset = \"imagenet\"\ndir = \"{}\"\n",
+        empty.display()
+    ));
+    assert!(err.contains("no images"), "{err}");
+
+    let out = linesweep(
+        &[
+            "data",
+            "fetch",
+            "imagenet",
+            "--dir",
+            dir.join("in").to_str().unwrap(),
+        ],
+        dir,
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be downloaded automatically"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("panicked"));
 }
