@@ -67,6 +67,22 @@ pub enum DataWhat {
     /// Download `mnist` or `cifar10` into DIR and verify the published MD5 checksums
     /// (`imagenet` explains where to place it).
     Fetch(FetchArgs),
+    /// Write a small synthetic dataset in the real on-disk format (`cifar10` binary batches or
+    /// an `imagenet` folder of JPEGs), for dry runs and GPU checks without the real data.
+    Synth(SynthArgs),
+}
+
+/// `linesweep data synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// `cifar10` or `imagenet`.
+    pub dataset: String,
+    /// Target directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Training examples (test/validation: a fifth as many).
+    #[arg(long, default_value_t = 1000)]
+    pub examples: usize,
 }
 
 /// `linesweep data fetch`.

@@ -196,7 +196,7 @@ fn batch_norm_line_marks_negative_variance_points_invalid() {
 #[test]
 fn a_resnet20_training_step_lowers_the_loss() {
     use burn::module::Module;
-    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::optim::{GradientsParams, SgdConfig};
     use burn::prelude::*;
     use linesweep_worker::config::{Arch, ModelConfig};
     use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};

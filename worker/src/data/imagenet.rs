@@ -28,6 +28,12 @@ const PLACE_IT: &str = "ImageNet cannot be downloaded automatically (its licence
     sign-in at image-net.org); place it as DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG \
     (validation images sorted into class folders) and set `data.dir = \"DIR\"`";
 
+/// Image files with their labels.
+type Labelled = Vec<(PathBuf, u16)>;
+
+/// A decoded, transformed image and its label, or `None` when the file did not decode.
+type Decoded = Option<(Vec<f32>, u16)>;
+
 /// Training images decoded per batch.
 #[derive(Debug, Clone)]
 pub struct Folder {
@@ -37,10 +43,7 @@ pub struct Folder {
 }
 
 /// Lists `root/<class>/<image>` files; with `classes`, folders must be among them.
-fn scan(
-    root: &Path,
-    classes: Option<&[String]>,
-) -> Result<(Vec<String>, Vec<(PathBuf, u16)>), DataError> {
+fn scan(root: &Path, classes: Option<&[String]>) -> Result<(Vec<String>, Labelled), DataError> {
     let bad = |file: &Path, problem: String| DataError {
         file: file.display().to_string(),
         problem,
@@ -203,7 +206,7 @@ impl Folder {
         let seeds: Vec<u64> = idx.iter().map(|_| rng.random()).collect();
         let jobs: Vec<(usize, u64)> = idx.iter().copied().zip(seeds).collect();
         let chunk = jobs.len().div_ceil(threads.max(1)).max(1);
-        let parts: Vec<Vec<Option<(Vec<f32>, u16)>>> = std::thread::scope(|s| {
+        let parts: Vec<Vec<Decoded>> = std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .chunks(chunk)
                 .map(|part| {

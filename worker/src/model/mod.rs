@@ -20,6 +20,8 @@ use crate::config::{Activation, Arch, ModelConfig};
 
 /// Any architecture of the shard config. An enum module: its variant names never reach
 /// snapshot names (snapshots skip enum variants), so `Net::ResNet` saves torchvision's keys.
+// A network is built once per run and moved rarely; boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net {
     /// Fully connected.
