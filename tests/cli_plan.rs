@@ -60,3 +60,23 @@ fn broken_spec_is_one_error_line() {
         "{err}"
     );
 }
+
+#[test]
+fn architecture_examples_plan_with_normalised_configs() {
+    for (file, shards) in [
+        ("examples/cifar10-resnet.toml", 12),
+        ("examples/imagenet-resnet50.toml", 1),
+    ] {
+        let o = linesweep(&["plan", file, "--json"], &repo(), Duration::from_secs(60));
+        assert!(o.status.success(), "{file}: {}", text(&o.stderr));
+        let plans: Vec<serde_json::Value> = text(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(plans.len(), shards, "{file}");
+        for p in &plans {
+            // The normalised config spells the architecture's default out.
+            assert!(p["config"]["model"]["norm"].is_string(), "{p}");
+        }
+    }
+}
