@@ -235,9 +235,12 @@ impl Folder {
                     })
                 })
                 .collect();
+            // A decoder thread that panicked (a bug in a codec) loses its images: they are
+            // counted as skipped like undecodable files, never silently dropped.
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_default())
+                .zip(jobs.chunks(chunk))
+                .map(|(h, part)| h.join().unwrap_or_else(|_| vec![None; part.len()]))
                 .collect()
         });
         let mut batch = Batch {

@@ -56,8 +56,7 @@ pub struct Line<'a> {
 
 /// Copies `from`'s running statistics into `to` (same architecture).
 fn copy_running_stats(to: &mut Net, from: &Net) {
-    let mut src = from.clone();
-    for (dst, src) in to.norms_mut().into_iter().zip(src.norms_mut()) {
+    for (dst, src) in to.norms_mut().into_iter().zip(from.norms()) {
         dst.running_mean = RunningState::new(src.running_mean.value());
         dst.running_var = RunningState::new(src.running_var.value());
     }

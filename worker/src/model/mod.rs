@@ -95,7 +95,8 @@ impl Net {
         }
     }
 
-    fn norms(&self) -> Vec<&BatchNorm> {
+    /// Every batch-norm layer, in the same order as [`norms_mut`](Self::norms_mut).
+    pub fn norms(&self) -> Vec<&BatchNorm> {
         match self {
             Self::Mlp(m) => m.norms().collect(),
             Self::Cnn(m) => m.norms().collect(),
