@@ -7,7 +7,7 @@ use anyhow::Context;
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
-use linesweep_worker::config::{Arch, DataConfig, ModelConfig};
+use linesweep_worker::config::{Arch, DataConfig, ModelConfig, Precision};
 use linesweep_worker::data::{TrainData, imagenet};
 use linesweep_worker::device;
 use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};
@@ -19,6 +19,15 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let arch: Arch = serde_json::from_value(serde_json::Value::String(args.arch.clone()))
         .with_context(|| format!("unknown architecture `{}`", args.arch))?;
     let target = device::parse(&args.device)?;
+    let precision: Precision =
+        serde_json::from_value(serde_json::Value::String(args.precision.clone()))
+            .with_context(|| format!("unknown precision `{}` (f32 or bf16)", args.precision))?;
+    anyhow::ensure!(
+        linesweep_worker::model::precision::supported(&target.device, precision),
+        "the device {} cannot compute in {}",
+        target.name,
+        args.precision
+    );
     let ad = target.device.clone().autodiff();
     ad.seed(1);
     let cfg = ModelConfig {
@@ -35,7 +44,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let y = labels_tensor(&labels, &ad);
     let mut optim = SgdConfig::new().init();
     let mut step = |net: Net| -> (Net, f32) {
-        let loss = cross_entropy(net.forward(x.clone()), y.clone()).mean();
+        let loss = cross_entropy(net.autocast(precision).forward(x.clone()), y.clone()).mean();
         let v = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &net);
         (optim.step(0.01, net, grads), v)
@@ -50,7 +59,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let xv = x.clone().to_device(&target.device);
     let yv = y.clone().to_device(&target.device);
     let eval = |m: &Net| {
-        cross_entropy(m.forward(xv.clone()), yv.clone())
+        cross_entropy(m.autocast(precision).forward(xv.clone()), yv.clone())
             .mean()
             .into_scalar::<f32>()
     };
@@ -65,7 +74,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         "{}\n",
         serde_json::json!({
             "impl": "linesweep", "device": target.name, "arch": args.arch, "batch": args.batch,
-            "size": args.size, "steps": args.steps,
+            "size": args.size, "steps": args.steps, "precision": precision.as_str(),
             "train_images_per_s": images / train_s, "eval_images_per_s": images / eval_s,
         })
     ))?;

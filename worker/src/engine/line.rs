@@ -10,10 +10,11 @@
 
 use burn::module::{Module, RunningState};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 
 use super::eval::{Accumulator, EvalSet, LossAcc};
 use super::{Phase, Progress};
-use crate::config::BnMode;
+use crate::config::{BnMode, Precision};
 use crate::model::Net;
 use crate::science::{AlphaGrid, lerp_modules, lerp_tensor};
 
@@ -52,6 +53,8 @@ pub struct Line<'a> {
     pub bn_mode: Option<BnMode>,
     /// Training batches for `recompute` (used in training mode, no gradients).
     pub bn_batches: Option<&'a EvalSet>,
+    /// Arithmetic of the forward passes (the interpolation itself is always f32).
+    pub precision: Precision,
 }
 
 /// Copies `from`'s running statistics into `to` (same architecture).
@@ -64,13 +67,16 @@ fn copy_running_stats(to: &mut Net, from: &Net) {
 
 /// Resets the running statistics of `net` and re-estimates them as the plain average over
 /// `batches` of the batch statistics, in training mode on an autodiff device without
-/// parameter gradients.
-pub fn recompute_running_stats(net: Net, batches: &EvalSet) -> Net {
+/// parameter gradients, with forward passes in `precision`.
+pub fn recompute_running_stats(mut net: Net, batches: &EvalSet, precision: Precision) -> Net {
     let Some((x0, _)) = batches.batches.first() else {
         return net;
     };
     let ad = x0.device().autodiff();
-    let mut m = net.to_device(&ad).train().no_grad();
+    let mut m = net.clone().to_device(&ad).train().no_grad();
+    if precision != Precision::F32 {
+        m = m.cast_weights(precision.dtype());
+    }
     for bn in m.norms_mut() {
         let c = bn.running_mean.value().dims()[0];
         let dev = bn.running_mean.value().device();
@@ -82,10 +88,11 @@ pub fn recompute_running_stats(net: Net, batches: &EvalSet) -> Net {
         for bn in m.norms_mut() {
             bn.momentum = 1.0 / (k + 1) as f64;
         }
-        let _ = m.forward(x.clone().to_device(&ad));
+        let _ = m.forward(x.clone().to_device(&ad).cast(precision.dtype()));
     }
     let dev = x0.device();
-    m.valid().to_device(&dev)
+    copy_running_stats(&mut net, &m.valid().to_device(&dev));
+    net
 }
 
 /// Evaluates `line` at every α of `grid` on every set, in evaluation mode.
@@ -95,12 +102,20 @@ pub fn evaluate_line(
     sets: &[&EvalSet],
     progress: &dyn Progress,
 ) -> Vec<LinePoint> {
-    let mlps = line.start.as_mlp().zip(line.end.as_mlp());
+    let dtype = line.precision.dtype();
+    let (start, end) = (
+        line.start.autocast(line.precision),
+        line.end.autocast(line.precision),
+    );
+    let mlps = start.net().as_mlp().zip(end.net().as_mlp());
     let width: usize = match mlps {
         Some((s, _)) => sets
             .iter()
             .flat_map(|set| set.batches.first())
-            .map(|(x, _)| s.first_layer(flat(x.clone().narrow(0, 0, 1))).dims()[1])
+            .map(|(x, _)| {
+                s.first_layer(flat(x.clone().narrow(0, 0, 1)).cast(dtype))
+                    .dims()[1]
+            })
             .next()
             .unwrap_or(0),
         None => 0,
@@ -115,8 +130,13 @@ pub fn evaluate_line(
                 set.batches
                     .iter()
                     .map(|(x, _)| {
-                        let x = flat(x.clone());
-                        (s.first_layer(x.clone()), e.first_layer(x))
+                        // Cached in f32: the interpolation of the pre-activations is f32
+                        // like that of the weights.
+                        let x = flat(x.clone()).cast(dtype);
+                        (
+                            s.first_layer(x.clone()).cast(FloatDType::F32),
+                            e.first_layer(x).cast(FloatDType::F32),
+                        )
                     })
                     .collect()
             })
@@ -131,12 +151,13 @@ pub fn evaluate_line(
             Some(BnMode::Endpoint) => copy_running_stats(&mut model, line.end),
             Some(BnMode::Recompute) => {
                 if let Some(b) = line.bn_batches {
-                    model = recompute_running_stats(model, b);
+                    model = recompute_running_stats(model, b, line.precision);
                 }
             }
             Some(BnMode::Interpolate) | None => {}
         }
         let invalid = model.min_running_var().is_some_and(|v| v < 0.0);
+        let model = model.autocast(line.precision);
         for (si, set) in sets.iter().enumerate() {
             let point = |value: Option<LossAcc>, reason: Option<&'static str>| LinePoint {
                 start: line.start_label.to_owned(),
@@ -152,10 +173,11 @@ pub fn evaluate_line(
             }
             let mut acc = Accumulator::default();
             for (bi, (x, y)) in set.batches.iter().enumerate() {
-                let logits = match (model.as_mlp(), cached.get(si)) {
+                let logits = match (model.net().as_mlp(), cached.get(si)) {
                     (Some(m), Some(c)) => {
                         let (pre_s, pre_e) = c[bi].clone();
-                        m.forward_from_first(lerp_tensor(pre_s, pre_e, alpha))
+                        m.forward_from_first(lerp_tensor(pre_s, pre_e, alpha).cast(dtype))
+                            .cast(FloatDType::F32)
                     }
                     _ => model.forward(x.clone()),
                 };

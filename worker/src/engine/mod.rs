@@ -257,6 +257,7 @@ pub fn run_shard(
                     end: &trained.last,
                     bn_mode,
                     bn_batches: recompute_set.as_ref(),
+                    precision: cfg.train.precision,
                 };
                 line.extend(line::evaluate_line(
                     &spec,

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::eval::{EvalSet, cross_entropy, evaluate, labels_tensor};
 use super::{EngineError, Phase, Progress};
-use crate::config::{OptimizerName, Precision, Schedule, ShardConfig, TrainConfig};
+use crate::config::{OptimizerName, Schedule, ShardConfig, TrainConfig};
 use crate::data::{Batch, TrainData};
 use crate::model::Net;
 use crate::snapshot::HostSnapshot;
@@ -281,10 +281,12 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<Trained, EngineError> {
     let tc = &cfg.train;
-    if tc.precision == Precision::Bf16 {
-        return Err(EngineError::Config(
-            "train.precision = \"bf16\" is not implemented yet; use \"f32\"".into(),
-        ));
+    let precision = tc.precision;
+    if !crate::model::precision::supported(device, precision) {
+        return Err(EngineError::Config(format!(
+            "train.precision = \"{}\": the device {device:?} cannot compute in it; use \"f32\"",
+            precision.as_str()
+        )));
     }
     let ad = device.clone().autodiff();
     let shape = train.shape();
@@ -363,7 +365,12 @@ pub fn train(
         }
     }
     let is_start = |step: u64| start_steps.iter().any(|(_, s)| *s == step);
-    let loss_at = |m: &Net| train_eval.map(|set| evaluate(set, |x| m.forward(x)).loss);
+    let loss_at = |m: &Net| {
+        train_eval.map(|set| {
+            let m = m.autocast(precision);
+            evaluate(set, |x| m.forward(x)).loss
+        })
+    };
 
     let init_train_loss = if resume.is_some() {
         None
@@ -468,7 +475,7 @@ pub fn train(
                 None
             } else {
                 let (x, y) = batch_tensors(batch.features, &batch.labels, shape, &ad);
-                let loss = cross_entropy(model.forward(x), y).mean();
+                let loss = cross_entropy(model.autocast(precision).forward(x), y).mean();
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
                     diverged_at = Some(step + 1);

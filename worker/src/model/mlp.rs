@@ -79,7 +79,7 @@ impl Mlp {
 
     fn hidden_activation(&self, i: usize, pre: Tensor<2>) -> Tensor<2> {
         let normed = match self.norms.get(i) {
-            Some(bn) => bn.forward(pre),
+            Some(bn) => super::precision::norm_f32(bn, pre),
             None => pre,
         };
         activate(self.activation, normed)

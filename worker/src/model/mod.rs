@@ -5,6 +5,7 @@
 
 pub mod cnn;
 pub mod mlp;
+pub mod precision;
 pub mod resnet;
 
 use burn::module::Module;
@@ -14,6 +15,7 @@ use burn::tensor::activation;
 
 pub use cnn::Cnn;
 pub use mlp::Mlp;
+pub use precision::Autocast;
 pub use resnet::ResNet;
 
 use crate::config::{Activation, Arch, ModelConfig};
