@@ -5,9 +5,10 @@
 #   scripts/gpu-check.sh [BINARY]     # default: target/release/linesweep
 #
 # Build the binary beforehand on a machine with the toolchain:
-#   cargo build --release --features wgpu          (add ,cuda where the CUDA toolkit is installed)
+#   cargo build --release --features wgpu          (add ,cuda where the CUDA toolkit is installed
+#                                                   and GitHub is reachable: see the README)
 # Prints, per device: training and evaluation images/s of `bench model` (ResNet-20, batch 128,
-# 32×32), the phase timings of a whole shard (train, line) and the peak device memory seen by
+# 32×32; f32, then bf16 where the device supports it), the phase timings of a whole shard (train, line) and the peak device memory seen by
 # nvidia-smi while it ran.
 set -uo pipefail
 BIN=${1:-target/release/linesweep}
@@ -57,6 +58,9 @@ for dev in wgpu:0 cuda:0; do
     echo "skipped: $(echo "$out" | tail -1)"; continue
   fi
   peak_memory timeout 120 "$BIN" -q bench model --arch resnet20 --batch 128 --size 32 --steps 20 --device "$dev"
+  # Mixed precision (bf16 forward passes over f32 weights), where the device has bf16.
+  timeout 120 "$BIN" -q bench model --arch resnet20 --batch 128 --size 32 --steps 20 --device "$dev" \
+    --precision bf16 2>&1 | tail -1
   peak_memory timeout 120 "$BIN" -q bench --config "$WORK/shard.toml" --device "$dev" \
     | python3 -c 'import json,sys; j=json.loads(sys.stdin.readline()); print({k: j[k] for k in j if k.endswith(("_s","per_s","device","steps","seconds")) or k.startswith("timing")})'
 done

@@ -370,6 +370,9 @@ pub struct ModelBenchArgs {
     /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Batch norm: `batch` or `none` (default: the architecture's default).
+    #[arg(long)]
+    pub norm: Option<String>,
     /// Forward-pass arithmetic: `f32` or `bf16` (f32 master weights either way).
     #[arg(long, default_value = "f32")]
     pub precision: String,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
-use linesweep_worker::config::{Arch, DataConfig, ModelConfig, Precision};
+use linesweep_worker::config::{Arch, DataConfig, ModelConfig, Norm, Precision};
 use linesweep_worker::data::{TrainData, imagenet};
 use linesweep_worker::device;
 use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};
@@ -30,8 +30,16 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     );
     let ad = target.device.clone().autodiff();
     ad.seed(1);
+    let norm: Option<Norm> = match &args.norm {
+        Some(n) => Some(
+            serde_json::from_value(serde_json::Value::String(n.clone()))
+                .with_context(|| format!("unknown norm `{n}` (batch or none)"))?,
+        ),
+        None => None,
+    };
     let cfg = ModelConfig {
         arch,
+        norm,
         ..ModelConfig::default()
     };
     let mut net = Net::new(&cfg, [3, args.size, args.size], args.classes, &ad);
@@ -75,6 +83,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         serde_json::json!({
             "impl": "linesweep", "device": target.name, "arch": args.arch, "batch": args.batch,
             "size": args.size, "steps": args.steps, "precision": precision.as_str(),
+            "batch_norm": cfg.batch_norm(),
             "train_images_per_s": images / train_s, "eval_images_per_s": images / eval_s,
         })
     ))?;

@@ -117,6 +117,9 @@ struct CheckpointState {
     last_loss: f64,
     param_ids: Vec<u64>,
     samples: Vec<SampleMeta>,
+    /// Absent from checkpoints of versions before it was recorded.
+    #[serde(default)]
+    skipped_images: u64,
 }
 
 fn sink_err(e: impl std::fmt::Display) -> EngineError {
@@ -179,6 +182,7 @@ impl SnapshotSink for StorageSink<'_> {
             last_loss: c.last_loss,
             param_ids: c.param_ids.clone(),
             samples: c.samples.clone(),
+            skipped_images: c.skipped_images,
         };
         let json = serde_json::to_vec(&state).map_err(sink_err)?;
         self.storage
@@ -260,6 +264,7 @@ impl SnapshotSink for StorageSink<'_> {
                 optimizer,
                 param_ids: state.param_ids,
                 samples: state.samples,
+                skipped_images: state.skipped_images,
             },
             snapshots,
         }))

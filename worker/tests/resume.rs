@@ -166,3 +166,79 @@ fn interrupted_right_after_a_periodic_checkpoint_keeps_it() {
 fn interrupted_between_checkpoints_writes_one_at_the_stop() {
     interrupted_then_resumed_equals_whole(14);
 }
+
+#[test]
+fn a_resumed_attempt_counts_the_images_skipped_before_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("imagenet");
+    linesweep_worker::data::imagenet::write_synthetic(&data, 2, 6, 2, 24).unwrap();
+    // Two undecodable training images: every epoch meets both.
+    for f in [
+        "train/n00000001/img0000.JPEG",
+        "train/n00000002/img0003.JPEG",
+    ] {
+        std::fs::write(data.join(f), b"not a jpeg").unwrap();
+    }
+    let cfg = ShardConfig::from_toml(
+        &format!(
+            r#"
+seed = 2
+[data]
+dataset = "imagenet"
+dir = "{}"
+image_size = 16
+loader_threads = 1
+[model]
+hidden = [8]
+[train]
+epochs = 2
+batch_size = 4
+lr = 0.01
+[snapshot]
+every = 0
+[eval]
+max_examples = 8
+alpha_points = 5
+"#,
+            data.display()
+        ),
+        "skipped.toml",
+    )
+    .unwrap();
+    let storage = Storage::open(tmp.path().join("out").to_str().unwrap()).unwrap();
+    let device = ComputeDevice::cpu();
+    let staged = |attempt| Placement::Staged { attempt };
+    let whole = exec::run(
+        &cfg,
+        &device,
+        &storage,
+        "w",
+        staged(1),
+        2,
+        &StopAt::new(u64::MAX),
+    )
+    .unwrap()
+    .outcome
+    .metrics
+    .skipped_images;
+    // 12 training images, 3 steps per epoch: stopped after step 3 (one epoch, both bad
+    // images met), resumed for the second.
+    exec::run(&cfg, &device, &storage, "r", staged(1), 2, &StopAt::new(3))
+        .expect_err("the run was asked to stop");
+    let resumed = exec::run(
+        &cfg,
+        &device,
+        &storage,
+        "r",
+        staged(2),
+        2,
+        &StopAt::new(u64::MAX),
+    )
+    .unwrap()
+    .outcome
+    .metrics
+    .skipped_images;
+    // 2 per epoch in training, plus those in the decoded evaluation subset of the train split.
+    assert!(whole >= 4, "{whole}");
+    assert_eq!(resumed, whole);
+}

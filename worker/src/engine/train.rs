@@ -84,6 +84,8 @@ pub struct Checkpoint {
     pub param_ids: Vec<u64>,
     /// The snapshots taken so far, in step order.
     pub samples: Vec<SampleMeta>,
+    /// Training images skipped so far because they did not decode.
+    pub skipped_images: u64,
 }
 
 /// A checkpoint to resume from, with the snapshots its samples refer to.
@@ -195,6 +197,7 @@ struct PendingCheckpoint {
     param_ids: Vec<u64>,
     step: u64,
     last_loss: f64,
+    skipped_images: u64,
 }
 
 /// Work for the writer thread, in order: a checkpoint is stored after every snapshot before it.
@@ -328,6 +331,7 @@ pub fn train(
         );
     }
     let resume_step = resume.as_ref().map_or(0, |r| r.checkpoint.step);
+    let resumed_skipped = resume.as_ref().map_or(0, |r| r.checkpoint.skipped_images);
     let checkpoint_every = sink.checkpoint_every();
 
     let n = train.len();
@@ -439,20 +443,24 @@ pub fn train(
             writer_gone |= tx.send(ToWriter::Snapshot(p)).is_err();
             !writer_gone
         };
-        let checkpoint =
-            |model: &Net, optim: &burn::optim::ModuleOptimizer, step: u64, last_loss: f64| {
-                let job = PendingCheckpoint {
-                    model: model.valid(),
-                    optimizer: optim.to_record(),
-                    param_ids: burn::module::list_param_ids(model)
-                        .iter()
-                        .map(|id| id.val())
-                        .collect(),
-                    step,
-                    last_loss,
-                };
-                tx.send(ToWriter::Checkpoint(job)).is_ok()
+        let checkpoint = |model: &Net,
+                          optim: &burn::optim::ModuleOptimizer,
+                          step: u64,
+                          last_loss: f64,
+                          skipped| {
+            let job = PendingCheckpoint {
+                model: model.valid(),
+                optimizer: optim.to_record(),
+                param_ids: burn::module::list_param_ids(model)
+                    .iter()
+                    .map(|id| id.val())
+                    .collect(),
+                step,
+                last_loss,
+                skipped_images: skipped,
             };
+            tx.send(ToWriter::Checkpoint(job)).is_ok()
+        };
 
         progress.start(Phase::Training, total_steps);
         progress.advance(resume_step, None);
@@ -460,7 +468,8 @@ pub fn train(
         let mut diverged_at = None;
         let mut last_loss = resumed_loss;
         let mut interrupted = false;
-        let mut skipped_images = 0u64;
+        // Images skipped before a resumed checkpoint were counted by the attempt that made it.
+        let mut skipped_images = resumed_skipped;
         while step < total_steps {
             let Ok(batch) = brx.recv() else {
                 return Err(EngineError::Data(crate::data::DataError {
@@ -468,7 +477,9 @@ pub fn train(
                     problem: "the batch loader stopped early".into(),
                 }));
             };
-            skipped_images += batch.skipped;
+            // Counted once the step is taken: an interrupted attempt's last batch is loaded
+            // again by the attempt that resumes it.
+            let batch_skipped = batch.skipped;
             // A batch whose every image failed to decode trains nothing but still counts as a
             // step, so that step numbers (and the data order) stay those of the config.
             let loss_value = if batch.labels.is_empty() {
@@ -499,10 +510,11 @@ pub fn train(
                 let stored = checkpoint_every > 0 && step.is_multiple_of(checkpoint_every);
                 if step > resume_step && !stored {
                     // A failed send means the writer died; its error surfaces below.
-                    let _ = checkpoint(&model, &optim, step, last_loss);
+                    let _ = checkpoint(&model, &optim, step, last_loss, skipped_images);
                 }
                 break;
             }
+            skipped_images += batch_skipped;
             let step_loss = loss_value.as_ref().map_or(f64::NAN, |(_, v)| *v);
             if let Some((loss, loss_value)) = loss_value {
                 let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
@@ -533,7 +545,7 @@ pub fn train(
             if checkpoint_every > 0
                 && step.is_multiple_of(checkpoint_every)
                 && step != total_steps
-                && !checkpoint(&model, &optim, step, last_loss)
+                && !checkpoint(&model, &optim, step, last_loss, skipped_images)
             {
                 break;
             }
@@ -624,6 +636,7 @@ fn write_snapshots(
                     model,
                     optimizer,
                     param_ids: c.param_ids,
+                    skipped_images: c.skipped_images,
                     samples: samples
                         .iter()
                         .map(|s| SampleMeta {
