@@ -71,7 +71,7 @@ impl Cnn {
         for (i, conv) in self.convs.iter().enumerate() {
             h = conv.forward(h);
             if let Some(bn) = self.norms.get(i) {
-                h = super::precision::norm_f32(bn, h);
+                h = super::norm::batch_norm(bn, h);
             }
             h = activate(self.activation, h);
             // Images smaller than the pooling window keep their size.

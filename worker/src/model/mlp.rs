@@ -79,7 +79,7 @@ impl Mlp {
 
     fn hidden_activation(&self, i: usize, pre: Tensor<2>) -> Tensor<2> {
         let normed = match self.norms.get(i) {
-            Some(bn) => super::precision::norm_f32(bn, pre),
+            Some(bn) => super::norm::batch_norm(bn, pre),
             None => pre,
         };
         activate(self.activation, normed)

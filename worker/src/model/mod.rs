@@ -5,6 +5,7 @@
 
 pub mod cnn;
 pub mod mlp;
+pub mod norm;
 pub mod precision;
 pub mod resnet;
 

@@ -10,7 +10,6 @@
 //! cast to bf16 and logits back to f32, so losses are reduced in f32.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::BatchNorm;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
@@ -118,16 +117,6 @@ impl Net {
     /// network's.
     pub fn cast_weights(&self, dtype: FloatDType) -> Net {
         self.clone().map(&mut CastWeights { dtype, in_norm: 0 })
-    }
-}
-
-/// Batch norm in f32 whatever the type of `x`, returning `x`'s type.
-pub(crate) fn norm_f32<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
-    let dtype: FloatDType = x.dtype().into();
-    if dtype == FloatDType::F32 {
-        bn.forward(x)
-    } else {
-        bn.forward(x.cast(FloatDType::F32)).cast(dtype)
     }
 }
 

@@ -137,7 +137,7 @@ impl Builder<'_> {
 
 fn norm_forward(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
     match bn {
-        Some(bn) => super::precision::norm_f32(bn, x),
+        Some(bn) => super::norm::batch_norm(bn, x),
         None => x,
     }
 }
