@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# GPU check: a ResNet-20 CIFAR shard on synthetic data, on wgpu and on cuda, with a prepared
-# release binary. Builds nothing; finishes in under 5 minutes.
+# GPU check: a ResNet-20 CIFAR shard on synthetic data, on wgpu, vulkan and cuda, with a
+# prepared release binary. Builds nothing; finishes in under 5 minutes.
 #
 #   scripts/gpu-check.sh [BINARY]     # default: target/release/linesweep
 #
 # Build the binary beforehand on a machine with the toolchain:
-#   cargo build --release --features wgpu          (add ,cuda where the CUDA toolkit is installed
-#                                                   and GitHub is reachable: see the README)
+#   cargo build --release --features vulkan        (implies wgpu; add ,cuda where the CUDA
+#                                                   toolkit is installed and GitHub is
+#                                                   reachable: see the README)
 # Prints, per device: training and evaluation images/s of `bench model` (ResNet-20, batch 128,
-# 32×32; f32, then bf16 where the device supports it), the phase timings of a whole shard (train, line) and the peak device memory seen by
-# nvidia-smi while it ran.
+# 32×32; f32, then bf16 where the device supports it), the phase timings of a whole shard
+# (train, line) and the peak device memory seen by nvidia-smi while it ran. Devices the binary
+# was not built for are reported as skipped.
 set -uo pipefail
 BIN=${1:-target/release/linesweep}
 [ -x "$BIN" ] || { echo "no executable at $BIN; build it first (see the header)" >&2; exit 2; }
@@ -52,7 +54,7 @@ peak_memory() { # runs "$@", prints the peak GPU memory (MiB) seen while it ran
   return $rc
 }
 
-for dev in wgpu:0 cuda:0; do
+for dev in wgpu:0 vulkan:0 cuda:0; do
   echo "== $dev"
   if ! out=$(timeout 60 "$BIN" -q bench model --arch resnet20 --batch 128 --size 32 --steps 1 --device "$dev" 2>&1); then
     echo "skipped: $(echo "$out" | tail -1)"; continue

@@ -123,7 +123,7 @@ pub struct ExecArgs {
     /// Output location: a directory or file:///dir.
     #[arg(long, short)]
     pub out: String,
-    /// Device: cpu, wgpu[:N] or cuda[:N] (GPU backends need the cargo feature of that name).
+    /// Device: cpu, wgpu[:N], vulkan[:N] or cuda[:N] (GPU backends need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Sweep name used as the results partition (`sweep=<name>`).
@@ -163,7 +163,7 @@ pub struct WorkerArgs {
     /// Where the coordinator is.
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Device the shards train on: cpu, wgpu[:N] or cuda[:N].
+    /// Device the shards train on: cpu, wgpu[:N], vulkan[:N] or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Shards run at once (each in its own process).
@@ -367,7 +367,7 @@ pub struct ModelBenchArgs {
     /// Timed training steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// `cpu`, `wgpu[:N]` or `cuda[:N]`.
+    /// `cpu`, `wgpu[:N]`, `vulkan[:N]` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Batch norm: `batch` or `none` (default: the architecture's default).

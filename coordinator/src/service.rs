@@ -82,10 +82,37 @@ pub struct Coordinator {
     wake: Arc<tokio::sync::Notify>,
     live: Arc<Mutex<Live>>,
     stores: Arc<Mutex<HashMap<String, Arc<Storage>>>>,
+    /// One gate per shard being published: a completion and the reaper's roll-forward (or two
+    /// retries of one completion) must not publish the same attempt at once, because the one
+    /// that commits first removes the staging the other is still copying.
+    publishing: Gates,
     clock: Clock,
     default_results: String,
     heartbeat_interval_ms: u64,
     watch_interval: Duration,
+}
+
+/// Publish gates by (sweep, shard).
+type Gates = Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Exclusive right to publish one shard; its map entry goes with the last holder or waiter.
+struct Gate {
+    gates: Gates,
+    key: (String, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let mut gates = lock(&self.gates);
+        if let Some(guard) = self.guard.take() {
+            // The map's reference and the guard's: nobody waits, and a new caller needs the
+            // map lock held here.
+            if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&guard)) == 2 {
+                gates.remove(&self.key);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,6 +142,7 @@ impl Coordinator {
             wake,
             live: Arc::default(),
             stores: Arc::default(),
+            publishing: Arc::default(),
             clock,
             default_results,
             // Six heartbeats per TTL: a lease survives a few lost ones.
@@ -231,15 +259,41 @@ impl Coordinator {
         Ok(s)
     }
 
-    /// Publishes and commits `attempt` (the ledger must be at `Publishing{attempt}`); returns
-    /// how many objects were newly published. A permanent publish failure is recorded as an
-    /// application failure of the attempt.
+    fn gate_mutex(&self, sweep: &str, shard: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = (sweep.to_owned(), shard.to_owned());
+        lock(&self.publishing).entry(key).or_default().clone()
+    }
+
+    /// Waits for the right to publish `shard`.
+    async fn publish_gate(&self, sweep: &str, shard: &str) -> Gate {
+        let guard = self.gate_mutex(sweep, shard).lock_owned().await;
+        Gate {
+            gates: self.publishing.clone(),
+            key: (sweep.to_owned(), shard.to_owned()),
+            guard: Some(guard),
+        }
+    }
+
+    /// The right to publish `shard`, unless a call holds it now.
+    fn try_publish_gate(&self, sweep: &str, shard: &str) -> Option<Gate> {
+        let guard = self.gate_mutex(sweep, shard).try_lock_owned().ok()?;
+        Some(Gate {
+            gates: self.publishing.clone(),
+            key: (sweep.to_owned(), shard.to_owned()),
+            guard: Some(guard),
+        })
+    }
+
+    /// Publishes and commits `attempt` (the ledger must be at `Publishing{attempt}`, and the
+    /// caller must hold the shard's [`Gate`]); returns how many objects were newly published.
+    /// A permanent publish failure is recorded as an application failure of the attempt.
     async fn finish_publish(
         &self,
         sweep: &str,
         shard: &str,
         attempt: u32,
         results: &str,
+        _gate: &Gate,
     ) -> Result<u64, Status> {
         let storage = self.storage(results).await?;
         let (sw, sh) = (sweep.to_owned(), shard.to_owned());
@@ -302,9 +356,20 @@ impl Coordinator {
         };
         let mut done = 0;
         for (sweep, shard, attempt) in pending {
+            // A completion is publishing it right now; it is not stuck.
+            let Some(gate) = self.try_publish_gate(&sweep, &shard) else {
+                continue;
+            };
             let Ok(results) = self.read_ledger(|l, _| l.results(&sweep)) else {
                 continue;
             };
+            // It may have been committed since the list was read.
+            if self
+                .read_ledger(|l, _| l.shard(&sweep, &shard))
+                .is_ok_and(|s| s.state != ShardState::Publishing { attempt })
+            {
+                continue;
+            }
             let outcome = if results.is_empty() {
                 match self
                     .with_ledger(|l, now| l.commit(&sweep, &shard, attempt, now))
@@ -314,7 +379,8 @@ impl Coordinator {
                     Err(e) => Err(e),
                 }
             } else {
-                self.finish_publish(&sweep, &shard, attempt, &results).await
+                self.finish_publish(&sweep, &shard, attempt, &results, &gate)
+                    .await
             };
             match outcome {
                 Ok(_) => {
@@ -606,6 +672,9 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 published: 0,
             }));
         }
+        // One call at a time per shard from here: a retry after a lost reply, or the reaper's
+        // roll-forward, waits, then finds the attempt committed.
+        let gate = self.publish_gate(sweep, shard).await;
         // Check the staged output before recording any intent: an attempt that staged nothing
         // is told so and the shard is left as it is (the worker reports the failure).
         let holds = self.read_ledger(|l, now| {
@@ -633,7 +702,8 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let published = match decision {
             Ok(Publish::AlreadyCommitted) => 0,
             Ok(Publish::Start(_) | Publish::Resume) => {
-                self.finish_publish(sweep, shard, attempt, &results).await?
+                self.finish_publish(sweep, shard, attempt, &results, &gate)
+                    .await?
             }
             Err(e) => {
                 let v = verdict(Err(e))?;

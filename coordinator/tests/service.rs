@@ -302,3 +302,92 @@ async fn calls_without_the_token_or_version_are_refused() {
         .expect("serve did not stop")
         .unwrap();
 }
+
+/// A lost reply makes a worker retry `complete` while the first call is still publishing, and
+/// the reaper rolls unfinished publishes forward every 20 ms: every call must succeed, and the
+/// staged files are published exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_completions_of_one_attempt_publish_exactly_once() {
+    let mut run = start(60_000).await;
+    let ch = channel(&run.addr).await;
+    let mut control = ControlServiceClient::new(ch.clone());
+    let mut worker = WorkerServiceClient::new(ch.clone());
+    let sub = pb::SubmitRequest {
+        protocol_version: V,
+        sweep: "cc".into(),
+        shards: vec![pb::ShardSpec {
+            id: "s0".into(),
+            config_json: "{}".into(),
+        }],
+        ..Default::default()
+    };
+    control.submit(authed(sub)).await.unwrap();
+    let g = worker
+        .lease(authed(pb::LeaseRequest {
+            protocol_version: V,
+            worker: "w".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .granted
+        .unwrap();
+    let t = token(&g);
+    // Enough files that one publish takes long enough for the others to overlap it.
+    const FILES: u64 = 300;
+    let root = run.results.path().to_str().unwrap().to_owned();
+    let staging = layout::staging_prefix("cc", &t.shard, t.attempt);
+    // The run's results row, which marks the staging complete, and many snapshots.
+    let keys: Vec<String> = std::iter::once(layout::result_key("runs", "cc", &t.shard))
+        .chain((1..FILES).map(|i| layout::snapshot_key(&t.shard, i)))
+        .collect();
+    {
+        let (root, keys, staging) = (root.clone(), keys.clone(), staging.clone());
+        tokio::task::spawn_blocking(move || {
+            let st = Storage::open(&root).unwrap();
+            for (i, k) in keys.iter().enumerate() {
+                st.put(&format!("{staging}/{k}"), vec![i as u8; 64])
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let done = pb::CompleteRequest {
+        protocol_version: V,
+        token: Some(t),
+    };
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut w = WorkerServiceClient::new(ch.clone());
+            let req = done.clone();
+            tokio::spawn(async move { w.complete(authed(req)).await })
+        })
+        .collect();
+    let mut published = 0;
+    for c in calls {
+        let r = tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("a completion did not answer within 30 s")
+            .unwrap()
+            .expect("every concurrent completion succeeds")
+            .into_inner();
+        assert_eq!(r.verdict, LeaseVerdict::Ok as i32);
+        published += r.published;
+    }
+    assert_eq!(published, FILES, "each staged file is published once");
+    tokio::task::spawn_blocking(move || {
+        let st = Storage::open(&root).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(st.get(k).unwrap().as_ref(), &[i as u8; 64][..], "{k}");
+        }
+        assert!(st.list("staging").unwrap().is_empty());
+    })
+    .await
+    .unwrap();
+    let _ = run.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(5), &mut run.task)
+        .await
+        .expect("serve did not stop")
+        .unwrap();
+}

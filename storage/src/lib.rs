@@ -222,10 +222,14 @@ fn remove_empty_dirs(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Creates and removes a uniquely named file in `dir`. The name must be unique per call, not
+/// per process: threads of one process (a coordinator's concurrent requests) open the same
+/// location at once, and a shared name let one remove the other's probe.
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".linesweep-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(probe)
+    tempfile::Builder::new()
+        .prefix(".linesweep-probe-")
+        .tempfile_in(dir)?
+        .close()
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! `--device` strings → burn devices. `cpu` (burn's pure-Rust `flex` backend) is always
-//! available; `wgpu[:N]` and `cuda[:N]` need the cargo features of the same name.
+//! available; `wgpu[:N]`, `vulkan[:N]` and `cuda[:N]` need the cargo features of the same
+//! name. `vulkan` is wgpu pinned to Vulkan and compiling kernels to SPIR-V, which is what
+//! unlocks tensor-core matmuls and low-precision types on NVIDIA and AMD GPUs.
 //!
 //! **Architecture invariant:** nothing in linesweep calls `Device::default()`: with several
 //! backends compiled in, feature unification would silently pick a GPU.
@@ -10,7 +12,7 @@ use burn::prelude::*;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeviceError {
     /// Not one of the known forms.
-    #[error("unknown device `{0}`: expected cpu, wgpu[:N] or cuda[:N]")]
+    #[error("unknown device `{0}`: expected cpu, wgpu[:N], vulkan[:N] or cuda[:N]")]
     Unknown(String),
     /// The backend is not compiled into this binary.
     #[error(
@@ -27,7 +29,7 @@ pub enum DeviceError {
 pub struct ComputeDevice {
     /// The runtime device.
     pub device: Device,
-    /// `cpu`, `wgpu:N` or `cuda:N`.
+    /// `cpu`, `wgpu:N`, `vulkan:N` or `cuda:N`.
     pub name: String,
 }
 
@@ -41,7 +43,7 @@ impl ComputeDevice {
     }
 }
 
-/// Parses `cpu`, `flex`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
+/// Parses `cpu`, `flex`, `wgpu[:N]`, `vulkan[:N]`, `cuda[:N]`.
 pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
     let (kind, index) = match spec.split_once(':') {
         Some((k, i)) => {
@@ -57,6 +59,10 @@ pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
         "wgpu" => Ok(ComputeDevice {
             device: wgpu(spec, index)?,
             name: format!("wgpu:{index}"),
+        }),
+        "vulkan" => Ok(ComputeDevice {
+            device: vulkan(spec, index)?,
+            name: format!("vulkan:{index}"),
         }),
         "cuda" => Ok(ComputeDevice {
             device: cuda(spec, index)?,
@@ -76,6 +82,19 @@ fn wgpu(spec: &str, _: usize) -> Result<Device, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "wgpu",
+    })
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan(_: &str, index: usize) -> Result<Device, DeviceError> {
+    Ok(Device::vulkan(DeviceKind::DiscreteGpu(index)))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(spec: &str, _: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::NotCompiled {
+        device: spec.to_owned(),
+        feature: "vulkan",
     })
 }
 
@@ -119,5 +138,12 @@ mod tests {
     fn missing_backend_names_the_feature() {
         let err = parse("cuda:1").unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
+    }
+
+    #[cfg(not(feature = "vulkan"))]
+    #[test]
+    fn missing_vulkan_names_its_feature() {
+        let err = parse("vulkan:0").unwrap_err().to_string();
+        assert!(err.contains("--features vulkan"), "{err}");
     }
 }

@@ -182,6 +182,15 @@ pub fn run_shard(
     let grid = cfg
         .alpha_grid()
         .map_err(|e| EngineError::Config(e.to_string()))?;
+    // Refused before any data is read.
+    let precision = cfg.train.precision;
+    if !crate::model::precision::supported(device, precision) {
+        return Err(EngineError::Config(format!(
+            "train.precision = \"{}\": the device {} cannot compute in it; use \"f32\"",
+            precision.as_str(),
+            target.name
+        )));
+    }
 
     let t = Instant::now();
     let data = data::load(&cfg.data, cfg.eval.max_examples)?;

@@ -284,13 +284,8 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<Trained, EngineError> {
     let tc = &cfg.train;
+    // `run_shard` has refused a precision the device lacks, naming the device.
     let precision = tc.precision;
-    if !crate::model::precision::supported(device, precision) {
-        return Err(EngineError::Config(format!(
-            "train.precision = \"{}\": the device {device:?} cannot compute in it; use \"f32\"",
-            precision.as_str()
-        )));
-    }
     let ad = device.clone().autodiff();
     let shape = train.shape();
     let mut model = {
