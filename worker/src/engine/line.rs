@@ -103,11 +103,17 @@ pub fn evaluate_line(
     progress: &dyn Progress,
 ) -> Vec<LinePoint> {
     let dtype = line.precision.dtype();
-    let (start, end) = (
-        line.start.autocast(line.precision),
-        line.end.autocast(line.precision),
-    );
-    let mlps = start.net().as_mlp().zip(end.net().as_mlp());
+    // Only the MLP's first-layer cache runs the endpoints themselves: cast them just then.
+    let is_mlp = line.start.as_mlp().is_some() && line.end.as_mlp().is_some();
+    let ends = is_mlp.then(|| {
+        (
+            line.start.autocast(line.precision),
+            line.end.autocast(line.precision),
+        )
+    });
+    let mlps = ends
+        .as_ref()
+        .and_then(|(s, e)| s.net().as_mlp().zip(e.net().as_mlp()));
     let width: usize = match mlps {
         Some((s, _)) => sets
             .iter()

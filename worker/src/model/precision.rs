@@ -85,15 +85,6 @@ impl Autocast<'_> {
         }
     }
 
-    /// The network that runs the forward passes, mutably (`None` for f32, whose network is
-    /// borrowed).
-    pub fn net_mut(&mut self) -> Option<&mut Net> {
-        match self {
-            Self::Same(_) => None,
-            Self::Cast(net, _) => Some(net),
-        }
-    }
-
     /// The float type of the arithmetic.
     pub fn dtype(&self) -> FloatDType {
         match self {
