@@ -51,6 +51,31 @@ pub enum Command {
     Bench(BenchArgs),
     /// Datasets: download the public ones and verify their checksums.
     Data(DataArgs),
+    /// Check that a device computes what the CPU computes: the same θ_i and batches, a few
+    /// training steps of an MLP and a batch-norm ResNet-20, and the line's α = 0 and α = 1
+    /// rows, compared within a tolerance. Exits non-zero when they disagree.
+    CheckDevice(CheckDeviceArgs),
+}
+
+/// `linesweep check-device`.
+#[derive(Debug, Args)]
+pub struct CheckDeviceArgs {
+    /// The device to check: `wgpu[:N]`, `vulkan[:N]`, `cuda[:N]` (or `cpu`).
+    #[arg(long)]
+    pub device: String,
+    /// The device it must agree with (always in f32).
+    #[arg(long, default_value = "cpu")]
+    pub reference: String,
+    /// Forward-pass arithmetic on the checked device: `f32` or `bf16`.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// Largest relative difference accepted (default: 1e-2 for f32, which admits TF32
+    /// matmuls; 1e-1 for bf16 against the f32 reference).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Print every comparison as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `linesweep data`.

@@ -55,10 +55,11 @@ pub fn summary(shard: &str, sweep: &str, out_root: &str, o: &ShardOutcome) -> St
     let t = &m.timings;
     let _ = writeln!(
         s,
-        "time: data {:.2}s · train {:.2}s ({:.0} samples/s; snapshots {:.2}s) · line {:.2}s ({:.2} α/s) · trajectory {:.2}s · total {:.2}s",
+        "time: data {:.2}s · train {:.2}s ({:.0} samples/s; first step {:.2}s; snapshots {:.2}s) · line {:.2}s ({:.2} α/s) · trajectory {:.2}s · total {:.2}s",
         t.data,
         t.train,
         m.train_samples_per_s,
+        t.warmup,
         t.snapshots,
         t.line,
         m.line_points_per_s,
@@ -175,7 +176,7 @@ pub fn json(shard: &str, sweep: &str, o: &ShardOutcome) -> serde_json::Value {
         "train_samples_per_s": m.train_samples_per_s,
         "line_points_per_s": m.line_points_per_s,
         "seconds": {
-            "data": t.data, "train": t.train, "snapshots": t.snapshots, "line": t.line,
+            "data": t.data, "train": t.train, "warmup": t.warmup, "snapshots": t.snapshots, "line": t.line,
             "trajectory": t.trajectory, "total": t.total,
         },
     })

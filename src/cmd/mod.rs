@@ -3,6 +3,7 @@
 mod bench;
 mod bench_coordinator;
 mod bench_model;
+mod check_device;
 mod data;
 mod exec;
 mod plan;
@@ -36,5 +37,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Workers(args) => remote::workers(args),
         Command::Gc(args) => remote::gc(args),
         Command::Data(args) => data::run(args),
+        Command::CheckDevice(args) => check_device::run(args),
     }
 }

@@ -14,6 +14,9 @@ pub enum DeviceError {
     /// Not one of the known forms.
     #[error("unknown device `{0}`: expected cpu, wgpu[:N], vulkan[:N] or cuda[:N]")]
     Unknown(String),
+    /// The CUDA driver cannot be loaded or has no such device.
+    #[error("device `{device}`: {problem}")]
+    NoDriver { device: String, problem: String },
     /// The backend is not compiled into this binary.
     #[error(
         "device `{device}` needs the `{feature}` feature: rebuild with `cargo build --release --features {feature}`"
@@ -72,8 +75,44 @@ pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
     }
 }
 
+/// Names the folder of the GPU kernels' tuning cache (see [`tune_cache_dir`]).
+pub const TUNE_CACHE_ENV: &str = "LINESWEEP_TUNE_CACHE";
+
+/// Where CubeCL keeps autotune results and compiled kernels between processes: the folder
+/// named by `$LINESWEEP_TUNE_CACHE`, else `linesweep/cubecl` under the user cache folder
+/// (`$XDG_CACHE_HOME` or `~/.cache`), else under the temporary folder. Every process of one
+/// user on one machine shares it, so a worker tunes each shape once per machine, not once per
+/// shard. CubeCL's own default (`target/` above the working directory) depends on where a
+/// process happens to start.
+pub fn tune_cache_dir() -> std::path::PathBuf {
+    match std::env::var_os(TUNE_CACHE_ENV).filter(|v| !v.is_empty()) {
+        Some(dir) => dir.into(),
+        None => dirs::cache_dir()
+            .map(|d| d.join("linesweep").join("cubecl"))
+            .unwrap_or_else(|| std::env::temp_dir().join("linesweep-cubecl")),
+    }
+}
+
+/// Points CubeCL's persistent caches at [`tune_cache_dir`], once, before the first GPU device
+/// exists. Settings from a `cubecl.toml` and `CUBECL_*` variables are kept; only the folder is
+/// ours.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn configure_gpu_caches() {
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = tune_cache_dir();
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        config.environment.path = CacheConfig::Directory(dir.clone());
+        if CubeClRuntimeConfig::try_set(config) {
+            tracing::info!(cache = %dir.display(), "GPU kernel tuning cache");
+        }
+    });
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu(_: &str, index: usize) -> Result<Device, DeviceError> {
+    configure_gpu_caches();
     Ok(Device::wgpu(DeviceKind::DiscreteGpu(index)))
 }
 
@@ -87,6 +126,7 @@ fn wgpu(spec: &str, _: usize) -> Result<Device, DeviceError> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(_: &str, index: usize) -> Result<Device, DeviceError> {
+    configure_gpu_caches();
     Ok(Device::vulkan(DeviceKind::DiscreteGpu(index)))
 }
 
@@ -99,8 +139,69 @@ fn vulkan(spec: &str, _: usize) -> Result<Device, DeviceError> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(_: &str, index: usize) -> Result<Device, DeviceError> {
+fn cuda(spec: &str, index: usize) -> Result<Device, DeviceError> {
+    cuda_driver(spec, index)?;
+    configure_gpu_caches();
     Ok(Device::cuda(index))
+}
+
+/// Checks that the CUDA driver loads and has device `index`, before cudarc (which panics
+/// with a backtrace when `libcuda.so` is missing) is asked for it.
+///
+/// Hand-written against the driver API (three symbols through `dlopen`) because the point is
+/// to ask before any CUDA crate is involved; no crate offers a probe that cannot panic.
+pub fn cuda_driver(spec: &str, index: usize) -> Result<(), DeviceError> {
+    let fail = |problem: String| DeviceError::NoDriver {
+        device: spec.to_owned(),
+        problem,
+    };
+    let lib = ["libcuda.so.1", "libcuda.so"].iter().find_map(|name| {
+        let name = std::ffi::CString::new(*name).ok()?;
+        // SAFETY: dlopen with a valid C string; the handle is never closed (the driver stays
+        // loaded for cudarc, as it would be anyway).
+        let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        (!h.is_null()).then_some(h)
+    });
+    let Some(lib) = lib else {
+        return Err(fail(
+            "the NVIDIA driver is not installed (libcuda.so.1 cannot be loaded); install it, \
+             or in a container run with the NVIDIA container toolkit (--gpus all)"
+                .into(),
+        ));
+    };
+    let symbol = |name: &str| {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: a symbol lookup in a handle that dlopen returned.
+        let p = unsafe { libc::dlsym(lib, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (Some(init), Some(count)) = (symbol("cuInit"), symbol("cuDeviceGetCount")) else {
+        return Err(fail("libcuda.so.1 has no cuInit/cuDeviceGetCount".into()));
+    };
+    // SAFETY: the driver API's signatures: CUresult cuInit(unsigned int) and
+    // CUresult cuDeviceGetCount(int*).
+    type CuInit = extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = extern "C" fn(*mut i32) -> i32;
+    let (init, count) = unsafe {
+        (
+            std::mem::transmute::<*mut libc::c_void, CuInit>(init),
+            std::mem::transmute::<*mut libc::c_void, CuDeviceGetCount>(count),
+        )
+    };
+    let rc = init(0);
+    if rc != 0 {
+        return Err(fail(format!(
+            "the CUDA driver failed to initialise (CUresult {rc}; 100 means no GPU is visible)"
+        )));
+    }
+    let mut n = 0i32;
+    let rc = count(&mut n);
+    if rc != 0 || index >= n.max(0) as usize {
+        return Err(fail(format!(
+            "this machine has {n} CUDA device(s); there is no cuda:{index}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -138,6 +239,25 @@ mod tests {
     fn missing_backend_names_the_feature() {
         let err = parse("cuda:1").unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn cuda_without_a_driver_is_one_clear_error() {
+        // This machine and CI have no NVIDIA driver; where one exists, device 4096 does not.
+        let err = cuda_driver("cuda:4096", 4096).unwrap_err().to_string();
+        assert!(
+            err.starts_with("device `cuda:4096`: ")
+                && (err.contains("driver is not installed") || err.contains("no cuda:4096")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_tune_cache_is_a_user_folder_unless_named() {
+        let dir = tune_cache_dir();
+        if std::env::var_os(TUNE_CACHE_ENV).is_none() {
+            assert!(dir.ends_with("linesweep/cubecl") || dir.ends_with("linesweep-cubecl"));
+        }
     }
 
     #[cfg(not(feature = "vulkan"))]

@@ -144,6 +144,9 @@ fn line_endpoints_metrics_and_trajectory_are_consistent() {
         .flat_map(|(i, a)| train[i + 1..].iter().map(move |b| b - a))
         .fold(0.0f64, f64::max);
     assert_eq!(m.shape[0].unwrap().delta_min, rise);
+    // The first step is timed on its own, and is part of training.
+    let t = m.timings;
+    assert!(t.warmup > 0.0 && t.warmup < t.train, "{t:?}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 pub mod eval;
 pub mod kernels;
 pub mod line;
+pub mod parity;
 pub mod train;
 
 use std::time::Instant;
@@ -106,6 +107,9 @@ pub struct Timings {
     pub data: f64,
     /// Training, including waiting for the last snapshots to be stored.
     pub train: f64,
+    /// The attempt's first training step (part of `train`): where GPU backends compile and
+    /// autotune the training kernels.
+    pub warmup: f64,
     /// Capturing and storing snapshots, on a writer thread that overlaps training.
     pub snapshots: f64,
     /// The interpolation line.
@@ -223,6 +227,7 @@ pub fn run_shard(
     )?;
     timings.train = t.elapsed().as_secs_f64();
     timings.snapshots = trained.snapshot_seconds;
+    timings.warmup = trained.warmup_seconds;
 
     let mut metrics = RunMetrics {
         diverged: trained.diverged_at.is_some(),

@@ -135,6 +135,9 @@ pub struct Trained {
     pub snapshot_seconds: f64,
     /// Training images skipped because they did not decode.
     pub skipped_images: u64,
+    /// Seconds of the attempt's first step, from its batch to the next loss read (which waits
+    /// for the first update): kernel compilation and autotuning happen there.
+    pub warmup_seconds: f64,
 }
 
 /// The learning rate at `step` (0-based) for schedule `cfg`.
@@ -157,7 +160,7 @@ pub fn learning_rate(cfg: &TrainConfig, step: u64, steps_per_epoch: u64, total_s
     }
 }
 
-fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
+pub(crate) fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
     let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
     match cfg.optimizer {
         // PyTorch semantics: dampening 0 (burn's default is 0.1).
@@ -222,6 +225,33 @@ impl burn::module::ModuleMapper for RestoreIds {
             }
             None => param,
         }
+    }
+}
+
+/// Times the first step of an attempt: from its batch's arrival to the second loss read, the
+/// first moment the host knows the first update has run (GPU work is asynchronous).
+#[derive(Default)]
+struct Warmup {
+    started: Option<std::time::Instant>,
+    reads: u32,
+    seconds: Option<f64>,
+}
+
+impl Warmup {
+    fn batch_arrived(&mut self) {
+        self.started.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// A loss was read back (or training ended).
+    fn loss_read(&mut self) {
+        self.reads += 1;
+        if self.seconds.is_none() && self.reads == 2 {
+            self.seconds = self.started.map(|t| t.elapsed().as_secs_f64());
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.seconds.unwrap_or(0.0)
     }
 }
 
@@ -465,6 +495,7 @@ pub fn train(
         let mut interrupted = false;
         // Images skipped before a resumed checkpoint were counted by the attempt that made it.
         let mut skipped_images = resumed_skipped;
+        let mut warmup = Warmup::default();
         while step < total_steps {
             let Ok(batch) = brx.recv() else {
                 return Err(EngineError::Data(crate::data::DataError {
@@ -472,6 +503,7 @@ pub fn train(
                     problem: "the batch loader stopped early".into(),
                 }));
             };
+            warmup.batch_arrived();
             // Counted once the step is taken: an interrupted attempt's last batch is loaded
             // again by the attempt that resumes it.
             let batch_skipped = batch.skipped;
@@ -483,6 +515,7 @@ pub fn train(
                 let (x, y) = batch_tensors(batch.features, &batch.labels, shape, &ad);
                 let loss = cross_entropy(model.autocast(precision).forward(x), y).mean();
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                warmup.loss_read();
                 if !loss_value.is_finite() {
                     diverged_at = Some(step + 1);
                     tracing::warn!(
@@ -546,6 +579,7 @@ pub fn train(
             }
         }
         drop(brx);
+        warmup.loss_read();
         progress.finish();
         if interrupted {
             drop(tx);
@@ -594,6 +628,7 @@ pub fn train(
             parameter_count,
             snapshot_seconds: seconds,
             skipped_images,
+            warmup_seconds: warmup.seconds(),
         })
     })
 }

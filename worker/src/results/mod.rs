@@ -23,7 +23,7 @@ use crate::config::ShardConfig;
 use crate::engine::{SPLITS, ShardOutcome};
 
 /// Version of the result schemas; bump when a column is added.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Encoding a table failed (a schema/encoder mismatch or a Parquet error).
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +198,8 @@ pub fn runs_batch(
         str_list(e.bn_modes.iter().map(|m| m.as_str())),
         one_u(e.bn_batches as u64),
         one_u(m.skipped_images),
+        // Added in schema version 3.
+        one_f(m.timings.warmup),
     ];
     batch("runs", schema::runs(), cols)
 }

@@ -107,6 +107,8 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("bn_modes", list_str(), true),
         f("bn_batches", U, true),
         f("skipped_images", U, true),
+        // Schema version 3.
+        f("warmup_s", F, true),
     ]))
 });
 

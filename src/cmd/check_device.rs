@@ -1,0 +1,89 @@
+//! `linesweep check-device`: does a GPU backend compute what the CPU computes?
+
+use anyhow::Context;
+use linesweep_worker::config::Precision;
+use linesweep_worker::device;
+use linesweep_worker::engine::parity::{self, Report};
+
+use crate::cli::CheckDeviceArgs;
+
+pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {
+    let precision: Precision =
+        serde_json::from_value(serde_json::Value::String(args.precision.clone()))
+            .with_context(|| format!("unknown precision `{}` (f32 or bf16)", args.precision))?;
+    let tolerance = args
+        .tolerance
+        .unwrap_or_else(|| parity::default_tolerance(precision));
+    anyhow::ensure!(
+        tolerance.is_finite() && tolerance >= 0.0,
+        "--tolerance must be a finite number ≥ 0, not {tolerance}"
+    );
+    let reference = device::parse(&args.reference)?;
+    let target = device::parse(&args.device)?;
+    tracing::info!(
+        device = target.name,
+        reference = reference.name,
+        "checking the device"
+    );
+    let report = parity::check(
+        &parity::default_cases(),
+        &reference,
+        &target,
+        precision,
+        tolerance,
+    )?;
+    if args.json {
+        crate::render::emit(&format!("{}\n", serde_json::to_string(&report)?))?;
+    } else {
+        crate::render::emit(&summary(&report))?;
+    }
+    let failures = report.failures();
+    if let Some(first) = failures.first() {
+        anyhow::bail!(
+            "the device {} disagrees with {}: {} of {} checks beyond the tolerance {} (first: \
+             {} {}, difference {:.3e}); results computed on it cannot be trusted",
+            report.device,
+            report.reference,
+            failures.len(),
+            report.checks.len(),
+            report.tolerance,
+            first.case,
+            first.what,
+            first.difference
+        );
+    }
+    Ok(())
+}
+
+/// One line per case (checks, worst difference and what it was), then every failed check.
+fn summary(r: &Report) -> String {
+    let mut out = format!(
+        "{} ({}) against {} (f32), tolerance {}\n",
+        r.device, r.precision, r.reference, r.tolerance
+    );
+    let mut cases: Vec<&str> = r.checks.iter().map(|c| c.case.as_str()).collect();
+    cases.dedup();
+    for case in cases {
+        let of: Vec<_> = r.checks.iter().filter(|c| c.case == case).collect();
+        let bad = of.iter().filter(|c| !c.ok).count();
+        if let Some(w) = of
+            .iter()
+            .max_by(|a, b| a.difference.total_cmp(&b.difference))
+        {
+            out += &format!(
+                "  {case:<10} {} checks, {} beyond tolerance; largest difference {:.3e} ({})\n",
+                of.len(),
+                bad,
+                w.difference,
+                w.what
+            );
+        }
+    }
+    for c in r.failures() {
+        out += &format!(
+            "  FAIL {} {}: difference {:.3e} (reference {:.6})\n",
+            c.case, c.what, c.difference, c.reference
+        );
+    }
+    out
+}

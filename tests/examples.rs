@@ -1,0 +1,69 @@
+//! Every shipped example is exercised by a test: a broken example is a broken product.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The README's single-shard command, exactly as it reads there.
+#[test]
+fn the_readme_single_shard_example_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/shard-mnist-mlp.toml");
+    let o = linesweep(
+        &[
+            "exec",
+            "--config",
+            example.to_str().unwrap(),
+            "--out",
+            "out",
+        ],
+        tmp.path(),
+        Duration::from_secs(600),
+    );
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let runs = tmp.path().join("out/results/runs/sweep=exec");
+    assert_eq!(std::fs::read_dir(runs).unwrap().count(), 1);
+}
+
+/// The example says every field is the default: it must be the same shard as an empty file.
+#[test]
+fn the_single_shard_example_is_the_default_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("empty.toml"), "name = \"mnist-mlp\"\n").unwrap();
+    let plan = |file: &str| {
+        linesweep_worker::config::ShardConfig::from_file(std::path::Path::new(file))
+            .unwrap()
+            .shard_id()
+    };
+    let example = repo().join("examples/shard-mnist-mlp.toml");
+    assert_eq!(
+        plan(example.to_str().unwrap()),
+        plan(tmp.path().join("empty.toml").to_str().unwrap())
+    );
+}
+
+/// Each file in examples/ is named by at least one test.
+#[test]
+fn every_example_is_named_by_a_test() {
+    let mut sources = String::new();
+    for entry in std::fs::read_dir(repo().join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            sources += &std::fs::read_to_string(path).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            sources.contains(&format!("examples/{name}")),
+            "examples/{name} is exercised by no test"
+        );
+    }
+}
