@@ -63,16 +63,22 @@ pub struct CheckDeviceArgs {
     /// The device to check: `wgpu[:N]`, `vulkan[:N]`, `cuda[:N]` (or `cpu`).
     #[arg(long)]
     pub device: String,
-    /// The device it must agree with (always in f32).
+    /// The device it must agree with.
     #[arg(long, default_value = "cpu")]
     pub reference: String,
     /// Forward-pass arithmetic on the checked device: `f32` or `bf16`.
     #[arg(long, default_value = "f32")]
     pub precision: String,
-    /// Largest relative difference accepted (default: 1e-2 for f32, which admits TF32
-    /// matmuls; 1e-1 for bf16 against the f32 reference).
+    /// Forward-pass arithmetic on the reference (default: the same as `--precision`).
+    #[arg(long)]
+    pub reference_precision: Option<String>,
+    /// Largest relative difference accepted (default: 2e-2 in f32, which admits TF32
+    /// matmuls; 5e-2 in bf16).
     #[arg(long)]
     pub tolerance: Option<f64>,
+    /// Training steps per network before the weights are compared.
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
     /// Print every comparison as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,

@@ -28,7 +28,7 @@ fn the_cpu_passes_its_own_check() {
 
 #[test]
 fn a_disagreeing_device_fails_loudly() {
-    // bf16 forward passes against the f32 reference, held to a tolerance no bf16 run can meet:
+    // bf16 forward passes against an f32 reference, held to a tolerance no bf16 run can meet:
     // a real disagreement, as a wrong GPU kernel would give (only larger).
     let tmp = tempfile::tempdir().unwrap();
     let o = linesweep(
@@ -38,6 +38,8 @@ fn a_disagreeing_device_fails_loudly() {
             "cpu",
             "--precision",
             "bf16",
+            "--reference-precision",
+            "f32",
             "--tolerance",
             "1e-6",
             "--json",

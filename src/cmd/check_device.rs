@@ -3,14 +3,21 @@
 use anyhow::Context;
 use linesweep_worker::config::Precision;
 use linesweep_worker::device;
-use linesweep_worker::engine::parity::{self, Report};
+use linesweep_worker::engine::parity::{self, Report, Side};
 
 use crate::cli::CheckDeviceArgs;
 
+fn precision(name: &str) -> anyhow::Result<Precision> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .with_context(|| format!("unknown precision `{name}` (f32 or bf16)"))
+}
+
 pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {
-    let precision: Precision =
-        serde_json::from_value(serde_json::Value::String(args.precision.clone()))
-            .with_context(|| format!("unknown precision `{}` (f32 or bf16)", args.precision))?;
+    let precision = precision(&args.precision)?;
+    let reference_precision = match &args.reference_precision {
+        Some(p) => self::precision(p)?,
+        None => precision,
+    };
     let tolerance = args
         .tolerance
         .unwrap_or_else(|| parity::default_tolerance(precision));
@@ -25,11 +32,21 @@ pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {
         reference = reference.name,
         "checking the device"
     );
+    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    let mut cases = parity::default_cases();
+    for case in &mut cases {
+        case.steps = args.steps;
+    }
     let report = parity::check(
-        &parity::default_cases(),
-        &reference,
-        &target,
-        precision,
+        &cases,
+        Side {
+            device: &reference,
+            precision: reference_precision,
+        },
+        Side {
+            device: &target,
+            precision,
+        },
         tolerance,
     )?;
     if args.json {
@@ -58,8 +75,8 @@ pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {
 /// One line per case (checks, worst difference and what it was), then every failed check.
 fn summary(r: &Report) -> String {
     let mut out = format!(
-        "{} ({}) against {} (f32), tolerance {}\n",
-        r.device, r.precision, r.reference, r.tolerance
+        "{} ({}) against {} ({}), tolerance {}\n",
+        r.device, r.precision, r.reference, r.reference_precision, r.tolerance
     );
     let mut cases: Vec<&str> = r.checks.iter().map(|c| c.case.as_str()).collect();
     cases.dedup();
