@@ -24,7 +24,10 @@ runs = q(
     f"from {table('runs')} where sweep = '{sweep}' group by arch order by arch"
 )
 assert [(a, n) for a, n, _, _ in runs] == [("cnn", 2), ("mlp", 2), ("resnet20", 2)], runs
-assert all(v == 2 and bn for _, _, v, bn in runs), runs
+assert all(v == 3 and bn for _, _, v, bn in runs), runs
+# Schema 3: the first step is timed on its own, within training.
+warm = q(f"select count(*) from {table('runs')} where sweep = '{sweep}' and warmup_s > 0 and warmup_s < train_s")
+assert warm == [(6,)], warm
 # Lines: 2 starts × 5 α × 2 splits, times 2 batch-norm modes for the ResNet only.
 lines = q(
     f"select r.arch, count(*), count(distinct (i.shard, i.start, i.bn_mode, i.alpha, i.split)), "
