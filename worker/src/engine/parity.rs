@@ -205,6 +205,17 @@ fn check_case(
 ) -> Result<Vec<Check>, EngineError> {
     let init = initial_snapshot(case, reference.device)?;
     let digits = crate::data::mnist::load_builtin()?.train;
+    let needed = case.batch * (case.steps + 2);
+    if needed > digits.len() {
+        return Err(EngineError::Config(format!(
+            "the check of {} needs {needed} examples ({} steps of {} and 2 evaluation batches); \
+             the built-in sample has {}: use fewer steps",
+            case.name,
+            case.steps,
+            case.batch,
+            digits.len()
+        )));
+    }
     let batches = fixed_split(case, &digits, 0, case.batch * case.steps);
     let run_ref = train_steps(case, &init, &batches, reference)?;
     let run_dev = train_steps(case, &init, &batches, device)?;
