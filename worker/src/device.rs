@@ -12,19 +12,29 @@ use burn::prelude::*;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeviceError {
     /// Not one of the known forms.
-    #[error("unknown device `{0}`: expected cpu, wgpu[:N], vulkan[:N] or cuda[:N]")]
+    #[error(
+        "unknown device `{0}`: expected cpu, wgpu[:N], vulkan[:N], cuda[:N] (or wgpu:cpu / vulkan:cpu for a software GPU driver)"
+    )]
     Unknown(String),
     /// The CUDA driver cannot be loaded or has no such device.
     #[error("device `{device}`: {problem}")]
     NoDriver { device: String, problem: String },
     /// The backend is not compiled into this binary.
-    #[error(
-        "device `{device}` needs the `{feature}` feature: rebuild with `cargo build --release --features {feature}`"
-    )]
+    #[error("device `{device}` needs the `{feature}` feature: rebuild with `{}`", build_command(.feature))]
     NotCompiled {
         device: String,
         feature: &'static str,
     },
+}
+
+/// How to build a binary with `feature`: cuda's build needs the static LLVM first.
+fn build_command(feature: &str) -> String {
+    let build = format!("cargo build --release --features {feature}");
+    if feature == "cuda" {
+        format!("scripts/setup-llvm.sh && {build}")
+    } else {
+        build
+    }
 }
 
 /// A burn device and the name results record for it.
@@ -46,32 +56,47 @@ impl ComputeDevice {
     }
 }
 
-/// Parses `cpu`, `flex`, `wgpu[:N]`, `vulkan[:N]`, `cuda[:N]`.
-pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
-    let (kind, index) = match spec.split_once(':') {
-        Some((k, i)) => {
-            let idx: usize = i
-                .parse()
-                .map_err(|_| DeviceError::Unknown(spec.to_owned()))?;
-            (k, idx)
+/// Which adapter of a backend: the N-th GPU, or (wgpu and vulkan only) a software driver that
+/// runs the GPU code path on the CPU, such as Mesa's lavapipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    Gpu(usize),
+    Software,
+}
+
+impl Adapter {
+    fn label(self) -> String {
+        match self {
+            Adapter::Gpu(i) => i.to_string(),
+            Adapter::Software => "cpu".into(),
         }
-        None => (spec, 0),
+    }
+}
+
+/// Parses `cpu`, `flex`, `wgpu[:N|:cpu]`, `vulkan[:N|:cpu]`, `cuda[:N]`.
+pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
+    let unknown = || DeviceError::Unknown(spec.to_owned());
+    let (kind, adapter) = match spec.split_once(':') {
+        Some((k, "cpu")) if k != "cpu" && k != "flex" => (k, Adapter::Software),
+        Some((k, i)) => (k, Adapter::Gpu(i.parse().map_err(|_| unknown())?)),
+        None => (spec, Adapter::Gpu(0)),
     };
-    match kind {
-        "cpu" | "flex" if !spec.contains(':') => Ok(ComputeDevice::cpu()),
-        "wgpu" => Ok(ComputeDevice {
-            device: wgpu(spec, index)?,
-            name: format!("wgpu:{index}"),
-        }),
-        "vulkan" => Ok(ComputeDevice {
-            device: vulkan(spec, index)?,
-            name: format!("vulkan:{index}"),
-        }),
-        "cuda" => Ok(ComputeDevice {
-            device: cuda(spec, index)?,
-            name: format!("cuda:{index}"),
-        }),
-        _ => Err(DeviceError::Unknown(spec.to_owned())),
+    let name = format!("{kind}:{}", adapter.label());
+    let device = match (kind, adapter) {
+        ("cpu" | "flex", _) if !spec.contains(':') => return Ok(ComputeDevice::cpu()),
+        ("wgpu", a) => wgpu(spec, a)?,
+        ("vulkan", a) => vulkan(spec, a)?,
+        ("cuda", Adapter::Gpu(index)) => cuda(spec, index)?,
+        _ => return Err(unknown()),
+    };
+    Ok(ComputeDevice { device, name })
+}
+
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn device_kind(adapter: Adapter) -> DeviceKind {
+    match adapter {
+        Adapter::Gpu(i) => DeviceKind::DiscreteGpu(i),
+        Adapter::Software => DeviceKind::Cpu,
     }
 }
 
@@ -111,13 +136,13 @@ fn configure_gpu_caches() {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu(_: &str, index: usize) -> Result<Device, DeviceError> {
+fn wgpu(_: &str, adapter: Adapter) -> Result<Device, DeviceError> {
     configure_gpu_caches();
-    Ok(Device::wgpu(DeviceKind::DiscreteGpu(index)))
+    Ok(Device::wgpu(device_kind(adapter)))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu(spec: &str, _: usize) -> Result<Device, DeviceError> {
+fn wgpu(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "wgpu",
@@ -125,13 +150,13 @@ fn wgpu(spec: &str, _: usize) -> Result<Device, DeviceError> {
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan(_: &str, index: usize) -> Result<Device, DeviceError> {
+fn vulkan(_: &str, adapter: Adapter) -> Result<Device, DeviceError> {
     configure_gpu_caches();
-    Ok(Device::vulkan(DeviceKind::DiscreteGpu(index)))
+    Ok(Device::vulkan(device_kind(adapter)))
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan(spec: &str, _: usize) -> Result<Device, DeviceError> {
+fn vulkan(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "vulkan",
@@ -232,13 +257,19 @@ mod tests {
             parse("cpu:1").unwrap_err(),
             DeviceError::Unknown("cpu:1".into())
         );
+        for junk in ["cpu:cpu", "cuda:cpu", "vulkan:-1", "wgpu:"] {
+            assert_eq!(parse(junk).unwrap_err(), DeviceError::Unknown(junk.into()));
+        }
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn missing_backend_names_the_feature() {
         let err = parse("cuda:1").unwrap_err().to_string();
-        assert!(err.contains("--features cuda"), "{err}");
+        assert!(
+            err.contains("scripts/setup-llvm.sh && cargo build --release --features cuda"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -263,7 +294,9 @@ mod tests {
     #[cfg(not(feature = "vulkan"))]
     #[test]
     fn missing_vulkan_names_its_feature() {
-        let err = parse("vulkan:0").unwrap_err().to_string();
-        assert!(err.contains("--features vulkan"), "{err}");
+        for spec in ["vulkan:0", "vulkan:cpu"] {
+            let err = parse(spec).unwrap_err().to_string();
+            assert!(err.contains("--features vulkan"), "{err}");
+        }
     }
 }
