@@ -332,6 +332,10 @@ pub struct WorkersArgs {
 pub struct GcArgs {
     /// Sweep name.
     pub sweep: String,
+    /// Also remove what failed shards staged, their checkpoints included: a later `retry`
+    /// then starts those shards from scratch instead of resuming them.
+    #[arg(long)]
+    pub failed: bool,
     /// Where the coordinator is.
     #[command(flatten)]
     pub client: ClientArgs,

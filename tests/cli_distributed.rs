@@ -190,6 +190,37 @@ fn files_under(mut stack: Vec<PathBuf>) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Pids whose parent is `pid` (Linux /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after the last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether `pid` runs (a zombie, or a reaped and gone process, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -309,8 +340,20 @@ fn b_a_worker_killed_mid_shard_is_replaced_after_the_ttl() {
             })
         },
     );
+    let orphans = children_of(victim.0.id());
+    assert!(!orphans.is_empty(), "the victim runs its shard in a child");
     victim.signal(libc::SIGKILL);
     drop(victim);
+    // Its children stop too (PR_SET_PDEATHSIG, and their lifeline on stdin) instead of
+    // training on as orphans.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while orphans.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        orphans.iter().all(|p| !alive(*p)),
+        "children of a killed worker still run: {orphans:?}"
+    );
     let _rest: Vec<Proc> = ["b", "c"]
         .iter()
         .map(|n| worker(&url, n, &dir.join(format!("{n}.log"))))
@@ -531,6 +574,24 @@ seed = 99
         "committed shards are never rerun"
     );
     assert_eq!(published(&dir.join("results")), before);
+    // gc keeps what a failed shard staged (a retry resumes from its checkpoints) unless told.
+    let o = cli(dir, &url, &["gc", "flaky"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let staged = files(&dir.join("results/staging"));
+    assert!(
+        !staged.is_empty()
+            && staged
+                .iter()
+                .all(|(f, _)| f.to_string_lossy().contains("/flaky/")),
+        "{:?}",
+        staged.iter().map(|(f, _)| f).collect::<Vec<_>>()
+    );
+    let o = cli(dir, &url, &["gc", "flaky", "--failed"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        files(&dir.join("results/staging")).is_empty(),
+        "gc --failed left a failed shard's staging behind"
+    );
 }
 
 /// `exec` in staged mode as a worker runs it: stdin held open (the agent's lifeline), JSON

@@ -134,3 +134,27 @@ fn missing_config_file() {
     let err = text(&o.stderr);
     assert!(err.contains("nope.toml: cannot read the config"), "{err}");
 }
+
+#[test]
+fn config_json_is_validated_like_a_file() {
+    // The worker agent passes configs this way; `batch_size = 0` used to panic in the engine.
+    let tmp = tempfile::tempdir().unwrap();
+    let o = linesweep(
+        &[
+            "exec",
+            "--config-json",
+            r#"{"train": {"batch_size": 0}}"#,
+            "--out",
+            "out",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("--config-json: field `train.batch_size`") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out/results").exists());
+}

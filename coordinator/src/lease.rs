@@ -14,9 +14,11 @@
 //! cancelled, and only attempt `a` (or the coordinator rolling forward after a restart) can
 //! finish it. So no two attempts ever publish, even across a crash between copy and commit.
 //!
-//! Every lease issues a new attempt number; that number is the fencing token. A heartbeat,
-//! completion or failure that names another attempt, or arrives after the lease expired, is
-//! refused with [`Refused::LeaseLost`] and changes nothing. Lease expiry and preemption are
+//! Every lease issues a new attempt number; that number is the fencing token. A heartbeat or
+//! failure that names another attempt, or arrives after the lease expired, is refused with
+//! [`Refused::LeaseLost`] and changes nothing. A completion is refused only when its token is
+//! stale, i.e. a newer attempt exists: an expired lease that nobody took over may still
+//! publish. Lease expiry and preemption are
 //! infrastructure events and do not consume the application-failure budget.
 
 /// Milliseconds since the Unix epoch, on the coordinator's clock only.
@@ -141,6 +143,22 @@ impl Shard {
         }
     }
 
+    /// Fencing as Kleppmann describes it: `attempt`'s token is stale only once a newer attempt
+    /// has superseded it. A lease that expired while nobody took the shard over (still
+    /// `Leased`, or back to `Pending` with no newer attempt) may still publish what it
+    /// finished: a stalled coordinator, or a long status read, must not throw finished work
+    /// away.
+    fn latest_attempt(&self, attempt: u32) -> Result<(), Refused> {
+        match &self.state {
+            ShardState::Leased { attempt: a, .. } if *a == attempt => Ok(()),
+            ShardState::Pending if attempt >= 1 && self.attempts == attempt => Ok(()),
+            other => Err(Refused::LeaseLost {
+                attempt,
+                state: other.name(),
+            }),
+        }
+    }
+
     /// Pending → Leased under a new attempt number.
     ///
     /// ```
@@ -205,12 +223,12 @@ impl Shard {
     }
 
     /// `attempt` finished and wants its staged results published.
-    pub fn begin_publish(&self, attempt: u32, now: Millis) -> Result<Publish, Refused> {
+    pub fn begin_publish(&self, attempt: u32, _now: Millis) -> Result<Publish, Refused> {
         match &self.state {
             ShardState::Publishing { attempt: a } if *a == attempt => Ok(Publish::Resume),
             ShardState::Committed { attempt: a } if *a == attempt => Ok(Publish::AlreadyCommitted),
             _ => {
-                self.holds(attempt, now)?;
+                self.latest_attempt(attempt)?;
                 Ok(Publish::Start(Shard {
                     state: ShardState::Publishing { attempt },
                     ..self.clone()
@@ -415,13 +433,23 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_lease_cannot_commit_even_before_the_reaper_runs() {
+    fn an_expired_lease_may_commit_until_a_newer_attempt_supersedes_it() {
         let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
-        assert!(matches!(
-            s.complete(a, 1_000),
-            Err(Refused::LeaseLost { .. })
-        ));
         assert!(s.expire(999).is_none());
+        // Expired, not yet reaped: still the latest attempt.
+        let done = s.complete(a, 5_000).unwrap();
+        assert_eq!(done.state, ShardState::Committed { attempt: a });
+        // Reaped back to Pending, nobody has leased it again: still the latest attempt.
+        let pending = s.expire(1_000).unwrap();
+        let done = pending.complete(a, 5_000).unwrap();
+        assert_eq!(done.state, ShardState::Committed { attempt: a });
+        // Leased again: the old token is stale and refused.
+        let (again, a2) = pending.lease("w2", 1_001, &P).unwrap();
+        assert!(matches!(again.complete(a, 1_002), Err(Refused::LeaseLost { .. })));
+        assert!(again.complete(a2, 1_002).is_ok());
+        // A token no attempt ever had is refused.
+        assert!(matches!(Shard::new().complete(0, 1), Err(Refused::LeaseLost { .. })));
+        assert!(matches!(pending.complete(a + 1, 1), Err(Refused::LeaseLost { .. })));
     }
 
     #[test]

@@ -168,6 +168,16 @@ impl Ledger {
     /// Opens (creating if needed) the state file at `path`.
     pub fn open(path: &Path, policy: LeasePolicy) -> Result<Self, LedgerError> {
         let name = path.display().to_string();
+        // SQLite takes an empty file for a new database; for a coordinator it means a ledger
+        // lost (truncated, or replaced by a failed copy). Starting afresh would forget every
+        // committed shard, so it is refused like any corrupt file. A new ledger is a file that
+        // does not exist yet.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(LedgerError::Corrupt {
+                path: name,
+                message: "the file is empty (a lost ledger?); remove it to start a new one".into(),
+            });
+        }
         let conn = Connection::open(path)?;
         Self::init(conn, policy, name)
     }
@@ -839,6 +849,19 @@ mod tests {
         (0..n)
             .map(|i| (format!("s{i}"), format!("{{\"seed\":{i}}}")))
             .collect()
+    }
+
+    #[test]
+    fn an_empty_state_file_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        std::fs::write(&path, b"").unwrap();
+        let err = Ledger::open(&path, P).err().expect("refused").to_string();
+        assert!(err.contains("state.db") && err.contains("empty"), "{err}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // A file that does not exist yet is a new ledger.
+        std::fs::remove_file(&path).unwrap();
+        assert!(Ledger::open(&path, P).is_ok());
     }
 
     #[test]

@@ -6,17 +6,19 @@
 //!
 //! **Architecture invariant:** the only module of the coordinator that touches storage.
 
-use linesweep_storage::layout::{
-    COMMIT_TABLE, checkpoint_prefix, result_key, shard_staging, staging_prefix,
-};
+use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
+use linesweep_storage::layout::{COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix};
 use linesweep_storage::{Storage, StorageError};
 
 /// Why an attempt's output could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The attempt staged no `runs` file: it did not finish.
+    /// The attempt staged no attempt manifest: it did not finish.
     #[error("attempt {attempt} staged no results ({key} is missing)")]
     Incomplete { attempt: u32, key: String },
+    /// What the attempt staged is not a valid result of its lease; nothing was published.
+    #[error("attempt {attempt} cannot be published: {reason}")]
+    Invalid { attempt: u32, reason: String },
     /// A different object already sits at a final key.
     #[error("{key} already exists with other contents; the attempt's results were not published")]
     Conflict { key: String },
@@ -33,30 +35,120 @@ impl PublishError {
     }
 }
 
-/// The staged keys of an attempt that get published, `runs` last; checks that `runs` is there.
-pub fn staged(
+/// Checks what attempt `attempt` staged before any of it is published, and returns its
+/// manifest: the manifest matches the lease and lists every result table and only the shard's
+/// own keys; every listed object exists with its size, and the tables and JSON files (small)
+/// with their SHA-256 (snapshots, hundreds of MB, by size: hashing them here would make the
+/// coordinator read every byte it otherwise only links or copies server-side); every snapshot
+/// the snapshot manifest names is listed; the `runs` row names the lease's shard and the
+/// manifest's schema version.
+pub fn verify(
     storage: &Storage,
     sweep: &str,
     shard: &str,
     attempt: u32,
-) -> Result<Vec<String>, PublishError> {
+) -> Result<AttemptManifest, PublishError> {
+    let invalid = |reason: String| PublishError::Invalid { attempt, reason };
     let prefix = staging_prefix(sweep, shard, attempt);
-    let checkpoints = checkpoint_prefix(&prefix);
-    let commit_key = format!("{prefix}/{}", result_key(COMMIT_TABLE, sweep, shard));
-    let mut keys: Vec<String> = storage
-        .list(&prefix)?
-        .into_iter()
-        .filter(|k| !k.starts_with(&checkpoints))
-        .collect();
-    let Some(pos) = keys.iter().position(|k| *k == commit_key) else {
+    let manifest_key = format!("{prefix}/{ATTEMPT_MANIFEST}");
+    if storage.size(&manifest_key)?.is_none() {
         return Err(PublishError::Incomplete {
             attempt,
-            key: commit_key,
+            key: manifest_key,
         });
-    };
-    let last = keys.remove(pos);
-    keys.push(last);
-    Ok(keys)
+    }
+    let manifest: AttemptManifest = serde_json::from_slice(&storage.get(&manifest_key)?)
+        .map_err(|e| invalid(format!("{ATTEMPT_MANIFEST} does not parse: {e}")))?;
+    manifest.check(sweep, shard, attempt).map_err(invalid)?;
+    for f in &manifest.files {
+        let key = format!("{prefix}/{}", f.key);
+        match storage.size(&key)? {
+            None => return Err(invalid(format!("{} is listed but was not staged", f.key))),
+            Some(n) if n != f.bytes => {
+                return Err(invalid(format!(
+                    "{} has {n} bytes, the manifest says {}",
+                    f.key, f.bytes
+                )));
+            }
+            Some(_) => {}
+        }
+        if !f.key.ends_with(".safetensors") && sha256_hex(&storage.get(&key)?) != f.sha256 {
+            return Err(invalid(format!(
+                "{}: its contents differ from the manifest",
+                f.key
+            )));
+        }
+    }
+    check_snapshots(storage, &prefix, &manifest).map_err(invalid)?;
+    let runs = storage.get(&format!(
+        "{prefix}/{}",
+        result_key(COMMIT_TABLE, sweep, shard)
+    ))?;
+    check_runs_row(runs, shard, manifest.schema_version).map_err(invalid)?;
+    Ok(manifest)
+}
+
+/// Every snapshot file that `snapshots/<shard>/manifest.json` names is in the attempt manifest.
+fn check_snapshots(storage: &Storage, prefix: &str, m: &AttemptManifest) -> Result<(), String> {
+    let dir = snapshot_dir(&m.shard);
+    let key = format!("{dir}/manifest.json");
+    if !m.files.iter().any(|f| f.key == key) {
+        return Err(format!("the attempt staged no snapshot manifest ({key})"));
+    }
+    let bytes = storage
+        .get(&format!("{prefix}/{key}"))
+        .map_err(|e| e.to_string())?;
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{key} does not parse: {e}"))?;
+    let listed = snaps["snapshots"]
+        .as_array()
+        .ok_or_else(|| format!("{key} lists no snapshots"))?;
+    for s in listed {
+        let file = s["file"].as_str().unwrap_or_default();
+        let want = format!("{dir}/{file}");
+        if file.is_empty() || !m.files.iter().any(|f| f.key == want) {
+            return Err(format!("{key} names {want:?}, which the attempt did not stage"));
+        }
+    }
+    Ok(())
+}
+
+/// The staged `runs` file is one row for this shard, in the manifest's schema. (The row holds no
+/// sweep name: the sweep is the key's partition, which the manifest check pins.)
+fn check_runs_row(bytes: bytes::Bytes, shard: &str, schema_version: i32) -> Result<(), String> {
+    use arrow_array::{Array, Int32Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let what = |e: &dyn std::fmt::Display| format!("the runs file does not read: {e}");
+    let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| what(&e))?
+        .build()
+        .map_err(|e| what(&e))?;
+    let batch = reader
+        .next()
+        .ok_or("the runs file has no rows")?
+        .map_err(|e| what(&e))?;
+    if batch.num_rows() != 1 || reader.next().is_some() {
+        return Err("the runs file must hold exactly one row".into());
+    }
+    let row_shard = batch
+        .column_by_name("shard")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .filter(|c| c.is_valid(0))
+        .map(|c| c.value(0).to_owned())
+        .ok_or("the runs row has no `shard`")?;
+    let version = batch
+        .column_by_name("schema_version")
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+        .filter(|c| c.is_valid(0))
+        .map(|c| c.value(0))
+        .ok_or("the runs row has no `schema_version`")?;
+    if (row_shard.as_str(), version) != (shard, schema_version) {
+        return Err(format!(
+            "the runs row is shard {row_shard} in schema {version}, not shard {shard} in \
+             schema {schema_version}"
+        ));
+    }
+    Ok(())
 }
 
 /// Copies attempt `attempt`'s staged output to its final keys; returns how many objects were
@@ -67,12 +159,11 @@ pub fn publish(
     shard: &str,
     attempt: u32,
 ) -> Result<usize, PublishError> {
-    let prefix = format!("{}/", staging_prefix(sweep, shard, attempt));
+    let prefix = staging_prefix(sweep, shard, attempt);
+    let manifest = verify(storage, sweep, shard, attempt)?;
     let mut published = 0;
-    for key in staged(storage, sweep, shard, attempt)? {
-        let Some(target) = key.strip_prefix(&prefix) else {
-            continue;
-        };
+    for file in manifest.publish_order() {
+        let (key, target) = (format!("{prefix}/{}", file.key), file.key.as_str());
         match storage.copy_create(&key, target) {
             Ok(()) => published += 1,
             Err(StorageError::AlreadyExists { .. }) => {
@@ -110,49 +201,121 @@ pub fn staged_shards(storage: &Storage, sweep: &str) -> Result<Vec<String>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linesweep_storage::attempt::StagedFile;
+    use linesweep_storage::layout::snapshot_key;
 
-    fn stage(s: &Storage, attempt: u32, runs: &[u8]) {
-        let p = staging_prefix("sw", "abc", attempt);
-        s.put(
-            &format!("{p}/snapshots/abc/step-00000000.safetensors"),
-            vec![1],
-        )
+    /// A one-row `runs` file naming `shard`, in `schema`.
+    fn runs_file(shard: &str, schema: i32, extra: &str) -> Vec<u8> {
+        use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            ("schema_version", std::sync::Arc::new(Int32Array::from(vec![schema])) as ArrayRef),
+            ("shard", std::sync::Arc::new(StringArray::from(vec![shard])) as ArrayRef),
+            ("extra", std::sync::Arc::new(StringArray::from(vec![extra])) as ArrayRef),
+        ])
         .unwrap();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    }
+
+    /// Stages a complete attempt of shard `abc` of sweep `sw`, with `runs` as its runs file;
+    /// `tamper` may change the manifest before it is written.
+    fn stage(s: &Storage, attempt: u32, runs: Vec<u8>, tamper: impl FnOnce(&mut AttemptManifest)) {
+        let p = staging_prefix("sw", "abc", attempt);
+        let snap = snapshot_key("abc", 0);
+        let snaps = br#"{"snapshots": [{"file": "step-00000000.safetensors"}]}"#.to_vec();
+        let mut files = Vec::new();
+        for (key, bytes) in [
+            (snap, vec![1u8]),
+            ("snapshots/abc/manifest.json".to_owned(), snaps),
+            (result_key("interpolation", "sw", "abc"), b"i".to_vec()),
+            (result_key("trajectory", "sw", "abc"), b"t".to_vec()),
+            (result_key("runs", "sw", "abc"), runs),
+        ] {
+            files.push(StagedFile::of(&key, &bytes));
+            s.put(&format!("{p}/{key}"), bytes).unwrap();
+        }
         s.put(&format!("{p}/checkpoints/step-5/model.bin"), vec![2])
             .unwrap();
+        let mut m = AttemptManifest {
+            sweep: "sw".into(),
+            shard: "abc".into(),
+            attempt,
+            schema_version: 3,
+            files,
+        };
+        tamper(&mut m);
         s.put(
-            &format!("{p}/{}", result_key("runs", "sw", "abc")),
-            runs.to_vec(),
+            &format!("{p}/{ATTEMPT_MANIFEST}"),
+            serde_json::to_vec(&m).unwrap(),
         )
         .unwrap();
     }
 
-    #[test]
-    fn publish_is_create_only_idempotent_and_skips_checkpoints() {
+    fn store() -> (tempfile::TempDir, Storage) {
         let tmp = tempfile::tempdir().unwrap();
         let s = Storage::open(tmp.path().to_str().unwrap()).unwrap();
+        (tmp, s)
+    }
+
+    #[test]
+    fn publish_is_create_only_idempotent_and_skips_checkpoints() {
+        let (_tmp, s) = store();
         assert!(matches!(
             publish(&s, "sw", "abc", 1),
             Err(PublishError::Incomplete { .. })
         ));
-        stage(&s, 1, b"one");
-        assert_eq!(publish(&s, "sw", "abc", 1).unwrap(), 2);
+        let one = runs_file("abc", 3, "one");
+        stage(&s, 1, one.clone(), |_| {});
+        assert_eq!(publish(&s, "sw", "abc", 1).unwrap(), 5);
         assert_eq!(
             publish(&s, "sw", "abc", 1).unwrap(),
             0,
             "a repeat is harmless"
         );
         assert!(!s.exists("checkpoints/step-5/model.bin").unwrap());
+        assert!(!s.exists(ATTEMPT_MANIFEST).unwrap());
         // Another attempt with other bytes cannot replace what is published.
-        stage(&s, 2, b"two");
+        stage(&s, 2, runs_file("abc", 3, "two"), |_| {});
         let err = publish(&s, "sw", "abc", 2).unwrap_err();
         assert!(matches!(err, PublishError::Conflict { .. }), "{err}");
-        assert_eq!(
-            s.get(&result_key("runs", "sw", "abc")).unwrap().as_ref(),
-            b"one"
-        );
+        assert_eq!(s.get(&result_key("runs", "sw", "abc")).unwrap().to_vec(), one);
         assert_eq!(staged_shards(&s, "sw").unwrap(), vec!["abc"]);
-        assert_eq!(clean(&s, "sw", "abc").unwrap(), 6);
+        assert_eq!(clean(&s, "sw", "abc").unwrap(), 14);
         assert!(staged_shards(&s, "sw").unwrap().is_empty());
+    }
+
+    /// Each way a staging folder can lie is refused with its reason, and nothing is published.
+    #[test]
+    fn an_attempt_that_does_not_match_its_lease_is_never_published() {
+        type Tamper = Box<dyn FnOnce(&mut AttemptManifest)>;
+        let cases: Vec<(&str, Vec<u8>, Tamper, &str)> = vec![
+            ("another shard's runs row", runs_file("xyz", 3, ""), Box::new(|_| {}), "shard xyz"),
+            ("an old schema", runs_file("abc", 2, ""), Box::new(|_| {}), "schema 2"),
+            ("not parquet", b"runs".to_vec(), Box::new(|_| {}), "does not read"),
+            ("a missing table", runs_file("abc", 3, ""), Box::new(|m| {
+                m.files.retain(|f| !f.key.contains("trajectory"));
+            }), "no `trajectory` table"),
+            ("another lease", runs_file("abc", 3, ""), Box::new(|m| m.attempt = 9), "attempt 9"),
+            ("a changed size", runs_file("abc", 3, ""), Box::new(|m| m.files[0].bytes = 7), "the manifest says 7"),
+            ("a changed hash", runs_file("abc", 3, ""), Box::new(|m| m.files[1].sha256 = "00".into()), "differ from the manifest"),
+            ("an unstaged file", runs_file("abc", 3, ""), Box::new(|m| {
+                m.files.push(StagedFile::of("snapshots/abc/step-00000009.safetensors", b"x"));
+            }), "not staged"),
+        ];
+        for (what, runs, tamper, reason) in cases {
+            let (_tmp, s) = store();
+            stage(&s, 1, runs, tamper);
+            let err = publish(&s, "sw", "abc", 1).unwrap_err();
+            assert!(
+                matches!(&err, PublishError::Invalid { .. }) && err.to_string().contains(reason),
+                "{what}: {err}"
+            );
+            assert!(!err.is_transient());
+            assert!(s.list("results").unwrap().is_empty(), "{what}: something was published");
+            assert!(s.list("snapshots").unwrap().is_empty(), "{what}: something was published");
+        }
     }
 }

@@ -397,7 +397,7 @@ impl Coordinator {
 
     /// Removes staging that no live attempt needs: shards that are committed or cancelled,
     /// and shards the ledger does not know. Returns how many objects were deleted.
-    pub async fn gc(&self, sweep: &str) -> Result<u64, Status> {
+    pub async fn gc(&self, sweep: &str, include_failed: bool) -> Result<u64, Status> {
         let results = self.read_ledger(|l, _| l.results(sweep)).map_err(status)?;
         if results.is_empty() {
             return Ok(0);
@@ -409,11 +409,10 @@ impl Coordinator {
         tokio::task::spawn_blocking(move || {
             let mut deleted = 0;
             for id in publish::staged_shards(&storage, &sw)? {
-                let dead = states.get(&id).is_none_or(|s| {
-                    matches!(
-                        s.state,
-                        ShardState::Committed { .. } | ShardState::Cancelled
-                    )
+                let dead = states.get(&id).is_none_or(|s| match s.state {
+                    ShardState::Committed { .. } | ShardState::Cancelled => true,
+                    ShardState::Failed => include_failed,
+                    _ => false,
                 });
                 if dead {
                     deleted += publish::clean(&storage, &sw, &id)?;
@@ -685,7 +684,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             let storage = self.storage(&results).await?;
             let (sw, sh) = (sweep.to_owned(), shard.to_owned());
             let check =
-                tokio::task::spawn_blocking(move || publish::staged(&storage, &sw, &sh, attempt))
+                tokio::task::spawn_blocking(move || publish::verify(&storage, &sw, &sh, attempt))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
             match check {
@@ -764,6 +763,13 @@ impl pb::control_service_server::ControlService for Coordinator {
             return Err(Status::invalid_argument(
                 "a submission needs a sweep name and at least one shard",
             ));
+        }
+        if !linesweep_storage::layout::valid_sweep_name(&req.sweep) {
+            return Err(Status::invalid_argument(format!(
+                "`{}` is not a sweep name: {}",
+                req.sweep.escape_debug(),
+                linesweep_storage::layout::SWEEP_NAME_RULE
+            )));
         }
         if let Some(bad) = req.shards.iter().find(|s| {
             s.id.is_empty() || !s.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -932,7 +938,7 @@ impl pb::control_service_server::ControlService for Coordinator {
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let deleted = Coordinator::gc(self, &req.sweep).await?;
+        let deleted = Coordinator::gc(self, &req.sweep, req.include_failed).await?;
         Ok(Response::new(pb::GcReply { deleted }))
     }
 }

@@ -17,6 +17,59 @@ use tonic::transport::Channel;
 
 const TOKEN: &str = "s3cret";
 
+/// Stages a complete attempt as a worker does (snapshots `0..snapshots`, the snapshot
+/// manifest, the three tables with a real one-row `runs` file, the attempt manifest last) and
+/// returns the files that publishing it must produce.
+fn stage_attempt(
+    st: &Storage,
+    sweep: &str,
+    shard: &str,
+    attempt: u32,
+    snapshots: u64,
+) -> Vec<(String, Vec<u8>)> {
+    use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+    use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile};
+    let batch = RecordBatch::try_from_iter([
+        ("schema_version", Arc::new(Int32Array::from(vec![3])) as ArrayRef),
+        ("shard", Arc::new(StringArray::from(vec![shard])) as ArrayRef),
+    ])
+    .unwrap();
+    let mut runs = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut runs, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = (0..snapshots)
+        .map(|i| (layout::snapshot_key(shard, i), vec![i as u8; 64]))
+        .collect();
+    let listed: Vec<serde_json::Value> = (0..snapshots)
+        .map(|i| serde_json::json!({ "file": format!("step-{i:08}.safetensors") }))
+        .collect();
+    out.push((
+        format!("{}/manifest.json", layout::snapshot_dir(shard)),
+        serde_json::to_vec(&serde_json::json!({ "snapshots": listed })).unwrap(),
+    ));
+    out.push((layout::result_key("interpolation", sweep, shard), b"i".to_vec()));
+    out.push((layout::result_key("trajectory", sweep, shard), b"t".to_vec()));
+    out.push((layout::result_key("runs", sweep, shard), runs));
+    let staging = layout::staging_prefix(sweep, shard, attempt);
+    for (k, v) in &out {
+        st.put(&format!("{staging}/{k}"), v.clone()).unwrap();
+    }
+    let manifest = AttemptManifest {
+        sweep: sweep.into(),
+        shard: shard.into(),
+        attempt,
+        schema_version: 3,
+        files: out.iter().map(|(k, v)| StagedFile::of(k, v)).collect(),
+    };
+    st.put(
+        &format!("{staging}/{ATTEMPT_MANIFEST}"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
 struct Running {
     addr: String,
     results: tempfile::TempDir,
@@ -82,6 +135,27 @@ async fn channel(addr: &str) -> Channel {
 
 fn token(g: &pb::Granted) -> pb::Token {
     g.token.clone().unwrap()
+}
+
+#[tokio::test]
+async fn sweep_names_that_escape_the_layout_are_invalid_arguments() {
+    let run = start(500).await;
+    let mut control = ControlServiceClient::new(channel(&run.addr).await);
+    let long = "a".repeat(300);
+    for name in ["../../../../tmp/x", "a/b=c", "..", "x\ny", "7up", long.as_str()] {
+        let sub = pb::SubmitRequest {
+            protocol_version: V,
+            sweep: name.into(),
+            shards: vec![pb::ShardSpec {
+                id: "s0".into(),
+                config_json: "{}".into(),
+            }],
+            ..Default::default()
+        };
+        let err = control.submit(authed(sub)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}: {err}");
+        assert!(err.message().contains("not a sweep name"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -151,8 +225,6 @@ async fn leases_are_fenced_and_expire() {
     // a stages its output; completing publishes it to the final keys and removes staging.
     let ta = token(&a);
     let root = run.results.path().to_str().unwrap().to_owned();
-    let runs = layout::result_key("runs", "sw", &ta.shard);
-    let snap = layout::snapshot_key(&ta.shard, 0);
     // Storage is blocking (it owns a runtime): use it from a plain thread.
     let on_storage = |f: &(dyn Fn(&Storage) + Sync)| {
         std::thread::scope(|s| {
@@ -161,21 +233,24 @@ async fn leases_are_fenced_and_expire() {
                 .unwrap();
         })
     };
+    let staged = std::sync::Mutex::new(Vec::new());
     on_storage(&|st: &Storage| {
-        let staging = layout::staging_prefix("sw", &ta.shard, ta.attempt);
-        st.put(&format!("{staging}/{runs}"), b"runs".to_vec())
-            .unwrap();
-        st.put(&format!("{staging}/{snap}"), b"w".to_vec()).unwrap();
+        *staged.lock().unwrap() = stage_attempt(st, "sw", &ta.shard, ta.attempt, 1);
     });
+    let staged = staged.into_inner().unwrap();
     let r = worker
         .complete(authed(done.clone()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((r.verdict, r.published), (LeaseVerdict::Ok as i32, 2));
+    assert_eq!(
+        (r.verdict, r.published),
+        (LeaseVerdict::Ok as i32, staged.len() as u64)
+    );
     on_storage(&|st: &Storage| {
-        assert_eq!(st.get(&runs).unwrap().as_ref(), b"runs");
-        assert!(st.exists(&snap).unwrap());
+        for (k, v) in &staged {
+            assert_eq!(st.get(k).unwrap().as_ref(), &v[..], "{k}");
+        }
         assert!(st.list("staging").unwrap().is_empty());
     });
     // A retry of the same completion (lost reply) is answered OK and publishes nothing.
@@ -336,23 +411,15 @@ async fn concurrent_completions_of_one_attempt_publish_exactly_once() {
     // Enough files that one publish takes long enough for the others to overlap it.
     const FILES: u64 = 300;
     let root = run.results.path().to_str().unwrap().to_owned();
-    let staging = layout::staging_prefix("cc", &t.shard, t.attempt);
-    // The run's results row, which marks the staging complete, and many snapshots.
-    let keys: Vec<String> = std::iter::once(layout::result_key("runs", "cc", &t.shard))
-        .chain((1..FILES).map(|i| layout::snapshot_key(&t.shard, i)))
-        .collect();
-    {
-        let (root, keys, staging) = (root.clone(), keys.clone(), staging.clone());
+    // A complete attempt with many snapshots.
+    let files = {
+        let (root, shard, attempt) = (root.clone(), t.shard.clone(), t.attempt);
         tokio::task::spawn_blocking(move || {
-            let st = Storage::open(&root).unwrap();
-            for (i, k) in keys.iter().enumerate() {
-                st.put(&format!("{staging}/{k}"), vec![i as u8; 64])
-                    .unwrap();
-            }
+            stage_attempt(&Storage::open(&root).unwrap(), "cc", &shard, attempt, FILES)
         })
         .await
-        .unwrap();
-    }
+        .unwrap()
+    };
     let done = pb::CompleteRequest {
         protocol_version: V,
         token: Some(t),
@@ -375,11 +442,15 @@ async fn concurrent_completions_of_one_attempt_publish_exactly_once() {
         assert_eq!(r.verdict, LeaseVerdict::Ok as i32);
         published += r.published;
     }
-    assert_eq!(published, FILES, "each staged file is published once");
+    assert_eq!(
+        published,
+        files.len() as u64,
+        "each staged file is published once"
+    );
     tokio::task::spawn_blocking(move || {
         let st = Storage::open(&root).unwrap();
-        for (i, k) in keys.iter().enumerate() {
-            assert_eq!(st.get(k).unwrap().as_ref(), &[i as u8; 64][..], "{k}");
+        for (k, v) in &files {
+            assert_eq!(st.get(k).unwrap().as_ref(), &v[..], "{k}");
         }
         assert!(st.list("staging").unwrap().is_empty());
     })

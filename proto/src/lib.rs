@@ -10,5 +10,7 @@ pub mod pb {
 }
 
 /// The protocol version every request carries. Zero is the protobuf default ("unset") and is
-/// always rejected.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// always rejected. 2: a completed attempt carries an attempt manifest (storage's
+/// `attempt.json`), which the coordinator checks before publishing; workers of version 1 do
+/// not write one, so they are refused rather than failing every shard.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -27,12 +27,22 @@ pub struct Interrupted(pub u64);
 pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let (cfg, source) = match (&args.config, &args.config_json) {
         (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
-        (None, Some(json)) => (
-            serde_json::from_str::<ShardConfig>(json)
+        (None, Some(json)) => {
+            let cfg = serde_json::from_str::<ShardConfig>(json)
                 .context("--config-json")?
-                .normalized(),
-            "--config-json".to_owned(),
-        ),
+                .normalized();
+            // The same rules as a config file: a bad value is an error here, not a panic in
+            // the engine.
+            if let Err(v) = cfg.validate() {
+                let field = if v.section.is_empty() {
+                    v.key.to_owned()
+                } else {
+                    format!("{}.{}", v.section, v.key)
+                };
+                anyhow::bail!("--config-json: field `{field}`: {}", v.message);
+            }
+            (cfg, "--config-json".to_owned())
+        }
         (None, None) => anyhow::bail!("give --config FILE"),
     };
     if let Some(expected) = &args.expect_shard {

@@ -344,6 +344,7 @@ pub fn gc(args: GcArgs) -> anyhow::Result<()> {
         let msg = pb::GcRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),
+            include_failed: args.failed,
         };
         anyhow::Ok(
             c.gc(request(msg, token)?)

@@ -5,11 +5,31 @@
 //! results/<table>/sweep=<sweep>/<shard>.parquet        published results (DuckDB reads these)
 //! snapshots/<shard>/step-<8 digits>.safetensors         published snapshots, manifest.json, config.json
 //! staging/<sweep>/<shard>/attempt-<n>/…                 what attempt n wrote, same layout as above,
-//!                                                       plus checkpoints/; never read by queries
+//!                                                       plus checkpoints/ and attempt.json (the
+//!                                                       attempt manifest); never read by queries
 //! ```
 //!
 //! Results become visible only when the coordinator copies an attempt's staging to the final
 //! keys (create-only) and commits that attempt; `runs` is published last.
+
+/// The longest sweep name: it is one path component (`sweep=NAME`) of every key, and file
+/// systems and object stores cap a component at 255 bytes.
+pub const MAX_SWEEP_NAME: usize = 100;
+
+/// Whether `name` is a safe hive partition value: a letter, then letters, digits, `_`, `-`, `.`
+/// (so that DuckDB and Polars never infer it as a number or a date, and no key escapes the
+/// layout), at most [`MAX_SWEEP_NAME`] characters. The one rule for the planner, `exec` and the
+/// coordinator.
+pub fn valid_sweep_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_SWEEP_NAME
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// What a valid sweep name looks like, for error messages.
+pub const SWEEP_NAME_RULE: &str =
+    "use a letter followed by letters, digits, `_`, `-` or `.`, at most 100 characters";
 
 /// Key of a result table's file for a shard.
 pub fn result_key(table: &str, sweep: &str, shard: &str) -> String {
@@ -56,6 +76,17 @@ pub const COMMIT_TABLE: &str = "runs";
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sweep_names_stay_one_plain_key_component() {
+        assert!(valid_sweep_name("mnist-mli.v2_a"));
+        assert!(valid_sweep_name(&"a".repeat(MAX_SWEEP_NAME)));
+        for bad in ["", "..", "../x", "a/b", "a=b", "7up", "x\ny", "ü"] {
+            assert!(!valid_sweep_name(bad), "{bad:?}");
+        }
+        assert!(!valid_sweep_name(&"a".repeat(MAX_SWEEP_NAME + 1)));
+    }
+
     use super::*;
 
     #[test]

@@ -7,6 +7,7 @@
 //! private current-thread runtime rather than making every caller async. Async callers (the
 //! coordinator) must call it from `spawn_blocking`.
 
+pub mod attempt;
 pub mod layout;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +150,15 @@ impl Storage {
         self.rt
             .block_on(async { self.store.get(&Self::key(key)).await?.bytes().await })
             .map_err(|e| self.err("reading", key, e))
+    }
+
+    /// The size in bytes of the object at `key`, or `None` when there is none.
+    pub fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.rt.block_on(self.store.head(&Self::key(key))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("checking", key, e)),
+        }
     }
 
     /// Whether an object exists at `key`.

@@ -399,6 +399,19 @@ async fn attempt(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // If the agent dies (kill -9, the OOM killer), the child is asked to stop as at a
+    // preemption (SIGTERM: checkpoint, exit) instead of training on as an orphan whose results
+    // nobody will complete. The stdin lifeline (`exec`'s watcher) covers other platforms.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     if let Some(n) = cfg.child_threads {
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }

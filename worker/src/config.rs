@@ -719,10 +719,15 @@ impl ShardConfig {
     }
 
     /// Stable shard id: a hash of the canonical config and the result-schema version, so that
-    /// the same config under the same schema always lands in the same place.
+    /// the same config under the same schema always lands in the same place. The environment
+    /// is left out (`data.dir`: where this machine mounts the dataset; `data.loader_threads`:
+    /// how fast it decodes): the same experiment on another mount is the same shard.
     pub fn shard_id(&self) -> String {
+        let mut experiment = self.clone();
+        experiment.data.dir = None;
+        experiment.data.loader_threads = DataConfig::default().loader_threads;
         let mut h = Sha256::new();
-        h.update(self.canonical_json().as_bytes());
+        h.update(experiment.canonical_json().as_bytes());
         h.update(format!("|schema={SCHEMA_VERSION}").as_bytes());
         let digest = h.finalize();
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -862,5 +867,12 @@ mod tests {
         assert_eq!(a.shard_id().len(), 16);
         b.seed = 1;
         assert_ne!(a.shard_id(), b.shard_id());
+        // Where the data is mounted and how many threads decode it are not the experiment.
+        let mut c = a.clone();
+        c.data.dir = Some("/mnt/other/mnist".into());
+        c.data.loader_threads = 16;
+        assert_eq!(a.shard_id(), c.shard_id());
+        c.data.max_train_examples = Some(100);
+        assert_ne!(a.shard_id(), c.shard_id());
     }
 }

@@ -20,7 +20,8 @@ use crate::engine::{
 };
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
-use crate::storage::layout;
+use crate::storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile, sha256_hex};
+use crate::storage::layout::{self, snapshot_dir};
 use crate::storage::{Storage, StorageError};
 
 /// Running a shard against storage failed.
@@ -45,7 +46,7 @@ pub enum ExecError {
         key: String,
     },
     /// The sweep name is not usable as a partition value.
-    #[error("invalid sweep name `{0}`: use a letter followed by letters, digits, `_`, `-` or `.`")]
+    #[error("invalid sweep name `{0}`: {rule}", rule = crate::storage::layout::SWEEP_NAME_RULE)]
     SweepName(String),
 }
 
@@ -105,6 +106,8 @@ struct StorageSink<'a> {
     prefix: &'a str,
     entries: Vec<ManifestEntry>,
     written: Vec<String>,
+    /// Staged runs only: every file staged so far, for the attempt manifest.
+    files: Vec<StagedFile>,
     /// Staged runs only: (sweep, attempt, checkpoint every N steps).
     staged: Option<(&'a str, u32, u64)>,
     last_checkpoint: Option<String>,
@@ -120,6 +123,15 @@ struct CheckpointState {
     /// Absent from checkpoints of versions before it was recorded.
     #[serde(default)]
     skipped_images: u64,
+    /// SHA-256 of `model.safetensors`, `optimizer.bpk` and of each sample's snapshot: a
+    /// checkpoint is used only if everything it refers to still has these contents. Empty in
+    /// checkpoints of versions that recorded none, which are therefore not used.
+    #[serde(default)]
+    model_sha256: String,
+    #[serde(default)]
+    optimizer_sha256: String,
+    #[serde(default)]
+    snapshot_sha256: Vec<String>,
 }
 
 fn sink_err(e: impl std::fmt::Display) -> EngineError {
@@ -154,6 +166,9 @@ impl SnapshotSink for StorageSink<'_> {
     ) -> Result<(), EngineError> {
         let key = snapshot_key(self.shard, snap.step);
         let bytes = snap.to_safetensors()?;
+        if self.staged.is_some() {
+            self.files.push(StagedFile::of(&key, &bytes));
+        }
         self.storage
             .put(&format!("{}{key}", self.prefix), bytes)
             .map_err(|e| EngineError::Sink(e.to_string()))?;
@@ -177,12 +192,27 @@ impl SnapshotSink for StorageSink<'_> {
         self.storage
             .put(&format!("{dir}/optimizer.bpk"), c.optimizer.clone())
             .map_err(sink_err)?;
+        let mut snapshot_sha256 = Vec::with_capacity(c.samples.len());
+        for m in &c.samples {
+            let key = snapshot_key(self.shard, m.step);
+            let staged = self.files.iter().rev().find(|f| f.key == key);
+            let Some(f) = staged else {
+                return Err(EngineError::Sink(format!(
+                    "checkpoint of step {}: the snapshot {key} was never stored",
+                    c.step
+                )));
+            };
+            snapshot_sha256.push(f.sha256.clone());
+        }
         let state = CheckpointState {
             step: c.step,
             last_loss: c.last_loss,
             param_ids: c.param_ids.clone(),
             samples: c.samples.clone(),
             skipped_images: c.skipped_images,
+            model_sha256: sha256_hex(&c.model),
+            optimizer_sha256: sha256_hex(&c.optimizer),
+            snapshot_sha256,
         };
         let json = serde_json::to_vec(&state).map_err(sink_err)?;
         self.storage
@@ -204,8 +234,8 @@ impl SnapshotSink for StorageSink<'_> {
             return Ok(None);
         };
         let shard_staging = layout::shard_staging(sweep, self.shard);
-        // The latest complete checkpoint (state.json present) of an earlier attempt.
-        let best = self
+        // Complete checkpoints (state.json present) of earlier attempts, latest first.
+        let mut candidates: Vec<(u64, u32, String)> = self
             .storage
             .list(&shard_staging)
             .map_err(sink_err)?
@@ -216,34 +246,91 @@ impl SnapshotSink for StorageSink<'_> {
                 let step: u64 = k.rsplit('/').nth(1)?.strip_prefix("step-")?.parse().ok()?;
                 (a < attempt).then_some((step, a, k))
             })
-            .max();
-        let Some((_, from, state_key)) = best else {
-            return Ok(None);
-        };
+            .collect();
+        candidates.sort_unstable_by(|x, y| y.cmp(x));
+        for (_, from, state_key) in candidates {
+            match self.verified_checkpoint(sweep, from, &state_key)? {
+                Ok(loaded) => return self.adopt(loaded, from).map(Some),
+                Err(reason) => tracing::warn!(
+                    checkpoint = %state_key,
+                    %reason,
+                    "discarding a checkpoint that fails verification; trying an older one or \
+                     starting over"
+                ),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A checkpoint read back and verified, not yet adopted by this attempt.
+struct Loaded {
+    state: CheckpointState,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+    /// Each sample's snapshot: its key, file bytes and decoded weights.
+    snapshots: Vec<(String, bytes::Bytes, HostSnapshot)>,
+}
+
+impl StorageSink<'_> {
+    /// Reads the checkpoint at `state_key` (of attempt `from`) and everything it refers to, and
+    /// checks their hashes. `Ok(Err(reason))`: it cannot be used; `Err`: storage failed.
+    fn verified_checkpoint(
+        &self,
+        sweep: &str,
+        from: u32,
+        state_key: &str,
+    ) -> Result<Result<Loaded, String>, EngineError> {
         let dir = state_key.trim_end_matches("/state.json");
         let state: CheckpointState =
-            serde_json::from_slice(&self.storage.get(&state_key).map_err(sink_err)?)
-                .map_err(|e| EngineError::Resume(format!("{state_key}: {e}")))?;
-        let model = self
-            .storage
-            .get(&format!("{dir}/model.safetensors"))
-            .map_err(sink_err)?
-            .to_vec();
-        let optimizer = self
-            .storage
-            .get(&format!("{dir}/optimizer.bpk"))
-            .map_err(sink_err)?
-            .to_vec();
-        // The snapshots taken before the checkpoint become this attempt's too.
+            match serde_json::from_slice(&self.storage.get(state_key).map_err(sink_err)?) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(format!("state.json does not parse: {e}"))),
+            };
+        if state.model_sha256.is_empty() || state.snapshot_sha256.len() != state.samples.len() {
+            return Ok(Err("it records no content hashes (an older version wrote it)".into()));
+        }
+        let read = |key: &str| self.storage.get(key).map_err(sink_err);
+        let model = read(&format!("{dir}/model.safetensors"))?.to_vec();
+        if sha256_hex(&model) != state.model_sha256 {
+            return Ok(Err("model.safetensors does not match its hash".into()));
+        }
+        let optimizer = read(&format!("{dir}/optimizer.bpk"))?.to_vec();
+        if sha256_hex(&optimizer) != state.optimizer_sha256 {
+            return Ok(Err("optimizer.bpk does not match its hash".into()));
+        }
         let old_prefix = layout::staging_prefix(sweep, self.shard, from);
         let mut snapshots = Vec::with_capacity(state.samples.len());
-        for m in &state.samples {
+        for (m, hash) in state.samples.iter().zip(&state.snapshot_sha256) {
             let key = snapshot_key(self.shard, m.step);
-            let bytes = self
-                .storage
-                .get(&format!("{old_prefix}/{key}"))
-                .map_err(sink_err)?;
-            let snap = HostSnapshot::from_safetensors(&bytes, &key)?;
+            let bytes = read(&format!("{old_prefix}/{key}"))?;
+            if sha256_hex(&bytes) != *hash {
+                return Ok(Err(format!("the snapshot {key} does not match its hash")));
+            }
+            match HostSnapshot::from_safetensors(&bytes, &key) {
+                Ok(snap) => snapshots.push((key, bytes, snap)),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+        Ok(Ok(Loaded {
+            state,
+            model,
+            optimizer,
+            snapshots,
+        }))
+    }
+
+    /// Makes a verified checkpoint this attempt's: its snapshots are stored again here.
+    fn adopt(&mut self, loaded: Loaded, from: u32) -> Result<Resume, EngineError> {
+        let Loaded {
+            state,
+            model,
+            optimizer,
+            snapshots: files,
+        } = loaded;
+        let mut snapshots = Vec::with_capacity(files.len());
+        for ((key, bytes, snap), m) in files.into_iter().zip(&state.samples) {
+            self.files.push(StagedFile::of(&key, &bytes));
             self.storage
                 .put(&format!("{}{key}", self.prefix), bytes.to_vec())
                 .map_err(sink_err)?;
@@ -254,9 +341,9 @@ impl SnapshotSink for StorageSink<'_> {
         tracing::info!(
             step = state.step,
             from_attempt = from,
-            "resuming from a checkpoint"
+            "resuming from a verified checkpoint"
         );
-        Ok(Some(Resume {
+        Ok(Resume {
             checkpoint: Checkpoint {
                 step: state.step,
                 last_loss: state.last_loss,
@@ -267,7 +354,7 @@ impl SnapshotSink for StorageSink<'_> {
                 skipped_images: state.skipped_images,
             },
             snapshots,
-        }))
+        })
     }
 }
 
@@ -308,9 +395,23 @@ pub fn run(
     };
     tracing::info!(shard = %shard, sweep, root = storage.root(), attempt, "running shard");
 
-    let config_key = format!("{prefix}snapshots/{shard}/config.json");
-    let config_json = serde_json::to_vec_pretty(cfg).unwrap_or_default();
-    storage.put(&config_key, config_json)?;
+    let staged = matches!(placement, Placement::Staged { .. });
+    let mut files = Vec::new();
+    // Stores `bytes` at `key` (relative to the results root) under this attempt's prefix and,
+    // when staged, lists it for the attempt manifest.
+    let put = |files: &mut Vec<StagedFile>, key: &str, bytes: Vec<u8>| {
+        if staged {
+            files.push(StagedFile::of(key, &bytes));
+        }
+        storage.put(&format!("{prefix}{key}"), bytes)
+    };
+    let config_rel = format!("{}/config.json", snapshot_dir(&shard));
+    let config_key = format!("{prefix}{config_rel}");
+    put(
+        &mut files,
+        &config_rel,
+        serde_json::to_vec_pretty(cfg).unwrap_or_default(),
+    )?;
 
     let mut sink = StorageSink {
         storage,
@@ -318,6 +419,7 @@ pub fn run(
         prefix: &prefix,
         entries: Vec::new(),
         written: vec![config_key],
+        files,
         staged: match placement {
             Placement::Direct => None,
             Placement::Staged { attempt } => Some((sweep, attempt, checkpoint_every)),
@@ -325,18 +427,20 @@ pub fn run(
         last_checkpoint: None,
     };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
-    let manifest_key = format!("{prefix}snapshots/{shard}/manifest.json");
+    let manifest_rel = format!("{}/manifest.json", snapshot_dir(&shard));
     let manifest = Manifest {
         shard: &shard,
         format: "safetensors",
         snapshots: &sink.entries,
     };
-    storage.put(
-        &manifest_key,
+    let mut files = sink.files;
+    put(
+        &mut files,
+        &manifest_rel,
         serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     )?;
     let mut written = sink.written;
-    written.push(manifest_key);
+    written.push(format!("{prefix}{manifest_rel}"));
 
     let key = RunKey {
         shard: &shard,
@@ -354,15 +458,28 @@ pub fn run(
         ("runs", results::runs_batch(&key, cfg, &outcome, finished)?),
     ];
     for (table, batch) in tables {
-        let k = format!("{prefix}{}", result_key(table, sweep, &shard));
+        let rel = result_key(table, sweep, &shard);
         let bytes = results::to_parquet(table, &batch)?;
         if table == "runs" && placement == Placement::Direct {
-            storage.put_create(&k, bytes)?;
+            storage.put_create(&rel, bytes)?;
         } else {
             // Leftovers of a run that died before its commit marker are replaced.
-            storage.put(&k, bytes)?;
+            put(&mut files, &rel, bytes)?;
         }
-        written.push(k);
+        written.push(format!("{prefix}{rel}"));
+    }
+    if let Placement::Staged { attempt } = placement {
+        // Written last: the coordinator publishes what it lists, after checking it.
+        let manifest = AttemptManifest {
+            sweep: sweep.to_owned(),
+            shard: shard.clone(),
+            attempt,
+            schema_version: results::SCHEMA_VERSION,
+            files,
+        };
+        let key = format!("{prefix}{ATTEMPT_MANIFEST}");
+        storage.put(&key, serde_json::to_vec_pretty(&manifest).unwrap_or_default())?;
+        written.push(key);
     }
     Ok(ExecReport {
         shard,

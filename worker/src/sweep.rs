@@ -34,7 +34,18 @@ use serde::Deserialize;
 use crate::config::{ConfigError, ShardConfig, locate_key, toml_error};
 
 /// Top-level keys that belong to the sweep, not to its shards.
-const SWEEP_KEYS: [&str; 5] = ["name", "grid", "include", "exclude", "storage"];
+const SWEEP_KEYS: [&str; 6] = [
+    "name",
+    "grid",
+    "include",
+    "exclude",
+    "storage",
+    "max_shards",
+];
+
+/// The most shards a spec may expand to unless it sets `max_shards`: a typo in a grid (a
+/// seed range of 10⁷) should be an error in a second, not a plan that fills memory.
+pub const DEFAULT_MAX_SHARDS: usize = 1_000_000;
 
 /// One shard of a planned sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,13 +74,7 @@ pub struct SweepPlan {
     pub base_json: String,
 }
 
-/// Whether `name` is a safe hive partition value: a letter, then letters, digits, `_`, `-`, `.`
-/// (so that DuckDB and Polars never infer it as a number or a date).
-pub fn valid_sweep_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
+pub use crate::storage::layout::valid_sweep_name;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -84,7 +89,18 @@ pub fn plan_file(path: &Path) -> Result<SweepPlan, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    plan(&src, &file)
+    let mut plan = plan(&src, &file)?;
+    // As in a shard config: a relative `data.dir` means relative to the spec file. Ids do not
+    // change (the dataset's location is not part of them).
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    for shard in &mut plan.shards {
+        if let Some(dir) = &shard.config.data.dir
+            && dir.is_relative()
+        {
+            shard.config.data.dir = Some(base.join(dir));
+        }
+    }
+    Ok(plan)
 }
 
 /// Parses and expands spec text; `file` names the source in errors.
@@ -108,7 +124,8 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
                 "",
                 "name",
                 format!(
-                    "`{n}` is not a sweep name: use a letter followed by letters, digits, `_`, `-` or `.`"
+                    "`{n}` is not a sweep name: {}",
+                    crate::storage::layout::SWEEP_NAME_RULE
                 ),
             ));
         }
@@ -122,6 +139,17 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
                 .results
         }
         None => None,
+    };
+    let max_shards = match doc.remove("max_shards") {
+        None => DEFAULT_MAX_SHARDS,
+        Some(toml::Value::Integer(n)) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(_) => {
+            return Err(invalid(
+                "",
+                "max_shards",
+                "must be a positive integer".into(),
+            ));
+        }
     };
     let grid = match doc.remove("grid") {
         Some(toml::Value::Table(t)) => t,
@@ -219,8 +247,26 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
     let total: usize = if axes.is_empty() {
         0
     } else {
-        axes.iter().map(|(_, v)| v.len()).product()
+        axes.iter()
+            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
+            .unwrap_or(usize::MAX)
     };
+    if total.saturating_add(includes.len()) > max_shards {
+        let sizes: Vec<String> = axes
+            .iter()
+            .map(|(p, v)| format!("{p}: {}", v.len()))
+            .collect();
+        return Err(invalid(
+            "",
+            "grid",
+            format!(
+                "the grid expands to {} shards ({}), more than max_shards = {max_shards}; \
+                 set `max_shards` at the top of the spec to allow more",
+                if total == usize::MAX { "too many".to_owned() } else { total.to_string() },
+                sizes.join(" × ")
+            ),
+        ));
+    }
     let mut points: Vec<Vec<(String, toml::Value)>> = (0..total)
         .map(|mut n| {
             let mut point = vec![(String::new(), toml::Value::Boolean(false)); axes.len()];
@@ -506,5 +552,35 @@ epochs = 3
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a sweep name"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_relative_to_the_spec_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = tmp.path().join("specs/s.toml");
+        std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
+        let text = "name = \"s\"\n[data]\ndataset = \"mnist\"\ndir = \"../data/mnist\"\n[grid]\nseed = [0, 1]\n";
+        std::fs::write(&spec, text).unwrap();
+        let p = plan_file(&spec).unwrap();
+        let from_text = plan(text, "s.toml").unwrap();
+        for (a, b) in p.shards.iter().zip(&from_text.shards) {
+            assert_eq!(a.config.data.dir, Some(tmp.path().join("specs/../data/mnist")));
+            assert_eq!(a.id, b.id, "the location is not part of the id");
+        }
+    }
+
+    #[test]
+    fn a_huge_grid_is_refused_before_it_is_expanded() {
+        let seeds = (0..2000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let spec = format!("name = \"big\"\n[grid]\nseed = [{seeds}]\nlr = [{seeds}]\n");
+        let err = plan(&spec, "big.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("4000000 shards") && err.contains("max_shards"),
+            "{err}"
+        );
+        let allowed = "name = \"s\"\nmax_shards = 4\n[grid]\nseed = [0, 1, 2, 3]\n";
+        assert_eq!(plan(allowed, "s.toml").unwrap().shards.len(), 4);
+        let over = "name = \"s\"\nmax_shards = 3\n[grid]\nseed = [0, 1, 2, 3]\n";
+        assert!(plan(over, "s.toml").is_err());
     }
 }

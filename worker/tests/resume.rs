@@ -47,7 +47,9 @@ fn cfg() -> ShardConfig {
         r#"
 seed = 5
 [data]
-max_train_examples = 600
+# 21 steps per epoch: snapshot epochs such as 20/21 = 0.9523809523809523 are where a float
+# read back from a checkpoint without round-trip parsing lands one ULP off.
+max_train_examples = 1050
 [model]
 hidden = [24]
 [train]
@@ -68,7 +70,43 @@ starts = ["init", "step:8"]
     .unwrap()
 }
 
-/// Every file under `prefix` except checkpoints and the `runs` summary (which records timings).
+/// The `runs` row under `prefix`, every column but those that describe the attempt rather
+/// than the result (its number, when it finished, how long each phase took).
+fn runs_row(storage: &Storage, prefix: &str) -> Vec<(String, String)> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let key = storage
+        .list(prefix)
+        .unwrap()
+        .into_iter()
+        .find(|k| k.contains("/runs/"))
+        .expect("a runs file");
+    let bytes = storage.get(&key).unwrap();
+    let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.next().unwrap().unwrap();
+    let attempt_columns = ["attempt", "finished_at", "train_samples_per_s", "line_points_per_s"];
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !attempt_columns.contains(&f.name().as_str()) && !f.name().ends_with("_s"))
+        .map(|(i, f)| {
+            let value = arrow_cast_display(batch.column(i).as_ref());
+            (f.name().clone(), value)
+        })
+        .collect()
+}
+
+/// A column's single value, formatted exactly (floats in full, via Debug).
+fn arrow_cast_display(column: &dyn arrow_array::Array) -> String {
+    format!("{column:?}")
+}
+
+/// Every file under `prefix` except checkpoints and the `runs` summary (compared column by
+/// column in [`runs_row`], since it records timings).
 fn outputs(storage: &Storage, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     storage
         .list(prefix)
@@ -85,6 +123,23 @@ fn outputs(storage: &Storage, prefix: &str) -> BTreeMap<String, Vec<u8>> {
 /// Interrupted at `stop` steps (checkpoints every 6), resumed by attempt 2: the outputs equal
 /// an uninterrupted attempt's, byte for byte.
 fn interrupted_then_resumed_equals_whole(stop: u64) {
+    interrupted_tampered_then_resumed_equals_whole(stop, |_, _| {});
+}
+
+/// Flips the low bit of a few bytes near the end of the object at `key` (inside the tensor
+/// data of a safetensors file).
+fn flip_bits(storage: &Storage, key: &str) {
+    let mut bytes = storage.get(key).unwrap().to_vec();
+    let n = bytes.len();
+    for i in [n - 5, n - 40, n - 400] {
+        bytes[i] ^= 1;
+    }
+    storage.put(key, bytes).unwrap();
+}
+
+/// As above, with `tamper(storage, attempt-1 staging prefix)` run between the interruption
+/// and the resume.
+fn interrupted_tampered_then_resumed_equals_whole(stop: u64, tamper: impl Fn(&Storage, &str)) {
     let tmp = tempfile::tempdir().unwrap();
     let open = |root: &str| Storage::open(tmp.path().join(root).to_str().unwrap()).unwrap();
     // The same sweep name under two roots, so that the keys compare equal.
@@ -130,6 +185,7 @@ fn interrupted_then_resumed_equals_whole(stop: u64) {
         vec![format!("{attempt1}checkpoints/step-{stop:08}/state.json")],
         "exactly one checkpoint, at the interruption"
     );
+    tamper(&storage, &attempt1);
 
     exec::run(
         &cfg,
@@ -154,6 +210,14 @@ fn interrupted_then_resumed_equals_whole(stop: u64) {
             "{k} differs after resuming from step {stop}"
         );
     }
+    let (a, b) = (
+        runs_row(&whole_root, &format!("staging/s/{shard}/attempt-1/")),
+        runs_row(&storage, &format!("staging/s/{shard}/attempt-2/")),
+    );
+    assert!(a.len() > 60, "{} columns", a.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "runs.{name} differs after resuming from step {stop}");
+    }
 }
 
 #[test]
@@ -165,6 +229,25 @@ fn interrupted_right_after_a_periodic_checkpoint_keeps_it() {
 #[test]
 fn interrupted_between_checkpoints_writes_one_at_the_stop() {
     interrupted_then_resumed_equals_whole(14);
+}
+
+/// A checkpoint whose weights changed on disk is never resumed from: the next attempt starts
+/// over, and so ends exactly where an uninterrupted run does (resuming the flipped weights
+/// changed every interpolation and trajectory row).
+#[test]
+fn a_corrupted_checkpoint_is_discarded_not_resumed() {
+    interrupted_tampered_then_resumed_equals_whole(12, |st, prefix| {
+        flip_bits(st, &format!("{prefix}checkpoints/step-00000012/model.safetensors"));
+    });
+}
+
+/// The same for a snapshot that the checkpoint's trajectory refers to.
+#[test]
+fn a_checkpoint_whose_snapshot_changed_is_discarded() {
+    interrupted_tampered_then_resumed_equals_whole(12, |st, prefix| {
+        let shard = cfg().shard_id();
+        flip_bits(st, &format!("{prefix}snapshots/{shard}/step-00000005.safetensors"));
+    });
 }
 
 #[test]

@@ -104,11 +104,21 @@ impl Accumulator {
                 accuracy: f64::NAN,
             };
         }
-        let values: Vec<f32> = Tensor::cat(self.parts, 0)
+        let values: Vec<f32> = match Tensor::cat(self.parts, 0)
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .unwrap_or_default();
+        {
+            Ok(v) => v,
+            // Never a silent 0.0: an unreadable result is no value, and the point is invalid.
+            Err(e) => {
+                tracing::error!(error = ?e, "reading evaluation results from the device failed");
+                return LossAcc {
+                    loss: f64::NAN,
+                    accuracy: f64::NAN,
+                };
+            }
+        };
         let (mut loss, mut right) = (0.0f64, 0.0f64);
         for pair in values.chunks_exact(2) {
             loss += f64::from(pair[0]);

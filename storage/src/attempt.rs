@@ -1,0 +1,152 @@
+//! The attempt manifest: every file a worker staged for one attempt, with its size and SHA-256,
+//! written last. The coordinator publishes only what it lists, after checking it (publish.rs);
+//! a staging folder without one, or one that disagrees with the lease, is never published.
+
+use sha2::{Digest, Sha256};
+
+use crate::layout::{result_key, snapshot_dir};
+
+/// The manifest's key, relative to the attempt's staging prefix. Not published.
+pub const ATTEMPT_MANIFEST: &str = "attempt.json";
+
+/// The result tables every finished attempt stages, in publish order (`runs`, the commit
+/// marker, last).
+pub const RESULT_TABLES: [&str; 3] = ["interpolation", "trajectory", "runs"];
+
+/// One staged object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedFile {
+    /// Its final key, relative to the results root (and to the attempt's staging prefix).
+    pub key: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the contents, lowercase hex.
+    pub sha256: String,
+}
+
+impl StagedFile {
+    /// Describes `contents` staged at `key`.
+    pub fn of(key: &str, contents: &[u8]) -> Self {
+        Self {
+            key: key.to_owned(),
+            bytes: contents.len() as u64,
+            sha256: sha256_hex(contents),
+        }
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(contents: &[u8]) -> String {
+    Sha256::digest(contents)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What one attempt staged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttemptManifest {
+    /// The sweep of the lease.
+    pub sweep: String,
+    /// The shard of the lease.
+    pub shard: String,
+    /// The attempt number (the fencing token).
+    pub attempt: u32,
+    /// The result-schema version the tables were written in.
+    pub schema_version: i32,
+    /// Every staged object but checkpoints and this manifest.
+    pub files: Vec<StagedFile>,
+}
+
+impl AttemptManifest {
+    /// Checks the manifest against the lease it claims to complete and the layout: every
+    /// result table listed, nothing outside the shard's own keys. The reason, when not.
+    pub fn check(&self, sweep: &str, shard: &str, attempt: u32) -> Result<(), String> {
+        if (self.sweep.as_str(), self.shard.as_str(), self.attempt) != (sweep, shard, attempt) {
+            return Err(format!(
+                "the attempt manifest is for sweep `{}`, shard {}, attempt {}, not for the lease's \
+                 sweep `{sweep}`, shard {shard}, attempt {attempt}",
+                self.sweep, self.shard, self.attempt
+            ));
+        }
+        for table in RESULT_TABLES {
+            let key = result_key(table, sweep, shard);
+            if !self.files.iter().any(|f| f.key == key) {
+                return Err(format!("the attempt staged no `{table}` table ({key})"));
+            }
+        }
+        let own_snapshots = format!("{}/", snapshot_dir(shard));
+        let own_results: Vec<String> = RESULT_TABLES
+            .iter()
+            .map(|t| result_key(t, sweep, shard))
+            .collect();
+        if let Some(f) = self.files.iter().find(|f| {
+            !(own_results.contains(&f.key)
+                || (f.key.starts_with(&own_snapshots)
+                    && !f.key.contains("..")
+                    && !f.key[own_snapshots.len()..].contains('/')))
+        }) {
+            return Err(format!(
+                "the attempt manifest lists `{}`, which is not one of the shard's own keys",
+                f.key
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listed files in publish order: the commit marker (`runs`) last.
+    pub fn publish_order(&self) -> Vec<&StagedFile> {
+        let runs = result_key("runs", &self.sweep, &self.shard);
+        let mut files: Vec<&StagedFile> = self.files.iter().filter(|f| f.key != runs).collect();
+        files.extend(self.files.iter().filter(|f| f.key == runs));
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> AttemptManifest {
+        let mut files: Vec<StagedFile> = RESULT_TABLES
+            .iter()
+            .map(|t| StagedFile::of(&result_key(t, "sw", "abc"), t.as_bytes()))
+            .collect();
+        files.insert(0, StagedFile::of("snapshots/abc/step-00000000.safetensors", b"x"));
+        AttemptManifest {
+            sweep: "sw".into(),
+            shard: "abc".into(),
+            attempt: 2,
+            schema_version: 3,
+            files,
+        }
+    }
+
+    #[test]
+    fn a_manifest_must_match_its_lease_list_every_table_and_stay_in_its_keys() {
+        let m = manifest();
+        assert_eq!(m.check("sw", "abc", 2), Ok(()));
+        assert!(m.check("sw", "abc", 3).unwrap_err().contains("attempt 2"));
+        assert!(m.check("other", "abc", 2).unwrap_err().contains("sweep `sw`"));
+        let mut no_traj = m.clone();
+        no_traj.files.retain(|f| !f.key.contains("trajectory"));
+        assert!(no_traj.check("sw", "abc", 2).unwrap_err().contains("`trajectory`"));
+        for bad in [
+            "snapshots/other/step-1.safetensors",
+            "snapshots/abc/../../x",
+            "results/runs/sweep=other/abc.parquet",
+            "snapshots/abc/sub/x",
+        ] {
+            let mut m = m.clone();
+            m.files.push(StagedFile::of(bad, b""));
+            assert!(m.check("sw", "abc", 2).unwrap_err().contains(bad), "{bad}");
+        }
+        let order = m.publish_order();
+        assert!(order.last().unwrap().key.contains("results/runs/"));
+        assert_eq!(order.len(), m.files.len());
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
