@@ -709,7 +709,9 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
             .into_iter()
             .filter(|(p, _)| {
                 let s = p.to_string_lossy();
-                !s.contains("/checkpoints/") && !s.contains("/results/runs/")
+                !s.contains("/checkpoints/")
+                    && !s.contains("/results/runs/")
+                    && !s.ends_with("/attempt.json")
             })
             .map(|(p, b)| (p.strip_prefix(root).unwrap().display().to_string(), b))
             .collect()

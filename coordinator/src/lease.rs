@@ -445,11 +445,20 @@ mod tests {
         assert_eq!(done.state, ShardState::Committed { attempt: a });
         // Leased again: the old token is stale and refused.
         let (again, a2) = pending.lease("w2", 1_001, &P).unwrap();
-        assert!(matches!(again.complete(a, 1_002), Err(Refused::LeaseLost { .. })));
+        assert!(matches!(
+            again.complete(a, 1_002),
+            Err(Refused::LeaseLost { .. })
+        ));
         assert!(again.complete(a2, 1_002).is_ok());
         // A token no attempt ever had is refused.
-        assert!(matches!(Shard::new().complete(0, 1), Err(Refused::LeaseLost { .. })));
-        assert!(matches!(pending.complete(a + 1, 1), Err(Refused::LeaseLost { .. })));
+        assert!(matches!(
+            Shard::new().complete(0, 1),
+            Err(Refused::LeaseLost { .. })
+        ));
+        assert!(matches!(
+            pending.complete(a + 1, 1),
+            Err(Refused::LeaseLost { .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! **Architecture invariant:** the only module of the coordinator that touches storage.
 
 use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
-use linesweep_storage::layout::{COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix};
+use linesweep_storage::layout::{
+    COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix,
+};
 use linesweep_storage::{Storage, StorageError};
 
 /// Why an attempt's output could not be published.
@@ -107,7 +109,9 @@ fn check_snapshots(storage: &Storage, prefix: &str, m: &AttemptManifest) -> Resu
         let file = s["file"].as_str().unwrap_or_default();
         let want = format!("{dir}/{file}");
         if file.is_empty() || !m.files.iter().any(|f| f.key == want) {
-            return Err(format!("{key} names {want:?}, which the attempt did not stage"));
+            return Err(format!(
+                "{key} names {want:?}, which the attempt did not stage"
+            ));
         }
     }
     Ok(())
@@ -208,9 +212,18 @@ mod tests {
     fn runs_file(shard: &str, schema: i32, extra: &str) -> Vec<u8> {
         use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
         let batch = RecordBatch::try_from_iter([
-            ("schema_version", std::sync::Arc::new(Int32Array::from(vec![schema])) as ArrayRef),
-            ("shard", std::sync::Arc::new(StringArray::from(vec![shard])) as ArrayRef),
-            ("extra", std::sync::Arc::new(StringArray::from(vec![extra])) as ArrayRef),
+            (
+                "schema_version",
+                std::sync::Arc::new(Int32Array::from(vec![schema])) as ArrayRef,
+            ),
+            (
+                "shard",
+                std::sync::Arc::new(StringArray::from(vec![shard])) as ArrayRef,
+            ),
+            (
+                "extra",
+                std::sync::Arc::new(StringArray::from(vec![extra])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let mut out = Vec::new();
@@ -281,7 +294,10 @@ mod tests {
         stage(&s, 2, runs_file("abc", 3, "two"), |_| {});
         let err = publish(&s, "sw", "abc", 2).unwrap_err();
         assert!(matches!(err, PublishError::Conflict { .. }), "{err}");
-        assert_eq!(s.get(&result_key("runs", "sw", "abc")).unwrap().to_vec(), one);
+        assert_eq!(
+            s.get(&result_key("runs", "sw", "abc")).unwrap().to_vec(),
+            one
+        );
         assert_eq!(staged_shards(&s, "sw").unwrap(), vec!["abc"]);
         assert_eq!(clean(&s, "sw", "abc").unwrap(), 14);
         assert!(staged_shards(&s, "sw").unwrap().is_empty());
@@ -292,18 +308,61 @@ mod tests {
     fn an_attempt_that_does_not_match_its_lease_is_never_published() {
         type Tamper = Box<dyn FnOnce(&mut AttemptManifest)>;
         let cases: Vec<(&str, Vec<u8>, Tamper, &str)> = vec![
-            ("another shard's runs row", runs_file("xyz", 3, ""), Box::new(|_| {}), "shard xyz"),
-            ("an old schema", runs_file("abc", 2, ""), Box::new(|_| {}), "schema 2"),
-            ("not parquet", b"runs".to_vec(), Box::new(|_| {}), "does not read"),
-            ("a missing table", runs_file("abc", 3, ""), Box::new(|m| {
-                m.files.retain(|f| !f.key.contains("trajectory"));
-            }), "no `trajectory` table"),
-            ("another lease", runs_file("abc", 3, ""), Box::new(|m| m.attempt = 9), "attempt 9"),
-            ("a changed size", runs_file("abc", 3, ""), Box::new(|m| m.files[0].bytes = 7), "the manifest says 7"),
-            ("a changed hash", runs_file("abc", 3, ""), Box::new(|m| m.files[1].sha256 = "00".into()), "differ from the manifest"),
-            ("an unstaged file", runs_file("abc", 3, ""), Box::new(|m| {
-                m.files.push(StagedFile::of("snapshots/abc/step-00000009.safetensors", b"x"));
-            }), "not staged"),
+            (
+                "another shard's runs row",
+                runs_file("xyz", 3, ""),
+                Box::new(|_| {}),
+                "shard xyz",
+            ),
+            (
+                "an old schema",
+                runs_file("abc", 2, ""),
+                Box::new(|_| {}),
+                "schema 2",
+            ),
+            (
+                "not parquet",
+                b"runs".to_vec(),
+                Box::new(|_| {}),
+                "does not read",
+            ),
+            (
+                "a missing table",
+                runs_file("abc", 3, ""),
+                Box::new(|m| {
+                    m.files.retain(|f| !f.key.contains("trajectory"));
+                }),
+                "no `trajectory` table",
+            ),
+            (
+                "another lease",
+                runs_file("abc", 3, ""),
+                Box::new(|m| m.attempt = 9),
+                "attempt 9",
+            ),
+            (
+                "a changed size",
+                runs_file("abc", 3, ""),
+                Box::new(|m| m.files[0].bytes = 7),
+                "the manifest says 7",
+            ),
+            (
+                "a changed hash",
+                runs_file("abc", 3, ""),
+                Box::new(|m| m.files[1].sha256 = "00".into()),
+                "differ from the manifest",
+            ),
+            (
+                "an unstaged file",
+                runs_file("abc", 3, ""),
+                Box::new(|m| {
+                    m.files.push(StagedFile::of(
+                        "snapshots/abc/step-00000009.safetensors",
+                        b"x",
+                    ));
+                }),
+                "not staged",
+            ),
         ];
         for (what, runs, tamper, reason) in cases {
             let (_tmp, s) = store();
@@ -314,8 +373,14 @@ mod tests {
                 "{what}: {err}"
             );
             assert!(!err.is_transient());
-            assert!(s.list("results").unwrap().is_empty(), "{what}: something was published");
-            assert!(s.list("snapshots").unwrap().is_empty(), "{what}: something was published");
+            assert!(
+                s.list("results").unwrap().is_empty(),
+                "{what}: something was published"
+            );
+            assert!(
+                s.list("snapshots").unwrap().is_empty(),
+                "{what}: something was published"
+            );
         }
     }
 }

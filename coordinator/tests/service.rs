@@ -30,8 +30,14 @@ fn stage_attempt(
     use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
     use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile};
     let batch = RecordBatch::try_from_iter([
-        ("schema_version", Arc::new(Int32Array::from(vec![3])) as ArrayRef),
-        ("shard", Arc::new(StringArray::from(vec![shard])) as ArrayRef),
+        (
+            "schema_version",
+            Arc::new(Int32Array::from(vec![3])) as ArrayRef,
+        ),
+        (
+            "shard",
+            Arc::new(StringArray::from(vec![shard])) as ArrayRef,
+        ),
     ])
     .unwrap();
     let mut runs = Vec::new();
@@ -48,8 +54,14 @@ fn stage_attempt(
         format!("{}/manifest.json", layout::snapshot_dir(shard)),
         serde_json::to_vec(&serde_json::json!({ "snapshots": listed })).unwrap(),
     ));
-    out.push((layout::result_key("interpolation", sweep, shard), b"i".to_vec()));
-    out.push((layout::result_key("trajectory", sweep, shard), b"t".to_vec()));
+    out.push((
+        layout::result_key("interpolation", sweep, shard),
+        b"i".to_vec(),
+    ));
+    out.push((
+        layout::result_key("trajectory", sweep, shard),
+        b"t".to_vec(),
+    ));
     out.push((layout::result_key("runs", sweep, shard), runs));
     let staging = layout::staging_prefix(sweep, shard, attempt);
     for (k, v) in &out {
@@ -142,7 +154,14 @@ async fn sweep_names_that_escape_the_layout_are_invalid_arguments() {
     let run = start(500).await;
     let mut control = ControlServiceClient::new(channel(&run.addr).await);
     let long = "a".repeat(300);
-    for name in ["../../../../tmp/x", "a/b=c", "..", "x\ny", "7up", long.as_str()] {
+    for name in [
+        "../../../../tmp/x",
+        "a/b=c",
+        "..",
+        "x\ny",
+        "7up",
+        long.as_str(),
+    ] {
         let sub = pb::SubmitRequest {
             protocol_version: V,
             sweep: name.into(),

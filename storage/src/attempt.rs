@@ -112,7 +112,10 @@ mod tests {
             .iter()
             .map(|t| StagedFile::of(&result_key(t, "sw", "abc"), t.as_bytes()))
             .collect();
-        files.insert(0, StagedFile::of("snapshots/abc/step-00000000.safetensors", b"x"));
+        files.insert(
+            0,
+            StagedFile::of("snapshots/abc/step-00000000.safetensors", b"x"),
+        );
         AttemptManifest {
             sweep: "sw".into(),
             shard: "abc".into(),
@@ -127,10 +130,19 @@ mod tests {
         let m = manifest();
         assert_eq!(m.check("sw", "abc", 2), Ok(()));
         assert!(m.check("sw", "abc", 3).unwrap_err().contains("attempt 2"));
-        assert!(m.check("other", "abc", 2).unwrap_err().contains("sweep `sw`"));
+        assert!(
+            m.check("other", "abc", 2)
+                .unwrap_err()
+                .contains("sweep `sw`")
+        );
         let mut no_traj = m.clone();
         no_traj.files.retain(|f| !f.key.contains("trajectory"));
-        assert!(no_traj.check("sw", "abc", 2).unwrap_err().contains("`trajectory`"));
+        assert!(
+            no_traj
+                .check("sw", "abc", 2)
+                .unwrap_err()
+                .contains("`trajectory`")
+        );
         for bad in [
             "snapshots/other/step-1.safetensors",
             "snapshots/abc/../../x",

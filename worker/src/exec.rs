@@ -288,7 +288,9 @@ impl StorageSink<'_> {
                 Err(e) => return Ok(Err(format!("state.json does not parse: {e}"))),
             };
         if state.model_sha256.is_empty() || state.snapshot_sha256.len() != state.samples.len() {
-            return Ok(Err("it records no content hashes (an older version wrote it)".into()));
+            return Ok(Err(
+                "it records no content hashes (an older version wrote it)".into(),
+            ));
         }
         let read = |key: &str| self.storage.get(key).map_err(sink_err);
         let model = read(&format!("{dir}/model.safetensors"))?.to_vec();
@@ -478,7 +480,10 @@ pub fn run(
             files,
         };
         let key = format!("{prefix}{ATTEMPT_MANIFEST}");
-        storage.put(&key, serde_json::to_vec_pretty(&manifest).unwrap_or_default())?;
+        storage.put(
+            &key,
+            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        )?;
         written.push(key);
     }
     Ok(ExecReport {

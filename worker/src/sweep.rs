@@ -262,7 +262,11 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
             format!(
                 "the grid expands to {} shards ({}), more than max_shards = {max_shards}; \
                  set `max_shards` at the top of the spec to allow more",
-                if total == usize::MAX { "too many".to_owned() } else { total.to_string() },
+                if total == usize::MAX {
+                    "too many".to_owned()
+                } else {
+                    total.to_string()
+                },
                 sizes.join(" × ")
             ),
         ));
@@ -564,14 +568,20 @@ epochs = 3
         let p = plan_file(&spec).unwrap();
         let from_text = plan(text, "s.toml").unwrap();
         for (a, b) in p.shards.iter().zip(&from_text.shards) {
-            assert_eq!(a.config.data.dir, Some(tmp.path().join("specs/../data/mnist")));
+            assert_eq!(
+                a.config.data.dir,
+                Some(tmp.path().join("specs/../data/mnist"))
+            );
             assert_eq!(a.id, b.id, "the location is not part of the id");
         }
     }
 
     #[test]
     fn a_huge_grid_is_refused_before_it_is_expanded() {
-        let seeds = (0..2000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let seeds = (0..2000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let spec = format!("name = \"big\"\n[grid]\nseed = [{seeds}]\nlr = [{seeds}]\n");
         let err = plan(&spec, "big.toml").unwrap_err().to_string();
         assert!(

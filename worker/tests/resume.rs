@@ -86,7 +86,12 @@ fn runs_row(storage: &Storage, prefix: &str) -> Vec<(String, String)> {
         .build()
         .unwrap();
     let batch = reader.next().unwrap().unwrap();
-    let attempt_columns = ["attempt", "finished_at", "train_samples_per_s", "line_points_per_s"];
+    let attempt_columns = [
+        "attempt",
+        "finished_at",
+        "train_samples_per_s",
+        "line_points_per_s",
+    ];
     batch
         .schema()
         .fields()
@@ -105,14 +110,17 @@ fn arrow_cast_display(column: &dyn arrow_array::Array) -> String {
     format!("{column:?}")
 }
 
-/// Every file under `prefix` except checkpoints and the `runs` summary (compared column by
-/// column in [`runs_row`], since it records timings).
+/// Every file under `prefix` except checkpoints, the attempt manifest and the `runs` summary
+/// (compared column by column in [`runs_row`], since it records timings).
 fn outputs(storage: &Storage, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     storage
         .list(prefix)
         .unwrap()
         .into_iter()
-        .filter(|k| !k.contains("/checkpoints/") && !k.contains("/runs/"))
+        // The attempt manifest names its attempt and hashes the runs file: per attempt.
+        .filter(|k| {
+            !k.contains("/checkpoints/") && !k.contains("/runs/") && !k.ends_with("/attempt.json")
+        })
         .map(|k| {
             let bytes = storage.get(&k).unwrap().to_vec();
             (k[prefix.len()..].to_owned(), bytes)
@@ -237,7 +245,10 @@ fn interrupted_between_checkpoints_writes_one_at_the_stop() {
 #[test]
 fn a_corrupted_checkpoint_is_discarded_not_resumed() {
     interrupted_tampered_then_resumed_equals_whole(12, |st, prefix| {
-        flip_bits(st, &format!("{prefix}checkpoints/step-00000012/model.safetensors"));
+        flip_bits(
+            st,
+            &format!("{prefix}checkpoints/step-00000012/model.safetensors"),
+        );
     });
 }
 
@@ -246,7 +257,10 @@ fn a_corrupted_checkpoint_is_discarded_not_resumed() {
 fn a_checkpoint_whose_snapshot_changed_is_discarded() {
     interrupted_tampered_then_resumed_equals_whole(12, |st, prefix| {
         let shard = cfg().shard_id();
-        flip_bits(st, &format!("{prefix}snapshots/{shard}/step-00000005.safetensors"));
+        flip_bits(
+            st,
+            &format!("{prefix}snapshots/{shard}/step-00000005.safetensors"),
+        );
     });
 }
 
