@@ -80,12 +80,13 @@ impl AttemptManifest {
             .iter()
             .map(|t| result_key(t, sweep, shard))
             .collect();
-        if let Some(f) = self.files.iter().find(|f| {
-            !(own_results.contains(&f.key)
-                || (f.key.starts_with(&own_snapshots)
-                    && !f.key.contains("..")
-                    && !f.key[own_snapshots.len()..].contains('/')))
-        }) {
+        let own = |key: &str| {
+            own_results.iter().any(|r| r == key)
+                || key
+                    .strip_prefix(&own_snapshots)
+                    .is_some_and(|file| !file.contains('/') && !file.contains(".."))
+        };
+        if let Some(f) = self.files.iter().find(|f| !own(&f.key)) {
             return Err(format!(
                 "the attempt manifest lists `{}`, which is not one of the shard's own keys",
                 f.key
