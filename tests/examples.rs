@@ -32,6 +32,26 @@ fn the_readme_single_shard_example_runs() {
     assert_eq!(std::fs::read_dir(runs).unwrap().count(), 1);
 }
 
+/// A shard config is also a sweep spec of one shard: `plan` lists it.
+#[test]
+fn the_single_shard_example_plans_as_one_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/shard-mnist-mlp.toml");
+    let o = linesweep(
+        &["plan", example.to_str().unwrap(), "--json"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let shards: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shards.len(), 1, "{out}");
+    assert_eq!(shards[0]["sweep"], "mnist-mlp");
+}
+
 /// The example says every field is the default: it must be the same shard as an empty file.
 #[test]
 fn the_single_shard_example_is_the_default_config() {

@@ -62,6 +62,8 @@ pub fn verify(
     let manifest: AttemptManifest = serde_json::from_slice(&storage.get(&manifest_key)?)
         .map_err(|e| invalid(format!("{ATTEMPT_MANIFEST} does not parse: {e}")))?;
     manifest.check(sweep, shard, attempt).map_err(invalid)?;
+    // The small files (tables, JSON), read once: hashed here, parsed below.
+    let mut small: std::collections::HashMap<&str, bytes::Bytes> = Default::default();
     for f in &manifest.files {
         let key = format!("{prefix}/{}", f.key);
         match storage.size(&key)? {
@@ -74,34 +76,38 @@ pub fn verify(
             }
             Some(_) => {}
         }
-        if !f.key.ends_with(".safetensors") && sha256_hex(&storage.get(&key)?) != f.sha256 {
-            return Err(invalid(format!(
-                "{}: its contents differ from the manifest",
-                f.key
-            )));
+        if !f.key.ends_with(".safetensors") {
+            let bytes = storage.get(&key)?;
+            if sha256_hex(&bytes) != f.sha256 {
+                return Err(invalid(format!(
+                    "{}: its contents differ from the manifest",
+                    f.key
+                )));
+            }
+            small.insert(f.key.as_str(), bytes);
         }
     }
-    check_snapshots(storage, &prefix, &manifest).map_err(invalid)?;
-    let runs = storage.get(&format!(
-        "{prefix}/{}",
-        result_key(COMMIT_TABLE, sweep, shard)
-    ))?;
+    check_snapshots(&small, &manifest).map_err(invalid)?;
+    // `check` made sure the manifest lists the runs table, so it was read above.
+    let runs = small
+        .remove(result_key(COMMIT_TABLE, sweep, shard).as_str())
+        .unwrap_or_default();
     check_runs_row(runs, shard, manifest.schema_version).map_err(invalid)?;
     Ok(manifest)
 }
 
 /// Every snapshot file that `snapshots/<shard>/manifest.json` names is in the attempt manifest.
-fn check_snapshots(storage: &Storage, prefix: &str, m: &AttemptManifest) -> Result<(), String> {
+fn check_snapshots(
+    small: &std::collections::HashMap<&str, bytes::Bytes>,
+    m: &AttemptManifest,
+) -> Result<(), String> {
     let dir = snapshot_dir(&m.shard);
     let key = format!("{dir}/manifest.json");
-    if !m.files.iter().any(|f| f.key == key) {
+    let Some(bytes) = small.get(key.as_str()) else {
         return Err(format!("the attempt staged no snapshot manifest ({key})"));
-    }
-    let bytes = storage
-        .get(&format!("{prefix}/{key}"))
-        .map_err(|e| e.to_string())?;
+    };
     let snaps: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{key} does not parse: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("{key} does not parse: {e}"))?;
     let listed = snaps["snapshots"]
         .as_array()
         .ok_or_else(|| format!("{key} lists no snapshots"))?;
@@ -163,8 +169,15 @@ pub fn publish(
     shard: &str,
     attempt: u32,
 ) -> Result<usize, PublishError> {
-    let prefix = staging_prefix(sweep, shard, attempt);
-    let manifest = verify(storage, sweep, shard, attempt)?;
+    publish_verified(storage, &verify(storage, sweep, shard, attempt)?)
+}
+
+/// Copies the files of a manifest that [`verify`] returned to their final keys.
+pub fn publish_verified(
+    storage: &Storage,
+    manifest: &AttemptManifest,
+) -> Result<usize, PublishError> {
+    let prefix = staging_prefix(&manifest.sweep, &manifest.shard, manifest.attempt);
     let mut published = 0;
     for file in manifest.publish_order() {
         let (key, target) = (format!("{prefix}/{}", file.key), file.key.as_str());

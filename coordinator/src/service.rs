@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::lease::{Millis, Publish, Shard, ShardState};
 use crate::ledger::{Ledger, LedgerError, ShardRow, SubmitMode, SweepMeta, SweepStatus};
 use crate::publish::{self, PublishError};
+use linesweep_storage::attempt::AttemptManifest;
 
 /// The coordinator's clock, injectable for tests.
 pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
@@ -286,21 +287,27 @@ impl Coordinator {
 
     /// Publishes and commits `attempt` (the ledger must be at `Publishing{attempt}`, and the
     /// caller must hold the shard's [`Gate`]); returns how many objects were newly published.
-    /// A permanent publish failure is recorded as an application failure of the attempt.
+    /// `verified`: the manifest the caller already checked under the same gate (else it is
+    /// checked here). A permanent publish failure is recorded as an application failure of
+    /// the attempt.
     async fn finish_publish(
         &self,
         sweep: &str,
         shard: &str,
         attempt: u32,
         results: &str,
+        verified: Option<AttemptManifest>,
         _gate: &Gate,
     ) -> Result<u64, Status> {
         let storage = self.storage(results).await?;
         let (sw, sh) = (sweep.to_owned(), shard.to_owned());
         let st = storage.clone();
-        let copied = tokio::task::spawn_blocking(move || publish::publish(&st, &sw, &sh, attempt))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let copied = tokio::task::spawn_blocking(move || match verified {
+            Some(m) => publish::publish_verified(&st, &m),
+            None => publish::publish(&st, &sw, &sh, attempt),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         match copied {
             Ok(n) => {
                 match self
@@ -379,7 +386,7 @@ impl Coordinator {
                     Err(e) => Err(e),
                 }
             } else {
-                self.finish_publish(&sweep, &shard, attempt, &results, &gate)
+                self.finish_publish(&sweep, &shard, attempt, &results, None, &gate)
                     .await
             };
             match outcome {
@@ -680,6 +687,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             l.shard(sweep, shard)
                 .map(|s| matches!(s.begin_publish(attempt, now), Ok(Publish::Start(_))))
         });
+        let mut verified = None;
         if holds.map_err(status)? {
             let storage = self.storage(&results).await?;
             let (sw, sh) = (sweep.to_owned(), shard.to_owned());
@@ -688,7 +696,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
             match check {
-                Ok(_) => {}
+                Ok(m) => verified = Some(m),
                 Err(e @ PublishError::Storage(_)) => {
                     return Err(Status::unavailable(e.to_string()));
                 }
@@ -701,7 +709,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let published = match decision {
             Ok(Publish::AlreadyCommitted) => 0,
             Ok(Publish::Start(_) | Publish::Resume) => {
-                self.finish_publish(sweep, shard, attempt, &results, &gate)
+                self.finish_publish(sweep, shard, attempt, &results, verified, &gate)
                     .await?
             }
             Err(e) => {

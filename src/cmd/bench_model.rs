@@ -13,15 +13,16 @@ use linesweep_worker::device;
 use linesweep_worker::engine::eval::{cross_entropy, labels_tensor};
 use linesweep_worker::model::Net;
 
+use super::config_name;
 use crate::cli::{DecodeBenchArgs, ModelBenchArgs};
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
-    let arch: Arch = serde_json::from_value(serde_json::Value::String(args.arch.clone()))
-        .with_context(|| format!("unknown architecture `{}`", args.arch))?;
+    let arch: Arch = config_name(&args.arch, &format!("architecture `{}`", args.arch))?;
     let target = device::parse(&args.device)?;
-    let precision: Precision =
-        serde_json::from_value(serde_json::Value::String(args.precision.clone()))
-            .with_context(|| format!("unknown precision `{}` (f32 or bf16)", args.precision))?;
+    let precision: Precision = config_name(
+        &args.precision,
+        &format!("precision `{}` (f32 or bf16)", args.precision),
+    )?;
     anyhow::ensure!(
         linesweep_worker::model::precision::supported(&target.device, precision),
         "the device {} cannot compute in {}",
@@ -31,10 +32,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let ad = target.device.clone().autodiff();
     ad.seed(1);
     let norm: Option<Norm> = match &args.norm {
-        Some(n) => Some(
-            serde_json::from_value(serde_json::Value::String(n.clone()))
-                .with_context(|| format!("unknown norm `{n}` (batch or none)"))?,
-        ),
+        Some(n) => Some(config_name(n, &format!("norm `{n}` (batch or none)"))?),
         None => None,
     };
     let cfg = ModelConfig {

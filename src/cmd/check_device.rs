@@ -1,6 +1,5 @@
 //! `linesweep check-device`: does a GPU backend compute what the CPU computes?
 
-use anyhow::Context;
 use linesweep_worker::config::Precision;
 use linesweep_worker::device;
 use linesweep_worker::engine::parity::{self, Report, Side};
@@ -8,8 +7,7 @@ use linesweep_worker::engine::parity::{self, Report, Side};
 use crate::cli::CheckDeviceArgs;
 
 fn precision(name: &str) -> anyhow::Result<Precision> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned()))
-        .with_context(|| format!("unknown precision `{name}` (f32 or bf16)"))
+    super::config_name(name, &format!("precision `{name}` (f32 or bf16)"))
 }
 
 pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {

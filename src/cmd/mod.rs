@@ -15,6 +15,17 @@ pub use exec::Interrupted;
 
 use crate::cli::{Cli, Command};
 
+/// A config enum (architecture, precision, norm …) from its name on the command line, spelled
+/// as in configs; `what` names it in the error, e.g. "precision `x` (f32 or bf16)".
+pub(crate) fn config_name<T: serde::de::DeserializeOwned>(
+    value: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .with_context(|| format!("unknown {what}"))
+}
+
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

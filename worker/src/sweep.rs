@@ -287,6 +287,11 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
                 .all(|(path, v)| p.iter().any(|(q, w)| q == path && w == v))
         })
     });
+    // A spec without a grid and without includes is a sweep of one shard: its shared values
+    // (so any shard config, such as examples/shard-mnist-mlp.toml, plans as itself).
+    if axes.is_empty() && includes.is_empty() {
+        points.push(Vec::new());
+    }
     for inc in includes {
         points.push(resolve_table(inc, "include")?);
     }
@@ -294,7 +299,7 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         return Err(invalid(
             "",
             "grid",
-            "the sweep has no shards: give a non-empty [grid] or [[include]] points".into(),
+            "the sweep has no shards: every grid point is excluded".into(),
         ));
     }
 
@@ -518,7 +523,14 @@ epochs = 3
             err.starts_with("s.toml:3:") && err.contains("empty grid"),
             "{err}"
         );
-        let err = plan("name = \"x\"\n", "s.toml").unwrap_err().to_string();
+        // No grid: one shard, the shared values. A grid whose every point is excluded: none.
+        assert_eq!(plan("name = \"x\"\n", "s.toml").unwrap().shards.len(), 1);
+        let err = plan(
+            "name = \"x\"\n[grid]\nseed = [1]\n[[exclude]]\nseed = 1\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no shards"), "{err}");
         let err = plan("[grid]\nseed = [1]\n", "s.toml")
             .unwrap_err()

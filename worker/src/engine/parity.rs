@@ -24,7 +24,7 @@ use crate::config::{Arch, BnMode, ModelConfig, OptimizerName, Precision, TrainCo
 use crate::data::Split;
 use crate::device::ComputeDevice;
 use crate::model::Net;
-use crate::science::AlphaGrid;
+use crate::science::{AlphaGrid, projection};
 use crate::snapshot::HostSnapshot;
 
 /// One network to compare on.
@@ -148,8 +148,13 @@ fn relative(a: f64, b: f64, floor: f64) -> f64 {
     if d.is_nan() { f64::INFINITY } else { d }
 }
 
-fn norm(v: impl Iterator<Item = f64>) -> f64 {
-    v.map(|x| x * x).sum::<f64>().sqrt()
+/// ‖a − b‖ in f64.
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// A device and the arithmetic of its forward passes.
@@ -236,10 +241,10 @@ fn check_case(
     // (the gradient of a weight before a batch norm is a near-cancelling sum): it is measured
     // against the size a tensor of its length has in this network instead.
     let all = run_ref.trained.parameter_vector();
-    let rms = norm(all.iter().map(|&x| f64::from(x))) / (all.len().max(1) as f64).sqrt();
+    let rms = projection::norm(&all) / (all.len().max(1) as f64).sqrt();
     for (td, tr) in run_dev.trained.tensors.iter().zip(&run_ref.trained.tensors) {
-        let apart = norm(tr.data.iter().zip(&td.data).map(|(r, d)| f64::from(r - d)));
-        let size = norm(tr.data.iter().map(|&r| f64::from(r)));
+        let apart = distance(&tr.data, &td.data);
+        let size = projection::norm(&tr.data);
         let typical = rms * (tr.data.len() as f64).sqrt();
         let d = apart / size.max(typical).max(1e-12);
         let d = if d.is_nan() { f64::INFINITY } else { d };
