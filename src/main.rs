@@ -9,6 +9,7 @@ mod progress;
 mod render;
 
 use clap::Parser;
+use linesweep_worker::child::ExitReason;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -32,9 +33,15 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<cmd::Interrupted>().is_some() => {
             tracing::warn!("{e}");
-            std::process::ExitCode::from(linesweep_worker::agent::EXIT_INTERRUPTED as u8)
+            std::process::ExitCode::from(ExitReason::Interrupted.code() as u8)
         }
         Err(e) => {
+            // `exec` says why it failed in the child protocol's terms (a worker agent reads
+            // the code); everything else exits 1.
+            let code = e
+                .downcast_ref::<cmd::exec::Failed>()
+                .map_or(ExitReason::Application, |f| f.reason)
+                .code();
             // One line a user can act on: the chain of causes, outermost first.
             eprintln!(
                 "error: {}",
@@ -43,7 +50,7 @@ fn main() -> std::process::ExitCode {
                     .collect::<Vec<_>>()
                     .join(": ")
             );
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code as u8)
         }
     }
 }

@@ -352,10 +352,10 @@ pub fn workers(list: &[pb::WorkerInfo]) -> String {
             w.device,
             w.slots,
             format!("{:.1}s ago", w.last_seen_ms as f64 / 1000.0),
-            if w.shards.is_empty() {
-                "idle".to_owned()
-            } else {
-                w.shards.join(", ")
+            match (w.shards.is_empty(), w.unhealthy.is_empty()) {
+                (true, true) => "idle".to_owned(),
+                (_, false) => format!("UNHEALTHY: {}", w.unhealthy),
+                (false, true) => w.shards.join(", "),
             }
         );
     }

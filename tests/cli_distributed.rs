@@ -594,6 +594,176 @@ seed = 99
     );
 }
 
+#[test]
+fn g_failures_are_classified_full_disk_oom_kill_and_invalid_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let results = dir.join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    // Two shards that can run, and one whose start lies beyond its training: the folder
+    // dataset's size is unknown when the spec is planned, so only the engine can tell.
+    let mnist = repo().join("data/mnist-10k");
+    let body = format!(
+        r#"
+name = "cls"
+
+[grid]
+seed = [0, 1]
+"data.max_train_examples" = [4000]
+
+[[include]]
+seed = 7
+"data.dataset" = "mnist"
+"data.dir" = "{}"
+"eval.starts" = ["init", "step:100000"]
+
+[model]
+hidden = [256, 256]
+
+[train]
+epochs = 100
+lr = 0.01
+
+[snapshot]
+every = 32
+
+[eval]
+max_examples = 400
+alpha_points = 11
+alpha_start = 0.0
+alpha_stop = 1.0
+
+[storage]
+results = "{}"
+"#,
+        mnist.display(),
+        results.display()
+    );
+    let spec = dir.join("cls.toml");
+    std::fs::write(&spec, body).unwrap();
+    let (_server, url) = serve(&dir.join("state.db"), 0, 5);
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // 1. A worker whose results disk is full: its own mount namespace with a 64 KiB tmpfs
+    // over the results folder (nothing outside sees it). It must give every shard back
+    // untouched, and stop as unhealthy after three infrastructure failures in a row.
+    let log = dir.join("full.log");
+    let full = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@""#,
+        ])
+        .arg(&results)
+        .arg(bin())
+        .args([
+            "worker",
+            "--coordinator",
+            &url,
+            "--token",
+            TOKEN,
+            "--name",
+            "full",
+        ])
+        .args([
+            "--max-backoff",
+            "0.5",
+            "--idle-poll",
+            "0.2",
+            "--exit-when-idle",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("unshare runs (util-linux; mount namespaces need root or CAP_SYS_ADMIN)");
+    let ended = wait_exit(&mut Proc(full).0, Duration::from_secs(120));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!err.contains("mount:"), "could not mount the tmpfs:\n{err}");
+    assert!(!ended.success(), "{err}");
+    assert!(
+        err.contains("infrastructure failures in a row") && err.contains("No space left on device"),
+        "{err}"
+    );
+    // Every shard, the invalid one included, failed on this disk before it could say more
+    // (a shard writes its config next to its snapshots first): all pending, no budget spent.
+    let st = status(dir, &url, "cls").expect("status");
+    assert_eq!(
+        st["failures"], 0,
+        "a full disk spent failure budget: {st:#}"
+    );
+    assert!(st["interruptions"].as_u64() >= Some(3), "{st:#}");
+    assert_eq!(count(&st, "pending"), 3, "{st:#}");
+
+    // 2. A healthy worker. The OOM killer's SIGKILL of its child is the machine's doing too:
+    // the shard resumes and commits, its budget untouched.
+    let w = worker(&url, "w", &dir.join("w.log"));
+    wait_for(
+        dir,
+        &url,
+        "cls",
+        Duration::from_secs(120),
+        "a shard mid-training",
+        |s| {
+            s["running"].as_array().is_some_and(|r| {
+                r.iter().any(|x| {
+                    let done = x["done"].as_u64().unwrap_or(0);
+                    x["phase"] == "train" && done > 0 && done * 2 < x["total"].as_u64().unwrap_or(0)
+                })
+            })
+        },
+    );
+    let children = children_of(w.0.id());
+    assert_eq!(children.len(), 1, "one child per slot: {children:?}");
+    // SAFETY: kill(2) on a pid this test just read from /proc.
+    unsafe {
+        libc::kill(children[0] as libc::pid_t, libc::SIGKILL);
+    }
+    let st = wait_for(
+        dir,
+        &url,
+        "cls",
+        Duration::from_secs(300),
+        "the sweep ends",
+        finished,
+    );
+    assert_eq!(
+        (count(&st, "committed"), count(&st, "failed")),
+        (2, 1),
+        "{st:#}"
+    );
+    // Only the invalid start spent budget, and one unit of it: it failed at its first report
+    // from a machine that could run it, with the reason.
+    assert_eq!(st["failures"], 1, "a killed child spent no budget: {st:#}");
+    let bad = &st["failed"][0];
+    assert_eq!(bad["failures"], 1, "{bad:#}");
+    assert!(
+        bad["last_error"].as_str().unwrap().contains("step:100000"),
+        "{bad:#}"
+    );
+    let o = cli(dir, &url, &["status", "cls", "--shards", "--json"]);
+    let shards: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    let killed = shards["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("killed"))
+        })
+        .unwrap_or_else(|| panic!("no shard records the kill: {shards:#}"));
+    assert_eq!(
+        (killed["state"].as_str(), killed["failures"].as_u64()),
+        (Some("committed"), Some(0)),
+        "{killed:#}"
+    );
+}
+
 /// `exec` in staged mode as a worker runs it: stdin held open (the agent's lifeline), JSON
 /// progress on stdout.
 fn staged_exec(dir: &Path, config_json: &str, out: &str, attempt: u32) -> Child {

@@ -120,6 +120,9 @@ fn unwritable_output_and_unknown_device() {
         "{}",
         text(&o.stderr)
     );
+    // The child protocol: a device this machine lacks is the machine's failure (74), so a
+    // worker agent gives the shard back without spending its budget.
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o.stderr));
 }
 
 #[test]
@@ -156,5 +159,8 @@ fn config_json_is_validated_like_a_file() {
         err.contains("--config-json: field `train.batch_size`") && !err.contains("panicked"),
         "{err}"
     );
+    // An invalid config can never succeed: the deterministic exit (78), which fails the
+    // shard at once instead of spending three attempts.
+    assert_eq!(o.status.code(), Some(78), "{err}");
     assert!(!tmp.path().join("out/results").exists());
 }

@@ -62,6 +62,37 @@ fn broken_spec_is_one_error_line() {
 }
 
 #[test]
+fn what_could_only_fail_in_a_worker_is_refused_by_plan() {
+    // A start after the end of training (the built-in sample has 8,000 examples: 63 steps
+    // per epoch at batch 128), and a network of 10¹⁶ parameters: both used to train (or
+    // abort on a 313 GB allocation) three times in a worker before the shard failed.
+    let tmp = tempfile::tempdir().unwrap();
+    for (body, field) in [
+        (
+            "[train]\nbatch_size = 128\nepochs = 2\n[eval]\nstarts = [\"init\", \"step:5000\"]\n",
+            "field `eval.starts`",
+        ),
+        (
+            "[model]\nhidden = [100000000, 100000000]\n",
+            "field `model.hidden`",
+        ),
+    ] {
+        std::fs::write(
+            tmp.path().join("s.toml"),
+            format!("name = \"s\"\n[grid]\nseed = [0, 1]\n{body}"),
+        )
+        .unwrap();
+        let o = linesweep(&["plan", "s.toml"], tmp.path(), Duration::from_secs(60));
+        assert!(!o.status.success());
+        let err = text(&o.stderr);
+        assert!(
+            err.starts_with("error: s.toml") && err.contains(field) && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn architecture_examples_plan_with_normalised_configs() {
     for (file, shards) in [
         ("examples/cifar10-resnet.toml", 12),

@@ -4,8 +4,8 @@
 //!            lease             begin_publish(a)                commit(a)
 //! Pending ──────────► Leased{a} ──────────────► Publishing{a} ──────────► Committed{a}
 //!    ▲  ▲              │  │  │                        │
-//!    │  └─expire/preempt┘  │  └─ fail(a), budget left ─┴─ abandon_publish(a) ──► Pending
-//!    │                     └──── fail(a), budget spent ──► Failed ──retry──► Pending
+//!    │  └─expire/preempt/infra┘│  └─ fail(a), budget left ─┴─ abandon_publish(a) ──► Pending
+//!    │                     └──── fail(a), budget spent or deterministic ──► Failed ──retry──► Pending
 //!    └─────────────── retry ◄── Cancelled ◄── cancel (Pending; Leased with --now)
 //! ```
 //!
@@ -15,11 +15,12 @@
 //! finish it. So no two attempts ever publish, even across a crash between copy and commit.
 //!
 //! Every lease issues a new attempt number; that number is the fencing token. A heartbeat or
-//! failure that names another attempt, or arrives after the lease expired, is refused with
-//! [`Refused::LeaseLost`] and changes nothing. A completion is refused only when its token is
+//! failure that names another attempt, or arrives after the reaper gave the lease back, is
+//! refused with [`Refused::LeaseLost`] and changes nothing. A completion is refused only when its token is
 //! stale, i.e. a newer attempt exists: an expired lease that nobody took over may still
-//! publish. Lease expiry and preemption are
-//! infrastructure events and do not consume the application-failure budget.
+//! publish. Lease expiry, preemption and infrastructure failures ([`Failure`]) are
+//! interruptions and do not consume the application-failure budget; a deterministic failure
+//! (the shard can never succeed) fails the shard at once.
 
 /// Milliseconds since the Unix epoch, on the coordinator's clock only.
 pub type Millis = i64;
@@ -92,6 +93,30 @@ pub struct Shard {
     pub last_error: Option<String>,
 }
 
+/// How a failed attempt counts against its shard (the worker's classification of its child's
+/// exit, or the publisher's of a staging it could not publish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The shard's own failure: one unit of the budget.
+    Application,
+    /// The machine's (storage I/O, a full disk, the OOM killer): Pending again, budget
+    /// untouched, counted as an interruption.
+    Infrastructure,
+    /// It can never succeed (an invalid config or start, a publish conflict): Failed at once.
+    Deterministic,
+}
+
+impl Failure {
+    /// The event kind the ledger records.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::Application => "failed",
+            Self::Infrastructure => "infrastructure-failed",
+            Self::Deterministic => "invalid",
+        }
+    }
+}
+
 /// What [`Shard::begin_publish`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publish {
@@ -129,13 +154,13 @@ impl Shard {
         }
     }
 
-    fn holds(&self, attempt: u32, now: Millis) -> Result<(), Refused> {
+    /// Whether `attempt` still holds the lease: the shard is leased to it. A lease past its
+    /// expiry that the reaper has not yet given back is still held — its token is not stale
+    /// until another attempt supersedes it — so a heartbeat that arrives late (a coordinator
+    /// thawed after a stall, a long read) renews it instead of killing finished work.
+    fn holds(&self, attempt: u32, _now: Millis) -> Result<(), Refused> {
         match &self.state {
-            ShardState::Leased {
-                attempt: a,
-                expires_at,
-                ..
-            } if *a == attempt && now < *expires_at => Ok(()),
+            ShardState::Leased { attempt: a, .. } if *a == attempt => Ok(()),
             other => Err(Refused::LeaseLost {
                 attempt,
                 state: other.name(),
@@ -256,22 +281,13 @@ impl Shard {
     pub fn abandon_publish(
         &self,
         attempt: u32,
+        kind: Failure,
         error: &str,
         policy: &LeasePolicy,
     ) -> Result<Shard, Refused> {
         match &self.state {
             ShardState::Publishing { attempt: a } if *a == attempt => {
-                let failures = self.failures + 1;
-                Ok(Shard {
-                    state: if failures >= policy.max_failures {
-                        ShardState::Failed
-                    } else {
-                        ShardState::Pending
-                    },
-                    failures,
-                    last_error: Some(error.to_owned()),
-                    ..self.clone()
-                })
+                Ok(self.failed(kind, error, policy))
             }
             other => Err(Refused::LeaseLost {
                 attempt,
@@ -280,27 +296,45 @@ impl Shard {
         }
     }
 
-    /// An application failure of `attempt`: back to Pending while the budget lasts.
+    /// A failure of `attempt`, counted as `kind` says: an application failure goes back to
+    /// Pending while the budget lasts; an infrastructure failure goes back to Pending with the
+    /// budget untouched; a deterministic one fails the shard at once.
     pub fn fail(
         &self,
         attempt: u32,
+        kind: Failure,
         error: &str,
         now: Millis,
         policy: &LeasePolicy,
     ) -> Result<Shard, Refused> {
         self.holds(attempt, now)?;
-        let failures = self.failures + 1;
-        let state = if failures >= policy.max_failures {
-            ShardState::Failed
-        } else {
-            ShardState::Pending
-        };
-        Ok(Shard {
-            state,
-            failures,
-            last_error: Some(error.to_owned()),
-            ..self.clone()
-        })
+        Ok(self.failed(kind, error, policy))
+    }
+
+    fn failed(&self, kind: Failure, error: &str, policy: &LeasePolicy) -> Shard {
+        let last_error = Some(error.to_owned());
+        match kind {
+            Failure::Infrastructure => Shard {
+                state: ShardState::Pending,
+                interruptions: self.interruptions + 1,
+                last_error,
+                ..self.clone()
+            },
+            Failure::Application | Failure::Deterministic => {
+                let failures = self.failures + 1;
+                let spent = kind == Failure::Deterministic || failures >= policy.max_failures;
+                Shard {
+                    state: if spent {
+                        ShardState::Failed
+                    } else {
+                        ShardState::Pending
+                    },
+                    failures,
+                    last_error,
+                    ..self.clone()
+                }
+            }
+        }
     }
 
     /// `attempt` gave its lease back (SIGTERM, spot reclaim): Pending, budget untouched.
@@ -425,7 +459,7 @@ mod tests {
             Err(Refused::LeaseLost { .. })
         ));
         assert!(matches!(
-            s.fail(1, "x", 1_002, &P),
+            s.fail(1, Failure::Application, "x", 1_002, &P),
             Err(Refused::LeaseLost { .. })
         ));
         let done = s.complete(2, 1_500).unwrap();
@@ -470,10 +504,10 @@ mod tests {
         assert_eq!((s.failures, s.interruptions), (0, 2));
         let (s, a2) = s.lease("w", 2_001, &P).unwrap();
         assert_eq!((a, a2), (2, 3));
-        let s = s.fail(a2, "nan", 2_002, &P).unwrap();
+        let s = s.fail(a2, Failure::Application, "nan", 2_002, &P).unwrap();
         assert_eq!((s.state.clone(), s.failures), (ShardState::Pending, 1));
         let (s, a3) = s.lease("w", 2_003, &P).unwrap();
-        let s = s.fail(a3, "oom", 2_004, &P).unwrap();
+        let s = s.fail(a3, Failure::Application, "oom", 2_004, &P).unwrap();
         assert_eq!(s.state, ShardState::Failed);
         assert_eq!(s.last_error.as_deref(), Some("oom"));
         // A user retry resets the budget; attempt numbers keep growing.
@@ -529,8 +563,35 @@ mod tests {
         let Ok(Publish::Start(p)) = s.begin_publish(a, 10) else {
             panic!()
         };
-        let back = p.abandon_publish(a, "no runs file", &P).unwrap();
+        let back = p
+            .abandon_publish(a, Failure::Application, "no runs file", &P)
+            .unwrap();
         assert_eq!((back.state, back.failures), (ShardState::Pending, 1));
+        let conflict = p
+            .abandon_publish(a, Failure::Deterministic, "conflict", &P)
+            .unwrap();
+        assert_eq!(conflict.state, ShardState::Failed);
+    }
+
+    #[test]
+    fn infrastructure_failures_keep_the_budget_and_deterministic_ones_fail_at_once() {
+        let mut s = Shard::new();
+        // A full disk five times over: never failed, every time pending again.
+        for i in 0..5 {
+            let (leased, a) = s.lease("w", i, &P).unwrap();
+            s = leased
+                .fail(a, Failure::Infrastructure, "No space left on device", i, &P)
+                .unwrap();
+            assert_eq!(s.state, ShardState::Pending);
+        }
+        assert_eq!((s.failures, s.interruptions), (0, 5));
+        assert_eq!(s.last_error.as_deref(), Some("No space left on device"));
+        // An invalid start cannot succeed on a retry: failed with the first report.
+        let (leased, a) = s.lease("w", 10, &P).unwrap();
+        let f = leased
+            .fail(a, Failure::Deterministic, "eval.starts: step 9999", 10, &P)
+            .unwrap();
+        assert_eq!((f.state, f.failures), (ShardState::Failed, 1));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Status};
 
 use crate::ledger::Ledger;
-use crate::service::{Clock, Coordinator};
+use crate::service::{Clock, Coordinator, ShardCheck};
 
 /// What `serve` needs besides the ledger; durations come from here, never from `cfg!(test)`.
 #[derive(Clone)]
@@ -24,6 +24,9 @@ pub struct ServeConfig {
     pub clock: Clock,
     /// Storage root for sweeps submitted without `[storage] results` (empty: none).
     pub default_results: String,
+    /// Checks each submitted shard (id, canonical config JSON) with the planner's rules; the
+    /// coordinator cannot itself, since shard configs are opaque to it. `None`: accept any.
+    pub check_shard: Option<ShardCheck>,
 }
 
 /// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
@@ -46,6 +49,24 @@ pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Stat
     }
 }
 
+/// After a stall of the coordinator's own loop longer than a heartbeat interval (SIGSTOP, a
+/// paused VM, a starved process), workers' heartbeats are queued unread: expiring leases now
+/// would throw away healthy work. Every live lease first gets a fresh TTL, as after a restart.
+async fn stall_grace(c: &Coordinator, stall: Duration, ttl: Duration) {
+    if stall <= ttl / 6 {
+        return;
+    }
+    match c.with_ledger(|l, now| l.restart_grace(now)).await {
+        Ok(Ok(n)) => tracing::warn!(
+            stalled_s = stall.as_secs_f64(),
+            leases = n,
+            "the coordinator was stalled; live leases get a fresh TTL before any expires"
+        ),
+        Ok(Err(e)) => tracing::error!(error = %e, "stall grace failed"),
+        Err(e) => tracing::error!(error = e.message(), "stall grace failed"),
+    }
+}
+
 /// Serves both services (and `grpc.health.v1`, without a token, for probes) on `listener`
 /// until `shutdown` resolves. On start every live lease gets one fresh TTL (restart grace) and
 /// interrupted publishes are finished; a reaper then expires leases on its own timer.
@@ -56,13 +77,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let graced = ledger.restart_grace((config.clock)())?;
+    let ttl = Duration::from_millis(ledger.policy().ttl_ms.max(1) as u64);
     if graced > 0 {
         tracing::info!(
             leases = graced,
             "restart grace: live leases extended by one TTL"
         );
     }
-    let coordinator = Coordinator::new(ledger, config.clock.clone(), config.default_results);
+    let coordinator = Coordinator::new(ledger, config.clock.clone(), config.default_results)
+        .with_shard_check(config.check_shard);
     coordinator.roll_forward().await;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {
@@ -70,9 +93,12 @@ pub async fn serve(
         let interval = config.reaper_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            let mut last = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        let gap = std::mem::replace(&mut last, tokio::time::Instant::now()).elapsed();
+                        stall_grace(&c, gap.saturating_sub(interval), ttl).await;
                         match c.with_ledger(|l, now| l.expire_leases(now)).await {
                             Ok(Ok(expired)) => for (sweep, shard, attempt) in expired {
                                 tracing::warn!(%sweep, %shard, attempt, "lease expired; the shard is pending again");

@@ -15,8 +15,11 @@ use linesweep_storage::Storage;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::lease::{Millis, Publish, Shard, ShardState};
-use crate::ledger::{Ledger, LedgerError, ShardRow, SubmitMode, SweepMeta, SweepStatus};
+use crate::lease::{Failure, Millis, Publish, Shard, ShardState};
+use crate::ledger::{
+    BULK_CHUNK, Bulk, Ledger, LedgerError, LedgerReader, Reads, ShardRow, SubmitMode, SweepMeta,
+    SweepStatus,
+};
 use crate::publish::{self, PublishError};
 use linesweep_storage::attempt::AttemptManifest;
 
@@ -31,6 +34,9 @@ pub fn system_clock() -> Clock {
             .map_or(0, |d| d.as_millis() as Millis)
     })
 }
+
+/// Checks a submitted shard `(id, config_json)`: `Err` is the reason it is refused.
+pub type ShardCheck = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
 
 /// Progress of a running attempt, from its heartbeats (memory only: it is advisory).
 #[derive(Debug, Clone, Default)]
@@ -47,6 +53,8 @@ struct WorkerEntry {
     device: String,
     slots: u32,
     last_seen: Millis,
+    /// Why it stopped taking shards (empty: healthy).
+    unhealthy: String,
 }
 
 /// The ledger with its open group-commit batch.
@@ -79,6 +87,9 @@ pub struct Coordinator {
     // A std mutex: no await happens while it is held, and every ledger call is one short
     // SQLite transaction. Storage I/O (publishing) happens outside it.
     ledger: Arc<Mutex<Batched>>,
+    /// A read-only connection for status and listings (`None`: in-memory ledgers read
+    /// through `ledger`): a long read must not hold the lock that leases need.
+    reader: Option<Arc<Mutex<LedgerReader>>>,
     committed: Arc<tokio::sync::watch::Sender<Committed>>,
     wake: Arc<tokio::sync::Notify>,
     live: Arc<Mutex<Live>>,
@@ -89,6 +100,7 @@ pub struct Coordinator {
     publishing: Gates,
     clock: Clock,
     default_results: String,
+    check_shard: Option<ShardCheck>,
     heartbeat_interval_ms: u64,
     watch_interval: Duration,
 }
@@ -125,6 +137,13 @@ impl Coordinator {
     /// `default_results` is the storage root of sweeps submitted without one.
     pub fn new(ledger: Ledger, clock: Clock, default_results: String) -> Self {
         let ttl = ledger.policy().ttl_ms.max(1) as u64;
+        let reader = match ledger.reader() {
+            Ok(r) => r.map(|r| Arc::new(Mutex::new(r))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no separate read connection; status reads share the writer's");
+                None
+            }
+        };
         let ledger = Arc::new(Mutex::new(Batched {
             ledger,
             open: 0,
@@ -139,6 +158,7 @@ impl Coordinator {
         ));
         Self {
             ledger,
+            reader,
             committed,
             wake,
             live: Arc::default(),
@@ -146,10 +166,39 @@ impl Coordinator {
             publishing: Arc::default(),
             clock,
             default_results,
+            check_shard: None,
             // Six heartbeats per TTL: a lease survives a few lost ones.
             heartbeat_interval_ms: (ttl / 6).max(50),
             watch_interval: Duration::from_millis(500),
         }
+    }
+
+    /// Refuses submitted shards that `check` refuses.
+    pub fn with_shard_check(mut self, check: Option<ShardCheck>) -> Self {
+        self.check_shard = check;
+        self
+    }
+
+    /// Runs every submitted shard through the shard check, off the async threads (a large
+    /// submission is thousands of JSON parses and hashes).
+    async fn check_shards(&self, shards: &[pb::ShardSpec]) -> Result<(), Status> {
+        let Some(check) = self.check_shard.clone() else {
+            return Ok(());
+        };
+        let shards: Vec<(String, String)> = shards
+            .iter()
+            .map(|s| (s.id.clone(), s.config_json.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for (id, json) in &shards {
+                if let Err(reason) = check(id, json) {
+                    return Err(Status::invalid_argument(format!("shard {id}: {reason}")));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
     }
 
     /// Runs the state change `f` on the ledger at the current time, inside the open
@@ -203,6 +252,36 @@ impl Coordinator {
         };
         self.wake.notify_one();
         Ok(joined)
+    }
+
+    /// Reads what is committed, on the read connection, off the async threads: status and
+    /// listings, which may scan a million rows, never hold up a lease.
+    pub async fn read_committed<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Reads<'_>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let Some(reader) = self.reader.clone() else {
+            return self.read_ledger(|l, _| f(l.reads())).map_err(status);
+        };
+        tokio::task::spawn_blocking(move || f(lock(&reader).reads()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)
+    }
+
+    /// A bulk retry or cancel of every shard of `sweep`, one chunk per transaction, so that
+    /// leases and heartbeats are served between chunks. Returns how many shards changed.
+    async fn bulk(&self, sweep: &str, op: Bulk) -> Result<usize, Status> {
+        let (mut changed, mut after) = (0, Some(0));
+        while let Some(from) = after {
+            let (n, next) = self
+                .with_ledger(|l, now| l.bulk_chunk(sweep, op, from, BULK_CHUNK, now))
+                .await?
+                .map_err(status)?;
+            changed += n;
+            after = next;
+        }
+        Ok(changed)
     }
 
     /// Reads the ledger (no commit to wait for).
@@ -341,8 +420,14 @@ impl Coordinator {
             }
             Err(e) => {
                 tracing::error!(%sweep, %shard, attempt, error = %e, "the attempt's results cannot be published");
+                // Other contents at a final key stay there whoever retries: the shard fails
+                // at once. An incomplete or invalid staging is this attempt's failure.
+                let kind = match e {
+                    PublishError::Conflict { .. } => Failure::Deterministic,
+                    _ => Failure::Application,
+                };
                 self.with_ledger(|l, now| {
-                    l.abandon_publish(sweep, shard, attempt, &e.to_string(), now)
+                    l.abandon_publish(sweep, shard, attempt, (kind, &e.to_string()), now)
                 })
                 .await?
                 .map_err(status)?;
@@ -409,7 +494,8 @@ impl Coordinator {
         if results.is_empty() {
             return Ok(0);
         }
-        let rows = self.read_ledger(|l, _| l.shards(sweep)).map_err(status)?;
+        let sw = sweep.to_owned();
+        let rows = self.read_committed(move |r| r.shards(&sw)).await?;
         let states: HashMap<String, Shard> = rows.into_iter().map(|r| (r.id, r.shard)).collect();
         let storage = self.storage(&results).await?;
         let sw = sweep.to_owned();
@@ -441,8 +527,9 @@ impl Coordinator {
             .last_seen = now;
     }
 
-    fn status_reply(&self, sweep: &str) -> Result<pb::StatusReply, Status> {
-        let st: SweepStatus = self.read_ledger(|l, _| l.status(sweep)).map_err(status)?;
+    async fn status_reply(&self, sweep: &str) -> Result<pb::StatusReply, Status> {
+        let sw = sweep.to_owned();
+        let st: SweepStatus = self.read_committed(move |r| r.status(&sw)).await?;
         let live = lock(&self.live);
         let info = |r: &ShardRow| {
             let mut i = shard_info(r);
@@ -506,6 +593,18 @@ pub fn is_finished(reply: &pb::StatusReply) -> bool {
     ["pending", "leased", "publishing"]
         .iter()
         .all(|k| reply.counts.get(*k).copied().unwrap_or(0) == 0)
+}
+
+/// The wire's failure kind; a worker must name one.
+fn failure_kind(kind: i32) -> Result<Failure, Status> {
+    match pb::FailureKind::try_from(kind) {
+        Ok(pb::FailureKind::Application) => Ok(Failure::Application),
+        Ok(pb::FailureKind::Infrastructure) => Ok(Failure::Infrastructure),
+        Ok(pb::FailureKind::Deterministic) => Ok(Failure::Deterministic),
+        Ok(pb::FailureKind::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+            "a failure needs its kind (application, infrastructure or deterministic), got {kind}"
+        ))),
+    }
 }
 
 fn check_version(v: u32) -> Result<(), Status> {
@@ -591,9 +690,14 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 device: req.device.clone(),
                 slots: req.slots,
                 last_seen: now,
+                unhealthy: req.unhealthy.clone(),
             },
         );
-        tracing::info!(worker = %req.worker, device = %req.device, slots = req.slots, "worker registered");
+        if req.unhealthy.is_empty() {
+            tracing::info!(worker = %req.worker, device = %req.device, slots = req.slots, "worker registered");
+        } else {
+            tracing::warn!(worker = %req.worker, reason = %req.unhealthy, "worker unhealthy: it takes no shards until it recovers");
+        }
         Ok(Response::new(pb::RegisterReply {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
         }))
@@ -731,14 +835,17 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
+        let kind = if req.preempted {
+            None
+        } else {
+            Some(failure_kind(req.kind)?)
+        };
         let result = self
-            .with_ledger(|l, now| {
-                if req.preempted {
-                    l.preempt(&t.sweep, &t.shard, t.attempt, now)
-                        .map(|()| ShardState::Pending)
-                } else {
-                    l.fail(&t.sweep, &t.shard, t.attempt, &req.error, now)
-                }
+            .with_ledger(|l, now| match kind {
+                None => l
+                    .preempt(&t.sweep, &t.shard, t.attempt, now)
+                    .map(|()| ShardState::Pending),
+                Some(kind) => l.fail(&t.sweep, &t.shard, t.attempt, (kind, &req.error), now),
             })
             .await?;
         let (v, state) = match result {
@@ -787,6 +894,7 @@ impl pb::control_service_server::ControlService for Coordinator {
                 bad.id
             )));
         }
+        self.check_shards(&req.shards).await?;
         let results = if req.results.is_empty() {
             self.default_results.clone()
         } else {
@@ -829,7 +937,7 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        Ok(Response::new(self.status_reply(&req.sweep)?))
+        Ok(Response::new(self.status_reply(&req.sweep).await?))
     }
 
     type WatchStream = StatusStream;
@@ -840,7 +948,7 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let first = self.status_reply(&req.sweep)?;
+        let first = self.status_reply(&req.sweep).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
@@ -851,7 +959,7 @@ impl pb::control_service_server::ControlService for Coordinator {
             }
             while !finished {
                 tokio::time::sleep(this.watch_interval).await;
-                let next = match this.status_reply(&req.sweep) {
+                let next = match this.status_reply(&req.sweep).await {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -878,11 +986,13 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::RetryReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let only = (!req.shards.is_empty()).then_some(req.shards.as_slice());
-        let n = self
-            .with_ledger(|l, now| l.retry(&req.sweep, only, now))
-            .await?
-            .map_err(status)?;
+        let n = if req.shards.is_empty() {
+            self.bulk(&req.sweep, Bulk::Retry).await?
+        } else {
+            self.with_ledger(|l, now| l.retry(&req.sweep, Some(&req.shards), now))
+                .await?
+                .map_err(status)?
+        };
         Ok(Response::new(pb::RetryReply { retried: n as u64 }))
     }
 
@@ -893,9 +1003,8 @@ impl pb::control_service_server::ControlService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let n = self
-            .with_ledger(|l, now| l.cancel(&req.sweep, req.now, now))
-            .await?
-            .map_err(status)?;
+            .bulk(&req.sweep, Bulk::Cancel { running: req.now })
+            .await?;
         Ok(Response::new(pb::CancelReply {
             cancelled: n as u64,
         }))
@@ -907,12 +1016,13 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::ListShardsReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
+        let sweep = req.sweep.clone();
         let rows = self
-            .read_ledger(|l, _| {
-                l.results(&req.sweep)?;
-                l.shards(&req.sweep)
+            .read_committed(move |r| {
+                r.results(&sweep)?;
+                r.shards(&sweep)
             })
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::ListShardsReply {
             shards: rows.iter().map(shard_info).collect(),
         }))
@@ -924,8 +1034,8 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::ListWorkersReply>, Status> {
         check_version(req.into_inner().protocol_version)?;
         let now = self.now();
-        let (ttl, held) = self.read_ledger(|l, _| (l.policy().ttl_ms, l.leases_by_worker()));
-        let held = held.map_err(status)?;
+        let ttl = self.read_ledger(|l, _| l.policy().ttl_ms);
+        let held = self.read_committed(|r| r.leases_by_worker()).await?;
         let live = lock(&self.live);
         let workers = live
             .workers
@@ -938,6 +1048,7 @@ impl pb::control_service_server::ControlService for Coordinator {
                 slots: w.slots,
                 last_seen_ms: (now - w.last_seen).max(0) as u64,
                 shards: held.get(name).cloned().unwrap_or_default(),
+                unhealthy: w.unhealthy.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListWorkersReply { workers }))

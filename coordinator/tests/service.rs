@@ -101,6 +101,7 @@ async fn start(ttl_ms: i64) -> Running {
         reaper_interval: Duration::from_millis(20),
         clock: Arc::new(move || c.load(Ordering::SeqCst)),
         default_results: results.path().display().to_string(),
+        check_shard: None,
     };
     let ledger = Ledger::in_memory(LeasePolicy {
         ttl_ms,
@@ -312,11 +313,22 @@ async fn leases_are_fenced_and_expire() {
             .verdict,
         LeaseVerdict::LeaseLost as i32
     );
+    // A failure must say its kind.
+    let unkind = pb::FailRequest {
+        protocol_version: V,
+        token: Some(token(&again)),
+        error: "nan".into(),
+        preempted: false,
+        kind: pb::FailureKind::Unspecified as i32,
+    };
+    let err = worker.fail(authed(unkind)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let fail = pb::FailRequest {
         protocol_version: V,
         token: Some(token(&again)),
         error: "nan".into(),
         preempted: false,
+        kind: pb::FailureKind::Application as i32,
     };
     let r = worker.fail(authed(fail)).await.unwrap().into_inner();
     assert_eq!(

@@ -12,5 +12,6 @@ pub mod pb {
 /// The protocol version every request carries. Zero is the protobuf default ("unset") and is
 /// always rejected. 2: a completed attempt carries an attempt manifest (storage's
 /// `attempt.json`), which the coordinator checks before publishing; workers of version 1 do
-/// not write one, so they are refused rather than failing every shard.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// not write one, so they are refused rather than failing every shard. 3: a failure says its
+/// kind (application, infrastructure, deterministic), and workers report being unhealthy.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -137,6 +137,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             reaper_interval: Duration::from_secs(10),
             clock: system_clock(),
             default_results: dir.path().join("results").display().to_string(),
+            check_shard: Some(super::remote::shard_check()),
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = stopped.await;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use linesweep_worker::agent::ProgressLine;
+use linesweep_worker::child::{ExitReason, ProgressLine};
 use linesweep_worker::config::ShardConfig;
 use linesweep_worker::engine::{EngineError, Phase, Progress};
 use linesweep_worker::exec::{ExecError, Placement};
@@ -19,42 +19,56 @@ use crate::progress::Bars;
 use crate::render;
 
 /// The run stopped on request (SIGTERM/SIGINT under a worker); `main` exits with
-/// [`linesweep_worker::agent::EXIT_INTERRUPTED`].
+/// [`ExitReason::Interrupted`]'s code.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted at step {0}; the lease is released")]
 pub struct Interrupted(pub u64);
 
-pub fn run(args: ExecArgs) -> anyhow::Result<()> {
-    let (cfg, source) = match (&args.config, &args.config_json) {
-        (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
-        (None, Some(json)) => {
-            let cfg = serde_json::from_str::<ShardConfig>(json)
-                .context("--config-json")?
-                .normalized();
-            // The same rules as a config file: a bad value is an error here, not a panic in
-            // the engine.
-            if let Err(v) = cfg.validate() {
-                let field = if v.section.is_empty() {
-                    v.key.to_owned()
-                } else {
-                    format!("{}.{}", v.section, v.key)
-                };
-                anyhow::bail!("--config-json: field `{field}`: {}", v.message);
-            }
-            (cfg, "--config-json".to_owned())
+/// A failed `exec` with its [`ExitReason`]: `main` exits with the reason's code, which is how
+/// a worker agent tells a full disk from an invalid config. It prints as the whole chain of
+/// causes of the error inside, and has no source of its own.
+#[derive(Debug)]
+pub struct Failed {
+    /// Why, in the child protocol's terms.
+    pub reason: ExitReason,
+    error: anyhow::Error,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Tags an error with its exit reason.
+fn because<E: Into<anyhow::Error>>(reason: ExitReason) -> impl FnOnce(E) -> anyhow::Error {
+    move |e| {
+        Failed {
+            reason,
+            error: e.into(),
         }
-        (None, None) => anyhow::bail!("give --config FILE"),
-    };
+        .into()
+    }
+}
+
+pub fn run(args: ExecArgs) -> anyhow::Result<()> {
+    let invalid = because::<anyhow::Error>(ExitReason::Deterministic);
+    let (cfg, source) = load(&args).map_err(invalid)?;
     if let Some(expected) = &args.expect_shard {
         let id = cfg.shard_id();
-        anyhow::ensure!(
-            *expected == id,
-            "the config hashes to shard {id}, not {expected}: the worker and the submitting linesweep disagree on the config format (upgrade both to the same version)"
-        );
+        if *expected != id {
+            return Err(because(ExitReason::Deterministic)(anyhow::anyhow!(
+                "the config hashes to shard {id}, not {expected}: the worker and the submitting linesweep disagree on the config format (upgrade both to the same version)"
+            )));
+        }
     }
-    exec::check_sweep_name(&args.sweep)?;
-    let device = device::parse(&args.device)?;
-    let storage = Storage::open(&args.out)?;
+    exec::check_sweep_name(&args.sweep).map_err(because(ExitReason::Deterministic))?;
+    // A device this machine lacks is the machine's problem: another worker may have it.
+    let device = device::parse(&args.device).map_err(because(ExitReason::Infrastructure))?;
+    let storage =
+        Storage::open(&args.out).map_err(|e| because(ExitReason::of_storage_error(&e))(e))?;
     let placement = match args.attempt {
         Some(attempt) => Placement::Staged { attempt },
         None => Placement::Direct,
@@ -81,8 +95,45 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         Err(ExecError::Engine(EngineError::Interrupted { step })) => {
             return Err(Interrupted(step).into());
         }
-        other => other.with_context(|| format!("shard from {source}"))?,
+        Err(e) => {
+            let reason = ExitReason::of_exec_error(&e);
+            let e = anyhow::Error::from(e).context(format!("shard from {source}"));
+            return Err(because(reason)(e));
+        }
+        Ok(r) => r,
     };
+    print_report(&args, &storage, &report)
+}
+
+/// The config and where it came from, validated like a config file.
+fn load(args: &ExecArgs) -> anyhow::Result<(ShardConfig, String)> {
+    Ok(match (&args.config, &args.config_json) {
+        (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
+        (None, Some(json)) => {
+            let cfg = serde_json::from_str::<ShardConfig>(json)
+                .context("--config-json")?
+                .normalized();
+            // The same rules as a config file: a bad value is an error here, not a panic in
+            // the engine.
+            if let Err(v) = cfg.validate() {
+                let field = if v.section.is_empty() {
+                    v.key.to_owned()
+                } else {
+                    format!("{}.{}", v.section, v.key)
+                };
+                anyhow::bail!("--config-json: field `{field}`: {}", v.message);
+            }
+            (cfg, "--config-json".to_owned())
+        }
+        (None, None) => anyhow::bail!("give --config FILE"),
+    })
+}
+
+fn print_report(
+    args: &ExecArgs,
+    storage: &Storage,
+    report: &exec::ExecReport,
+) -> anyhow::Result<()> {
     if args.progress_jsonl {
         return Ok(());
     }
@@ -125,7 +176,7 @@ fn watch_parent() {
             }
         }
         tracing::warn!("the worker agent is gone; stopping");
-        std::process::exit(3);
+        std::process::exit(ExitReason::AgentGone.code());
     });
 }
 

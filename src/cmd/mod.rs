@@ -5,7 +5,7 @@ mod bench_coordinator;
 mod bench_model;
 mod check_device;
 mod data;
-mod exec;
+pub(crate) mod exec;
 mod plan;
 mod remote;
 mod run;

@@ -60,6 +60,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             reaper_interval: reaper_interval(&policy),
             clock: system_clock(),
             default_results: args.results.clone().unwrap_or_default(),
+            check_shard: Some(shard_check()),
         };
         let shutdown = async {
             shutdown_signal().await;
@@ -85,6 +86,12 @@ pub(crate) async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The planner's rules for submitted shards: the coordinator refuses with `INVALID_ARGUMENT`
+/// what a worker would refuse after leasing it.
+pub(crate) fn shard_check() -> linesweep_coordinator::service::ShardCheck {
+    std::sync::Arc::new(linesweep_worker::config::check_submitted)
 }
 
 pub(crate) fn reaper_interval(policy: &LeasePolicy) -> Duration {

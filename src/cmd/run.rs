@@ -94,6 +94,7 @@ impl AgentEvents for WorkerBar {
         let what = match outcome {
             Outcome::Committed => "committed".to_owned(),
             Outcome::Failed(e) => format!("FAILED: {e}"),
+            Outcome::Infrastructure(e) => format!("not run (this machine failed): {e}"),
             Outcome::LeaseLost => "lease lost".into(),
             Outcome::Cancelled => "cancelled".into(),
             Outcome::Preempted => "released".into(),
@@ -142,7 +143,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating the linesweep binary")?;
 
     let rt = super::remote::runtime()?;
-    let (summary, interrupted) = rt.block_on(async {
+    let (summary, interrupted, unhealthy) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding a loopback port for the embedded coordinator")?;
@@ -153,6 +154,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             reaper_interval: reaper_interval(&policy),
             clock: system_clock(),
             default_results: root.clone(),
+            check_shard: Some(super::remote::shard_check()),
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = server_stopped.await;
@@ -187,6 +189,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 exit_when_idle: false,
                 stop_grace: Duration::from_secs(30),
                 checkpoint_every: args.checkpoint_every,
+                // No other machine can take the shards over: stop, and say why.
+                stop_when_unhealthy: true,
             };
             let events = Arc::new(WorkerBar {
                 bars: bars.clone(),
@@ -196,6 +200,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
 
         let mut interrupted = false;
+        let mut unhealthy: Option<String> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(300));
         // Created once: a signal arriving between two polls must not be missed.
         let shutdown = super::remote::shutdown_signal();
@@ -219,13 +224,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                         let _ = stop_tx.send(true);
                         break Some(st);
                     }
+                    while let Some(r) = agents.try_join_next() {
+                        note_agent_end(r, &mut unhealthy);
+                    }
+                    // Every local worker gave up on this machine (a full disk, say): the
+                    // shards left are pending, with the reason.
+                    if agents.is_empty() {
+                        break Some(st);
+                    }
                 }
             }
         };
         while let Some(r) = agents.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::error!(error = %e, "a local worker stopped");
-            }
+            note_agent_end(r, &mut unhealthy);
         }
         let last = match last {
             Some(st) => st,
@@ -237,7 +248,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = stop_server.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-        anyhow::Ok((last, interrupted))
+        anyhow::Ok((last, interrupted, unhealthy))
     })?;
 
     let mut out = render::status(&plan.name, &summary);
@@ -248,6 +259,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
         emit(&out)?;
         anyhow::bail!("interrupted by a signal; running shards gave their leases back");
+    }
+    if let Some(reason) = unhealthy
+        && !is_finished(&summary)
+    {
+        emit(&out)?;
+        anyhow::bail!(
+            "the local workers stopped after {} infrastructure failures in a row (the shards' failure budgets are untouched; fix the cause and run the same command again): {reason}",
+            agent::UNHEALTHY_AFTER
+        );
     }
     let rows = group_rows(&plan, &storage)?;
     if args.json {
@@ -269,6 +289,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         plan.name
     ));
     emit(&out)
+}
+
+/// Records why a local worker ended, if it gave up as unhealthy.
+fn note_agent_end(
+    r: Result<Result<agent::AgentReport, agent::AgentError>, tokio::task::JoinError>,
+    unhealthy: &mut Option<String>,
+) {
+    match r {
+        Ok(Ok(report)) => {
+            if let Some(e) = report.unhealthy {
+                *unhealthy = Some(e);
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "a local worker stopped"),
+        Err(e) => tracing::error!(error = %e, "a local worker panicked"),
+    }
 }
 
 async fn connect_retrying(

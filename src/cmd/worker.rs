@@ -42,6 +42,9 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         exit_when_idle: args.exit_when_idle,
         stop_grace: Duration::from_secs(60),
         checkpoint_every: args.checkpoint_every,
+        // A batch job (`--exit-when-idle`) ends rather than probe a broken machine; a
+        // long-lived worker stays, probing at the longest backoff.
+        stop_when_unhealthy: args.exit_when_idle,
     };
     let report = runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -53,7 +56,14 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         agent::run(cfg, Arc::new(NoEvents), rx).await
     })?;
     emit(&format!(
-        "worker done: {} committed, {} failed, {} lost or cancelled, {} released\n",
-        report.committed, report.failed, report.lost, report.preempted
-    ))
+        "worker done: {} committed, {} failed, {} lost or cancelled, {} released, {} infrastructure failures\n",
+        report.committed, report.failed, report.lost, report.preempted, report.infrastructure
+    ))?;
+    if let Some(reason) = report.unhealthy {
+        anyhow::bail!(
+            "this worker stopped after {} infrastructure failures in a row: {reason}",
+            agent::UNHEALTHY_AFTER
+        );
+    }
+    Ok(())
 }

@@ -13,35 +13,28 @@
 //! Faults: an unreachable coordinator means retrying with exponential backoff and a log line
 //! per failure streak; staged output is kept, so nothing finished is lost. A child that sees
 //! its stdin close (the agent died) exits at once. SIGTERM to the agent is passed on to the
-//! children, which checkpoint and exit with [`EXIT_INTERRUPTED`]; the lease is then released
-//! as preempted.
+//! children, which checkpoint and exit with [`ExitReason::Interrupted`]; the lease is then
+//! released as preempted.
+//!
+//! How a child ended is read once, as an [`ExitReason`] (`child.rs` owns the protocol): an
+//! infrastructure failure (storage I/O, a full disk, the OOM killer) gives the shard back with
+//! its budget untouched and backs this worker off; after [`UNHEALTHY_AFTER`] in a row the
+//! worker is unhealthy: it tells the coordinator, and takes shards again only to probe, at
+//! the longest backoff (or stops, with `stop_when_unhealthy`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::child::ProgressLine;
+use crate::child::{ChildArgs, ExitReason};
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::pb::{self, LeaseVerdict, worker_service_client::WorkerServiceClient};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-
-/// Exit code of a child that stopped on request after writing a checkpoint.
-pub const EXIT_INTERRUPTED: i32 = 75;
-
-/// One line of the child's stdout in staged mode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProgressLine {
-    /// `train` or `line`.
-    pub phase: String,
-    /// Units done in the phase.
-    pub done: u64,
-    /// Units in the phase.
-    pub total: u64,
-}
 
 /// The agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +74,13 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Optimizer steps between checkpoints in the children (0: never).
     pub checkpoint_every: u64,
+    /// Stop (instead of probing at the longest backoff) once unhealthy: the embedded mode,
+    /// where no other worker could take over.
+    pub stop_when_unhealthy: bool,
 }
+
+/// Infrastructure failures in a row after which a worker is unhealthy.
+pub const UNHEALTHY_AFTER: u32 = 3;
 
 /// How one attempt ended, as the agent saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +89,9 @@ pub enum Outcome {
     Committed,
     /// The child failed; the error was reported.
     Failed(String),
+    /// The machine failed, not the shard (storage, disk full, OOM kill); the shard is pending
+    /// again with its budget untouched.
+    Infrastructure(String),
     /// The lease was lost (expired and re-leased, or fenced); nothing was committed.
     LeaseLost,
     /// The shard was cancelled by a user.
@@ -123,6 +125,17 @@ pub struct AgentReport {
     pub lost: usize,
     /// Attempts released on stop.
     pub preempted: usize,
+    /// Attempts that hit an infrastructure failure.
+    pub infrastructure: usize,
+    /// Set when the agent stopped because it was unhealthy: the last failure's message.
+    pub unhealthy: Option<String>,
+}
+
+/// Infrastructure failures in a row, shared by the slots of one agent (they share a machine).
+#[derive(Default)]
+struct Health {
+    streak: u32,
+    last_error: String,
 }
 
 #[derive(Clone)]
@@ -223,6 +236,7 @@ pub async fn run(
         worker: cfg.name.clone(),
         device: cfg.device.clone(),
         slots: cfg.slots as u32,
+        unhealthy: String::new(),
     };
     let heartbeat = match client
         .retry("register", &mut stop_rx, |mut c| {
@@ -237,22 +251,110 @@ pub async fn run(
     };
     tracing::info!(worker = %cfg.name, device = %cfg.device, slots = cfg.slots, coordinator = %cfg.coordinator, "worker ready");
 
-    let report = Arc::new(Mutex::new(AgentReport::default()));
+    let shared = Arc::new(Shared {
+        report: Mutex::default(),
+        health: Mutex::default(),
+        register: reg,
+    });
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..cfg.slots.max(1) {
         let slot_cfg = cfg.clone();
-        let (client, events, stop, report) =
-            (client.clone(), events.clone(), stop.clone(), report.clone());
+        let (client, events, stop, shared) =
+            (client.clone(), events.clone(), stop.clone(), shared.clone());
         slots.spawn(async move {
-            run_slot(slot, &slot_cfg, &client, heartbeat, events, stop, &report).await
+            run_slot(slot, &slot_cfg, &client, heartbeat, events, stop, &shared).await
         });
     }
     while slots.join_next().await.is_some() {}
-    let r = report
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    Ok(r)
+    Ok(lock(&shared.report).clone())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the slots of one agent share.
+struct Shared {
+    report: Mutex<AgentReport>,
+    health: Mutex<Health>,
+    /// How this worker registers (sent again when its health changes).
+    register: pb::RegisterRequest,
+}
+
+/// What a slot does after an attempt.
+enum Next {
+    /// Lease again at once.
+    Lease,
+    /// Lease again after this pause (an infrastructure failure's backoff).
+    Pause(Duration),
+    /// Stop: the worker is unhealthy and `stop_when_unhealthy` is set.
+    Stop,
+}
+
+impl Shared {
+    /// Counts the outcome, tracks the worker's health (telling the coordinator when it
+    /// changes), and says what the slot does next.
+    async fn after(&self, outcome: &Outcome, cfg: &AgentConfig, client: &Client) -> Next {
+        {
+            let mut r = lock(&self.report);
+            match outcome {
+                Outcome::Committed => r.committed += 1,
+                Outcome::Failed(_) => r.failed += 1,
+                Outcome::Infrastructure(_) => r.infrastructure += 1,
+                Outcome::LeaseLost | Outcome::Cancelled => r.lost += 1,
+                Outcome::Preempted => r.preempted += 1,
+            }
+        }
+        let (streak, changed) = {
+            let mut h = lock(&self.health);
+            let was_unhealthy = h.streak >= UNHEALTHY_AFTER;
+            match outcome {
+                Outcome::Infrastructure(e) => {
+                    h.streak += 1;
+                    h.last_error.clone_from(e);
+                }
+                // The machine ran a shard to an end of its own: it works.
+                Outcome::Committed | Outcome::Failed(_) => h.streak = 0,
+                _ => {}
+            }
+            let unhealthy = h.streak >= UNHEALTHY_AFTER;
+            let reason = unhealthy.then(|| h.last_error.clone());
+            (h.streak, (was_unhealthy != unhealthy).then_some(reason))
+        };
+        if let Some(reason) = changed {
+            self.announce(client, reason.as_deref()).await;
+        }
+        if streak == 0 || !matches!(outcome, Outcome::Infrastructure(_)) {
+            return Next::Lease;
+        }
+        if streak >= UNHEALTHY_AFTER {
+            if cfg.stop_when_unhealthy {
+                lock(&self.report).unhealthy = Some(lock(&self.health).last_error.clone());
+                return Next::Stop;
+            }
+            return Next::Pause(cfg.max_backoff);
+        }
+        Next::Pause((Duration::from_secs(1) * (1 << (streak - 1))).min(cfg.max_backoff))
+    }
+
+    /// Registers again with the worker's health (`None`: healthy). Best effort: the
+    /// registry is advisory.
+    async fn announce(&self, client: &Client, unhealthy: Option<&str>) {
+        match unhealthy {
+            Some(e) => tracing::error!(
+                failures = UNHEALTHY_AFTER,
+                last_error = e,
+                "this worker is unhealthy: infrastructure failures in a row (storage, disk, memory); shards go to other workers"
+            ),
+            None => tracing::info!("this worker is healthy again"),
+        }
+        let req = pb::RegisterRequest {
+            unhealthy: unhealthy.unwrap_or_default().to_owned(),
+            ..self.register.clone()
+        };
+        let mut c = client.inner.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.register(client.request(req))).await;
+    }
 }
 
 async fn run_slot(
@@ -262,7 +364,7 @@ async fn run_slot(
     heartbeat: Duration,
     events: Arc<dyn AgentEvents>,
     mut stop: watch::Receiver<bool>,
-    report: &Mutex<AgentReport>,
+    shared: &Shared,
 ) {
     let worker = if cfg.slots > 1 {
         format!("{}/{slot}", cfg.name)
@@ -320,18 +422,17 @@ async fn run_slot(
             &token,
         )
         .await;
-        {
-            let mut r = report
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match &outcome {
-                Outcome::Committed => r.committed += 1,
-                Outcome::Failed(_) => r.failed += 1,
-                Outcome::LeaseLost | Outcome::Cancelled => r.lost += 1,
-                Outcome::Preempted => r.preempted += 1,
-            }
-        }
         events.finished(slot, &token.shard, &outcome);
+        match shared.after(&outcome, cfg, client).await {
+            Next::Lease => {}
+            Next::Pause(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Next::Stop => return,
+        }
     }
 }
 
@@ -341,10 +442,7 @@ struct Tail(Mutex<std::collections::VecDeque<String>>);
 
 impl Tail {
     fn push(&self, line: String) {
-        let mut t = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut t = lock(&self.0);
         if t.len() == 20 {
             t.pop_front();
         }
@@ -353,10 +451,7 @@ impl Tail {
 
     /// The child's `error:` line if it printed one, else its last line.
     fn error(&self) -> Option<String> {
-        let t = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = lock(&self.0);
         t.iter()
             .rev()
             .find(|l| l.starts_with("error:"))
@@ -377,24 +472,18 @@ async fn attempt(
     token: &pb::Token,
 ) -> Outcome {
     let (sweep, shard, attempt_no) = (&token.sweep, &token.shard, token.attempt);
+    let argv = ChildArgs {
+        config_json: granted.config_json.clone(),
+        shard: shard.clone(),
+        results: granted.results.clone(),
+        sweep: sweep.clone(),
+        attempt: attempt_no,
+        device: cfg.device.clone(),
+        checkpoint_every: cfg.checkpoint_every,
+    }
+    .argv();
     let mut cmd = tokio::process::Command::new(&cfg.program);
-    cmd.args(["--quiet", "exec", "--progress-jsonl", "--config-json"])
-        .arg(&granted.config_json)
-        .args([
-            "--expect-shard",
-            shard,
-            "--out",
-            &granted.results,
-            "--sweep",
-            sweep,
-        ])
-        .args([
-            "--attempt",
-            &attempt_no.to_string(),
-            "--device",
-            &cfg.device,
-        ])
-        .args(["--checkpoint-every", &cfg.checkpoint_every.to_string()])
+    cmd.args(argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -419,7 +508,8 @@ async fn attempt(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot start {}: {e}", cfg.program.display());
-            return report_failure(client, token, &msg, &mut stop).await;
+            return report_failure(client, token, ExitReason::Infrastructure, &msg, &mut stop)
+                .await;
         }
     };
     tracing::info!(%sweep, %shard, attempt = attempt_no, "shard started");
@@ -441,9 +531,7 @@ async fn attempt(
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(p) = serde_json::from_str::<ProgressLine>(&line) {
                     events.progress(slot, &p);
-                    *progress
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = p;
+                    *lock(&progress) = p;
                 }
             }
         });
@@ -467,15 +555,20 @@ async fn attempt(
                 while readers.join_next().await.is_some() {}
             })
             .await;
-            if status.success() {
-                complete(client, token, &tail).await
-            } else if status.code() == Some(EXIT_INTERRUPTED) {
-                release(client, token).await
-            } else {
-                let msg = tail
-                    .error()
-                    .unwrap_or_else(|| format!("the shard process ended with {status}"));
-                report_failure(client, token, &msg, &mut stop).await
+            match ExitReason::of_status(&status) {
+                ExitReason::Done => complete(client, token, &tail).await,
+                ExitReason::Interrupted => release(client, token).await,
+                reason => {
+                    let msg = match (tail.error(), reason) {
+                        // Killed from outside: its last line is not the reason.
+                        (_, ExitReason::Infrastructure) if status.code().is_none() => {
+                            format!("the shard process was killed ({status}; the OOM killer?)")
+                        }
+                        (Some(line), _) => line,
+                        (None, _) => format!("the shard process ended with {status}"),
+                    };
+                    report_failure(client, token, reason, &msg, &mut stop).await
+                }
             }
         }
         Ended::Verdict(v) => {
@@ -533,10 +626,7 @@ async fn watch_child(
             },
             _ = stop.changed() => return Ended::Stopping,
             _ = tick.tick() => {
-                let p = progress
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
+                let p = lock(progress).clone();
                 let req = client.request(pb::HeartbeatRequest {
                     protocol_version: PROTOCOL_VERSION,
                     token: Some(token.clone()),
@@ -620,7 +710,7 @@ async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
                 tail.error().unwrap_or_else(|| "no output".into())
             );
             let (_keep, mut never) = watch::channel(false);
-            report_failure(client, token, &msg, &mut never).await
+            report_failure(client, token, ExitReason::Application, &msg, &mut never).await
         }
         Some(Err(s)) => {
             tracing::error!(error = s.message(), "completion refused");
@@ -630,18 +720,31 @@ async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
     }
 }
 
+/// Reports a failed attempt as `reason` classifies it.
 async fn report_failure(
     client: &Client,
     token: &pb::Token,
+    reason: ExitReason,
     error: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    tracing::error!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "shard failed");
+    let kind = match reason {
+        ExitReason::Infrastructure => pb::FailureKind::Infrastructure,
+        ExitReason::Deterministic => pb::FailureKind::Deterministic,
+        _ => pb::FailureKind::Application,
+    };
+    let what = reason.describe();
+    if kind == pb::FailureKind::Infrastructure {
+        tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "{what}: the shard goes back to pending (its failure budget is untouched)");
+    } else {
+        tracing::error!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "shard failed ({what})");
+    }
     let req = pb::FailRequest {
         protocol_version: PROTOCOL_VERSION,
         token: Some(token.clone()),
         error: error.to_owned(),
         preempted: false,
+        kind: kind.into(),
     };
     let _ = client
         .retry("fail", stop, |mut c| {
@@ -649,7 +752,11 @@ async fn report_failure(
             async move { c.fail(r).await }
         })
         .await;
-    Outcome::Failed(error.to_owned())
+    if kind == pb::FailureKind::Infrastructure {
+        Outcome::Infrastructure(error.to_owned())
+    } else {
+        Outcome::Failed(error.to_owned())
+    }
 }
 
 async fn release(client: &Client, token: &pb::Token) -> Outcome {
@@ -658,6 +765,7 @@ async fn release(client: &Client, token: &pb::Token) -> Outcome {
         token: Some(token.clone()),
         error: String::new(),
         preempted: true,
+        kind: pb::FailureKind::Unspecified.into(),
     };
     // A short, bounded try: if the coordinator is away the lease simply expires.
     let mut r = client.inner.clone();

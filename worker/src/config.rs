@@ -173,6 +173,12 @@ impl Precision {
     }
 }
 
+/// The most parameters a shard's network may have (8 GB of f32 weights; training holds
+/// weights, gradients, optimizer state, θ_i and snapshots, several times that). A typo such
+/// as `hidden = [100000000, 100000000]` is refused when the spec is planned, not by an
+/// allocation failure in a worker.
+pub const MAX_PARAMETERS: u128 = 2_000_000_000;
+
 /// Where a line starts: θ_i or an intermediate snapshot (`eval.starts`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StartPoint {
@@ -686,6 +692,28 @@ impl ShardConfig {
                 return bad("eval", "starts", format!("`{s}` is listed twice"));
             }
         }
+        if let Err(msg) = self.starts_fit_training() {
+            return bad("eval", "starts", msg);
+        }
+        if let Some(p) = self.parameters_at_least()
+            && p > MAX_PARAMETERS
+        {
+            let key = if m.arch == Arch::Cnn {
+                "channels"
+            } else {
+                "hidden"
+            };
+            return bad(
+                "model",
+                key,
+                format!(
+                    "the network has at least {:.3e} parameters ({:.3e} bytes of f32 weights, several times that to train); the limit is {:.1e}",
+                    p as f64,
+                    p as f64 * 4.0,
+                    MAX_PARAMETERS as f64
+                ),
+            );
+        }
         if e.bn_modes.is_empty() {
             return bad(
                 "eval",
@@ -701,6 +729,71 @@ impl ShardConfig {
             );
         }
         Ok(())
+    }
+
+    /// Training examples, when known before the data is read: the built-in sample's 8,000,
+    /// or at most `max_train_examples`.
+    fn train_examples_at_most(&self) -> Option<usize> {
+        let builtin = (self.data.dataset == DatasetName::Mnist10k).then_some(8_000);
+        match (builtin, self.data.max_train_examples) {
+            (Some(n), Some(m)) => Some(n.min(m)),
+            (n, m) => n.or(m),
+        }
+    }
+
+    /// Every start must come before θ_c. `epoch:E` is checked against `train.epochs` always;
+    /// `step:N` wherever the training set's size is known (the engine checks the rest once it
+    /// has read the data), so that a plan or a submission refuses it before anything runs.
+    fn starts_fit_training(&self) -> Result<(), String> {
+        let epochs = self.train.epochs as u64;
+        let max_steps = self
+            .train_examples_at_most()
+            .map(|n| n.div_ceil(self.train.batch_size.max(1)) as u64 * epochs);
+        for (label, point) in self.start_points() {
+            let too_late = match point {
+                StartPoint::Init => false,
+                StartPoint::Epoch(e) => e >= epochs as f64,
+                StartPoint::Step(n) => max_steps.is_some_and(|m| n >= m),
+            };
+            if too_late {
+                let end = max_steps.map_or(format!("after {epochs} epochs"), |m| {
+                    format!("at step {m} or before ({epochs} epochs)")
+                });
+                return Err(format!(
+                    "`{label}` is not before the end of training, which ends {end}; a line must start before θ_c"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A lower bound on the network's parameter count where widths are configurable (MLP,
+    /// CNN), computed without building it; `None` for the residual networks (fixed sizes).
+    pub fn parameters_at_least(&self) -> Option<u128> {
+        let (channels, side, classes): (u128, u128, u128) = match self.data.dataset {
+            DatasetName::Mnist10k | DatasetName::Mnist => (1, 28, 10),
+            DatasetName::Cifar10 => (3, 32, 10),
+            // The class count is the number of folders; two is the fewest that trains.
+            DatasetName::Imagenet => (3, self.data.image_size as u128, 2),
+        };
+        let dense =
+            |widths: &[u128]| -> u128 { widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum() };
+        match self.model.arch {
+            Arch::Mlp => {
+                let mut widths = vec![channels * side * side];
+                widths.extend(self.model.hidden.iter().map(|&h| h as u128));
+                widths.push(classes);
+                Some(dense(&widths))
+            }
+            Arch::Cnn => {
+                let mut widths = vec![channels];
+                widths.extend(self.model.channels.iter().map(|&c| c as u128));
+                let convs: u128 = widths.windows(2).map(|w| 9 * w[0] * w[1] + w[1]).sum();
+                let last = *widths.last().unwrap_or(&channels);
+                Some(convs + dense(&[last, classes]))
+            }
+            _ => None,
+        }
     }
 
     /// The α grid of the line (valid after [`validate`](Self::validate)).
@@ -732,6 +825,29 @@ impl ShardConfig {
         let digest = h.finalize();
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The coordinator's check of a submitted shard (`serve` hands it this function): the JSON is
+/// a shard config that passes [`ShardConfig::validate`], in canonical form, and `id` is its
+/// shard id. The same rules as `plan`, so that a raw gRPC client cannot submit what a worker
+/// would refuse.
+pub fn check_submitted(id: &str, json: &str) -> Result<(), String> {
+    let cfg: ShardConfig =
+        serde_json::from_str(json).map_err(|e| format!("the config is not a shard config: {e}"))?;
+    let cfg = cfg.normalized();
+    if let Err(v) = cfg.validate() {
+        return Err(format!("field `{}.{}`: {}", v.section, v.key, v.message));
+    }
+    if cfg.canonical_json() != json {
+        return Err(
+            "the config is not in canonical form (submit it with `linesweep submit`)".into(),
+        );
+    }
+    let actual = cfg.shard_id();
+    if actual != id {
+        return Err(format!("the config hashes to shard {actual}, not {id}"));
+    }
+    Ok(())
 }
 
 /// A one-line parse error: toml's `Display` draws a multi-line excerpt, errors here are one line.
@@ -874,5 +990,42 @@ mod tests {
         assert_eq!(a.shard_id(), c.shard_id());
         c.data.max_train_examples = Some(100);
         assert_ne!(a.shard_id(), c.shard_id());
+    }
+
+    #[test]
+    fn starts_after_training_and_huge_networks_are_refused_before_anything_runs() {
+        let mut c = ShardConfig::default();
+        // The built-in sample: 8,000 examples, 125 steps per epoch at batch 64.
+        c.train.batch_size = 64;
+        c.train.epochs = 2;
+        c.eval.starts = vec!["init".into(), "step:249".into(), "epoch:1.5".into()];
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        for late in ["step:250", "epoch:2"] {
+            c.eval.starts = vec!["init".into(), late.into()];
+            let v = c.validate().unwrap_err();
+            assert_eq!((v.section, v.key), ("eval", "starts"), "{late}");
+            assert!(
+                v.message.contains(late) && v.message.contains("250"),
+                "{}",
+                v.message
+            );
+        }
+        // A folder dataset of unknown size: steps are checked by the engine, epochs here.
+        c.data.dataset = DatasetName::Mnist;
+        c.data.dir = Some("/data/mnist".into());
+        c.eval.starts = vec!["step:100000".into()];
+        assert!(c.validate().is_ok());
+        c.eval.starts = vec!["epoch:3".into()];
+        assert!(c.validate().is_err());
+
+        let mut m = ShardConfig::default();
+        assert_eq!(
+            m.parameters_at_least(),
+            Some(785 * 1024 + 1025 * 1024 + 1025 * 10)
+        );
+        m.model.hidden = vec![100_000_000, 100_000_000];
+        let v = m.validate().unwrap_err();
+        assert_eq!((v.section, v.key), ("model", "hidden"));
+        assert!(v.message.contains("1.000e16 parameters"), "{}", v.message);
     }
 }

@@ -15,9 +15,12 @@
 //! - [`storage`]: `object_store` behind `file://` URLs (and, later, `s3://`).
 //! - [`exec`]: glue that runs one shard end to end and writes everything to storage.
 //! - [`agent`]: the worker agent: leases, child processes, heartbeats, completion.
+//! - [`child`]: the child protocol between an agent and its `linesweep exec` children: argv,
+//!   progress lines, exit reasons.
 //! - [`device`]: turns `--device` strings into burn devices; GPU backends behind cargo features.
 
 pub mod agent;
+pub mod child;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -4,15 +4,24 @@
 //! is one savepoint: load the shard, apply a [`crate::lease`] transition, write the shard and
 //! an event row, release. A refused transition rolls back and changes nothing. Outside a batch
 //! a savepoint is its own durable transaction; inside one ([`Ledger::begin_batch`]) the
-//! service commits many of them with one fsync (group commit) before answering any. The database is opened in WAL mode with an exclusive lock held for the life of the
-//! connection, so a second coordinator on the same file is refused instead of corrupting it.
+//! service commits many of them with one fsync (group commit) before answering any.
+//!
+//! The database is in WAL mode, and the process holds an exclusive lock on `<state>.lock` for
+//! the ledger's life, so a second coordinator on the same file is refused instead of
+//! interleaving writes. WAL lets a second connection of the same process read while the
+//! writer commits: [`LedgerReader`] (`read.rs`) answers status and listings from it.
+
+mod read;
+
+pub use read::{LedgerReader, Reads, STATUS_LIST_LIMIT};
+use read::{SHARD_COLUMNS, load};
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::lease::{LeasePolicy, Millis, Publish, Refused, Shard, ShardState};
+use crate::lease::{Failure, LeasePolicy, Millis, Publish, Refused, Shard, ShardState};
 
 /// The ledger refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +155,15 @@ create table if not exists shards (
     primary key (sweep, id)
 );
 create index if not exists shards_by_state on shards(state);
+-- status counts and bulk retry/cancel of one sweep read this index, not the sweep's rows
+create index if not exists shards_by_sweep_state on shards(sweep, state);
+-- one row per sweep: the commit rate without counting events
+create table if not exists sweep_commits (
+    sweep text primary key,
+    n integer not null,
+    first_ms integer not null,
+    last_ms integer not null
+);
 create table if not exists events (
     seq integer primary key autoincrement,
     at_ms integer not null,
@@ -157,11 +175,16 @@ create table if not exists events (
 );
 ";
 
+/// The path of an in-memory ledger.
+const IN_MEMORY: &str = ":memory:";
+
 /// The durable ledger.
 pub struct Ledger {
     conn: Connection,
     policy: LeasePolicy,
     path: String,
+    /// `<state>.lock`, locked exclusively while the ledger is open (`None` in memory).
+    _lock: Option<std::fs::File>,
 }
 
 impl Ledger {
@@ -178,13 +201,42 @@ impl Ledger {
                 message: "the file is empty (a lost ledger?); remove it to start a new one".into(),
             });
         }
+        let lock = Self::lock(path)?;
         let conn = Connection::open(path)?;
-        Self::init(conn, policy, name)
+        let mut ledger = Self::init(conn, policy, name)?;
+        ledger._lock = Some(lock);
+        Ok(ledger)
+    }
+
+    /// Takes the exclusive lock of the ledger at `path` (held until the file is closed).
+    fn lock(path: &Path) -> Result<std::fs::File, LedgerError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| LedgerError::Corrupt {
+                path: lock_path.display().to_string(),
+                message: format!("cannot open the lock file: {e}"),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LedgerError::Locked {
+                path: path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(LedgerError::Corrupt {
+                path: lock_path.display().to_string(),
+                message: format!("cannot lock: {e}"),
+            }),
+        }
     }
 
     /// A ledger that lives in memory (tests, benchmarks).
     pub fn in_memory(policy: LeasePolicy) -> Result<Self, LedgerError> {
-        Self::init(Connection::open_in_memory()?, policy, ":memory:".into())
+        Self::init(Connection::open_in_memory()?, policy, IN_MEMORY.into())
     }
 
     fn init(conn: Connection, policy: LeasePolicy, path: String) -> Result<Self, LedgerError> {
@@ -202,18 +254,12 @@ impl Ledger {
             }
             _ => LedgerError::Sqlite(e),
         };
-        // A second coordinator should be told at once, not after SQLite's default 5 s wait.
-        conn.busy_timeout(std::time::Duration::from_millis(200))
-            .map_err(|e| classify(e, &path))?;
-        // Exclusive locking keeps the write lock for the connection's life: a second
-        // coordinator fails here instead of interleaving writes.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        // Readers of this process (status) may hold the WAL briefly; nobody else writes.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| classify(e, &path))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| classify(e, &path))?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| classify(e, &path))?;
-        conn.execute_batch("begin exclusive; commit;")
             .map_err(|e| classify(e, &path))?;
         let ok: String = conn
             .query_row("pragma quick_check", [], |r| r.get(0))
@@ -222,7 +268,20 @@ impl Ledger {
             return Err(LedgerError::Corrupt { path, message: ok });
         }
         conn.execute_batch(SCHEMA).map_err(|e| classify(e, &path))?;
-        Ok(Self { conn, policy, path })
+        // A ledger written before `sweep_commits` existed: its rates, from its events, once.
+        conn.execute_batch(
+            "insert or ignore into sweep_commits(sweep, n, first_ms, last_ms)
+             select sweep, count(*), min(at_ms), max(at_ms) from events
+             where kind = 'committed' and not exists (select 1 from sweep_commits)
+             group by sweep",
+        )
+        .map_err(|e| classify(e, &path))?;
+        Ok(Self {
+            conn,
+            policy,
+            path,
+            _lock: None,
+        })
     }
 
     /// Opens a group-commit batch: the operations that follow are savepoints inside one
@@ -451,13 +510,13 @@ impl Ledger {
         .map(|_| ())
     }
 
-    /// `attempt`'s staged results cannot be published; counts as an application failure.
+    /// `attempt`'s staged results cannot be published: a failure of that attempt, of `kind`.
     pub fn abandon_publish(
         &mut self,
         sweep: &str,
         shard: &str,
         attempt: u32,
-        error: &str,
+        (kind, error): (Failure, &str),
         now: Millis,
     ) -> Result<ShardState, LedgerError> {
         let policy = self.policy;
@@ -465,45 +524,26 @@ impl Ledger {
             (sweep, shard, attempt),
             now,
             Some(("publish-failed", Some(error))),
-            |s| s.abandon_publish(attempt, error, &policy),
+            |s| s.abandon_publish(attempt, kind, error, &policy),
         )
         .map(|s| s.state)
     }
 
-    /// Shards caught between intent and commit (after a crash): `(sweep, shard, attempt)`.
-    pub fn publishing(&self) -> Result<Vec<(String, String, u32)>, LedgerError> {
-        let mut q = self.conn.prepare(
-            "select sweep, id, committed_attempt from shards where state = 'publishing' order by rowid",
-        )?;
-        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The results location of a sweep.
-    pub fn results(&self, sweep: &str) -> Result<String, LedgerError> {
-        self.conn
-            .query_row("select results from sweeps where name = ?1", [sweep], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or_else(|| LedgerError::UnknownSweep(sweep.into()))
-    }
-
-    /// Records an application failure of `attempt`; returns the shard's new state.
+    /// Records a failure of `attempt` of `kind`; returns the shard's new state.
     pub fn fail(
         &mut self,
         sweep: &str,
         shard: &str,
         attempt: u32,
-        error: &str,
+        (kind, error): (Failure, &str),
         now: Millis,
     ) -> Result<ShardState, LedgerError> {
         let policy = self.policy;
         self.transition(
             (sweep, shard, attempt),
             now,
-            Some(("failed", Some(error))),
-            |s| s.fail(attempt, error, now, &policy),
+            Some((kind.event(), Some(error))),
+            |s| s.fail(attempt, kind, error, now, &policy),
         )
         .map(|s| s.state)
     }
@@ -594,7 +634,10 @@ impl Ledger {
         only: Option<&[String]>,
         now: Millis,
     ) -> Result<usize, LedgerError> {
-        self.bulk(sweep, only, now, "retried", &Shard::retry)
+        if let Some(only) = only {
+            return self.bulk_named(sweep, only, now, Bulk::Retry);
+        }
+        self.bulk_all(sweep, now, Bulk::Retry)
     }
 
     /// Cancels the pending shards of `sweep`, and with `running` the leased ones too.
@@ -605,47 +648,86 @@ impl Ledger {
         running: bool,
         now: Millis,
     ) -> Result<usize, LedgerError> {
-        self.bulk(sweep, None, now, "cancelled", &|s: &Shard| {
-            s.cancel(running)
-        })
+        self.bulk_all(sweep, now, Bulk::Cancel { running })
     }
 
-    fn bulk(
+    fn bulk_all(&mut self, sweep: &str, now: Millis, op: Bulk) -> Result<usize, LedgerError> {
+        let (mut changed, mut after) = (0, Some(0));
+        while let Some(from) = after {
+            let (n, next) = self.bulk_chunk(sweep, op, from, BULK_CHUNK, now)?;
+            changed += n;
+            after = next;
+        }
+        Ok(changed)
+    }
+
+    /// One chunk of a bulk retry or cancel over every shard of `sweep`: at most `limit`
+    /// shards from rowid `after` on (exclusive), in one savepoint. Returns how many changed,
+    /// and where the next chunk starts (`None`: done). A caller that runs each chunk in its own
+    /// transaction lets leases and heartbeats through between them.
+    pub fn bulk_chunk(
         &mut self,
         sweep: &str,
-        only: Option<&[String]>,
+        op: Bulk,
+        after: i64,
+        limit: usize,
         now: Millis,
-        kind: &str,
-        f: &dyn Fn(&Shard) -> Option<Shard>,
+    ) -> Result<(usize, Option<i64>), LedgerError> {
+        let tx = self.conn.savepoint()?;
+        if after == 0 {
+            require_sweep(&tx, sweep)?;
+        }
+        let quoted: Vec<String> = op.states().iter().map(|s| format!("'{s}'")).collect();
+        let rows: Vec<(i64, ShardRow)> = {
+            let mut q = tx.prepare(&format!(
+                "select rowid, {SHARD_COLUMNS} from shards indexed by shards_by_sweep_state
+                 where sweep = ?1 and state in ({}) and rowid > ?2 order by rowid limit ?3",
+                quoted.join(", ")
+            ))?;
+            let mut rows = q.query(params![sweep, after, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let rowid: i64 = r.get(0)?;
+                out.push((rowid, decode_at(r, &self.path, sweep)?));
+            }
+            out
+        };
+        let mut changed = 0;
+        for (_, row) in &rows {
+            if let Some(next) = op.apply(&row.shard) {
+                store(&tx, sweep, &row.id, &next)?;
+                event(
+                    &tx,
+                    now,
+                    sweep,
+                    &row.id,
+                    row.shard.attempts,
+                    op.event(),
+                    None,
+                )?;
+                changed += 1;
+            }
+        }
+        tx.commit()?;
+        let next = (rows.len() == limit).then(|| rows.last().map_or(after, |(r, _)| *r));
+        Ok((changed, next))
+    }
+
+    fn bulk_named(
+        &mut self,
+        sweep: &str,
+        only: &[String],
+        now: Millis,
+        op: Bulk,
     ) -> Result<usize, LedgerError> {
         let tx = self.conn.savepoint()?;
-        let exists: bool = tx.query_row(
-            "select exists(select 1 from sweeps where name = ?1)",
-            [sweep],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(LedgerError::UnknownSweep(sweep.into()));
-        }
-        let ids: Vec<String> = {
-            let mut q = tx.prepare("select id from shards where sweep = ?1 order by rowid")?;
-            q.query_map([sweep], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        if let Some(wanted) = only
-            && let Some(missing) = wanted.iter().find(|w| !ids.contains(w))
-        {
-            return Err(LedgerError::UnknownShard {
-                sweep: sweep.into(),
-                shard: missing.clone(),
-            });
-        }
+        require_sweep(&tx, sweep)?;
         let mut changed = 0;
-        for id in ids.iter().filter(|id| only.is_none_or(|w| w.contains(id))) {
+        for id in only {
             let current = load(&tx, &self.path, sweep, id)?;
-            if let Some(next) = f(&current) {
+            if let Some(next) = op.apply(&current) {
                 store(&tx, sweep, id, &next)?;
-                event(&tx, now, sweep, id, current.attempts, kind, None)?;
+                event(&tx, now, sweep, id, current.attempts, op.event(), None)?;
                 changed += 1;
             }
         }
@@ -653,153 +735,118 @@ impl Ledger {
         Ok(changed)
     }
 
+    /// Queries over the ledger's own connection.
+    pub fn reads(&self) -> Reads<'_> {
+        Reads {
+            conn: &self.conn,
+            path: &self.path,
+        }
+    }
+
+    /// A second, read-only connection to the same file (`None` for an in-memory ledger),
+    /// for reads that must not wait for, or hold up, the writer.
+    pub fn reader(&self) -> Result<Option<LedgerReader>, LedgerError> {
+        if self.path == IN_MEMORY {
+            return Ok(None);
+        }
+        LedgerReader::open(Path::new(&self.path)).map(Some)
+    }
+
     /// One shard's state and counters.
     pub fn shard(&self, sweep: &str, shard: &str) -> Result<Shard, LedgerError> {
-        load(&self.conn, &self.path, sweep, shard)
+        self.reads().shard(sweep, shard)
+    }
+
+    /// The results location of a sweep.
+    pub fn results(&self, sweep: &str) -> Result<String, LedgerError> {
+        self.reads().results(sweep)
     }
 
     /// Shards of `sweep` per state name.
     pub fn counts(&self, sweep: &str) -> Result<BTreeMap<String, u64>, LedgerError> {
-        let mut q = self
-            .conn
-            .prepare("select state, count(*) from shards where sweep = ?1 group by state")?;
-        let rows = q.query_map([sweep], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.reads().counts(sweep)
     }
 
     /// Every shard of `sweep`, in submission order.
     pub fn shards(&self, sweep: &str) -> Result<Vec<ShardRow>, LedgerError> {
-        self.rows(sweep, "1")
+        self.reads().shards(sweep)
     }
 
-    fn rows(&self, sweep: &str, filter: &str) -> Result<Vec<ShardRow>, LedgerError> {
-        let ids: Vec<String> = {
-            let mut q = self.conn.prepare(&format!(
-                "select id from shards where sweep = ?1 and ({filter}) order by rowid"
-            ))?;
-            q.query_map([sweep], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        ids.into_iter()
-            .map(|id| {
-                let shard = load(&self.conn, &self.path, sweep, &id)?;
-                Ok(ShardRow { id, shard })
-            })
-            .collect()
+    /// Shards caught between intent and commit (after a crash): `(sweep, shard, attempt)`.
+    pub fn publishing(&self) -> Result<Vec<(String, String, u32)>, LedgerError> {
+        self.reads().publishing()
     }
 
     /// Leased shards per worker, as `sweep/shard`.
     pub fn leases_by_worker(&self) -> Result<BTreeMap<String, Vec<String>>, LedgerError> {
-        let mut q = self.conn.prepare(
-            "select worker, sweep, id from shards where state = 'leased' order by rowid",
-        )?;
-        let rows = q.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for row in rows {
-            let (w, sweep, id) = row?;
-            out.entry(w).or_default().push(format!("{sweep}/{id}"));
-        }
-        Ok(out)
+        self.reads().leases_by_worker()
     }
 
-    /// Counts, counters, failed and running shards, and the commit rate of `sweep`.
+    /// See [`Reads::status`].
     pub fn status(&self, sweep: &str) -> Result<SweepStatus, LedgerError> {
-        let results = self.results(sweep)?;
-        let (failures, interruptions): (i64, i64) = self.conn.query_row(
-            "select coalesce(sum(failures), 0), coalesce(sum(interruptions), 0) from shards where sweep = ?1",
-            [sweep],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let commits: (i64, Option<i64>, Option<i64>) = self.conn.query_row(
-            "select count(*), min(at_ms), max(at_ms) from events where sweep = ?1 and kind = 'committed'",
-            [sweep],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        Ok(SweepStatus {
-            counts: self.counts(sweep)?,
-            failures: failures as u64,
-            interruptions: interruptions as u64,
-            failed: self.rows(sweep, "state = 'failed'")?,
-            running: self.rows(sweep, "state in ('leased', 'publishing')")?,
-            commits: (
-                commits.0 as u64,
-                commits.1.unwrap_or(0),
-                commits.2.unwrap_or(0),
-            ),
-            results,
-        })
+        self.reads().status(sweep)
     }
 
-    /// Number of events recorded for a shard of a given kind (audits: "why did it run twice").
+    /// Number of events recorded for a shard of a given kind.
     pub fn events(&self, sweep: &str, shard: &str, kind: &str) -> Result<u64, LedgerError> {
-        let n: i64 = self.conn.query_row(
-            "select count(*) from events where sweep = ?1 and shard = ?2 and kind = ?3",
-            params![sweep, shard, kind],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+        self.reads().events(sweep, shard, kind)
     }
 }
 
-fn load(conn: &Connection, path: &str, sweep: &str, shard: &str) -> Result<Shard, LedgerError> {
-    type Row = (
-        String,
-        u32,
-        Option<String>,
-        Option<i64>,
-        Option<u32>,
-        u32,
-        u32,
-        Option<String>,
-    );
-    let row: Option<Row> = conn
-        .query_row(
-            "select state, attempts, worker, expires_at, committed_attempt, failures, interruptions, last_error
-             from shards where sweep = ?1 and id = ?2",
-            [sweep, shard],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
-        )
-        .optional()?;
-    let Some((state, attempts, worker, expires_at, committed, failures, interruptions, last_error)) =
-        row
-    else {
-        return Err(LedgerError::UnknownShard {
-            sweep: sweep.into(),
-            shard: shard.into(),
-        });
-    };
-    let corrupt = |what: &str| LedgerError::Corrupt {
-        path: path.into(),
-        message: format!("shard {sweep}/{shard}: {what}"),
-    };
-    let state = match (state.as_str(), worker, expires_at, committed) {
-        ("pending", ..) => ShardState::Pending,
-        ("leased", Some(worker), Some(expires_at), _) => ShardState::Leased {
-            attempt: attempts,
-            worker,
-            expires_at,
-        },
-        ("publishing", _, _, Some(attempt)) => ShardState::Publishing { attempt },
-        ("committed", _, _, Some(attempt)) => ShardState::Committed { attempt },
-        ("failed", ..) => ShardState::Failed,
-        ("cancelled", ..) => ShardState::Cancelled,
-        (other, ..) => return Err(corrupt(&format!("inconsistent state `{other}`"))),
-    };
-    Ok(Shard {
-        state,
-        attempts,
-        failures,
-        interruptions,
-        last_error,
-    })
+/// Shards per transaction of a bulk retry or cancel: big enough to be quick, small enough
+/// that a lease waiting behind one chunk is not kept for more than milliseconds.
+pub const BULK_CHUNK: usize = 5_000;
+
+/// A user's operation over many shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    /// Failed and cancelled shards back to pending ([`Shard::retry`]).
+    Retry,
+    /// Pending (and with `running` leased) shards to cancelled ([`Shard::cancel`]).
+    Cancel { running: bool },
+}
+
+impl Bulk {
+    /// The states it can change (the rest are not even read).
+    fn states(self) -> &'static [&'static str] {
+        match self {
+            Self::Retry => &["failed", "cancelled"],
+            Self::Cancel { running: false } => &["pending"],
+            Self::Cancel { running: true } => &["pending", "leased"],
+        }
+    }
+
+    fn apply(self, s: &Shard) -> Option<Shard> {
+        match self {
+            Self::Retry => s.retry(),
+            Self::Cancel { running } => s.cancel(running),
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Self::Retry => "retried",
+            Self::Cancel { .. } => "cancelled",
+        }
+    }
+}
+
+fn require_sweep(conn: &Connection, sweep: &str) -> Result<(), LedgerError> {
+    let exists: bool = conn.query_row(
+        "select exists(select 1 from sweeps where name = ?1)",
+        [sweep],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(LedgerError::UnknownSweep(sweep.into()))
+    }
+}
+
+/// [`decode`] of a row whose first column is the rowid.
+fn decode_at(r: &rusqlite::Row<'_>, path: &str, sweep: &str) -> Result<ShardRow, LedgerError> {
+    read::decode_offset(r, 1, path, sweep)
 }
 
 fn store(conn: &Connection, sweep: &str, shard: &str, s: &Shard) -> Result<(), LedgerError> {
@@ -812,11 +859,11 @@ fn store(conn: &Connection, sweep: &str, shard: &str, s: &Shard) -> Result<(), L
         }
         _ => (None, None, None),
     };
-    conn.execute(
+    conn.prepare_cached(
         "update shards set state = ?3, attempts = ?4, worker = ?5, expires_at = ?6, committed_attempt = ?7,
          failures = ?8, interruptions = ?9, last_error = ?10 where sweep = ?1 and id = ?2",
-        params![sweep, shard, s.state.name(), s.attempts, worker, expires_at, committed, s.failures, s.interruptions, s.last_error],
-    )?;
+    )?
+    .execute(params![sweep, shard, s.state.name(), s.attempts, worker, expires_at, committed, s.failures, s.interruptions, s.last_error])?;
     Ok(())
 }
 
@@ -829,12 +876,23 @@ fn event(
     kind: &str,
     detail: Option<&str>,
 ) -> Result<(), LedgerError> {
-    conn.execute(
+    conn.prepare_cached(
         "insert into events(at_ms, sweep, shard, attempt, kind, detail) values (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![now, sweep, shard, attempt, kind, detail],
-    )?;
+    )?
+    .execute(params![now, sweep, shard, attempt, kind, detail])?;
+    // The commit rate of `status` reads this one row instead of counting events.
+    if kind == COMMITTED_EVENT {
+        conn.prepare_cached(
+            "insert into sweep_commits(sweep, n, first_ms, last_ms) values (?1, 1, ?2, ?2)
+             on conflict(sweep) do update set n = n + 1, last_ms = max(last_ms, ?2)",
+        )?
+        .execute(params![sweep, now])?;
+    }
     Ok(())
 }
+
+/// The event that marks a commit.
+const COMMITTED_EVENT: &str = "committed";
 
 #[cfg(test)]
 mod tests {
@@ -957,12 +1015,26 @@ mod tests {
         let b = l.lease("w", 0).unwrap().unwrap();
         l.complete("sw", &a.shard, a.attempt, 1).unwrap();
         assert_eq!(
-            l.fail("sw", &b.shard, b.attempt, "nan loss", 1).unwrap(),
+            l.fail(
+                "sw",
+                &b.shard,
+                b.attempt,
+                (Failure::Application, "nan loss"),
+                1
+            )
+            .unwrap(),
             ShardState::Pending
         );
         let b2 = l.lease("w", 2).unwrap().unwrap();
         assert_eq!(
-            l.fail("sw", &b2.shard, b2.attempt, "nan loss", 3).unwrap(),
+            l.fail(
+                "sw",
+                &b2.shard,
+                b2.attempt,
+                (Failure::Application, "nan loss"),
+                3
+            )
+            .unwrap(),
             ShardState::Failed
         );
         assert_eq!(l.retry("sw", None, 4).unwrap(), 1);
