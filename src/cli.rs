@@ -444,3 +444,42 @@ pub struct CoordinatorBenchArgs {
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use linesweep_worker::child::ChildArgs;
+
+    /// The child protocol's argv (built by the agent in `worker/src/child.rs`) must parse
+    /// back, field for field, as `linesweep exec` reads it.
+    #[test]
+    fn the_agents_child_argv_parses_as_exec() {
+        let sent = ChildArgs {
+            config_json: r#"{"seed":3}"#.into(),
+            shard: "00ff00ff00ff00ff".into(),
+            results: "/shared/results".into(),
+            sweep: "mnist-mli".into(),
+            attempt: 4,
+            device: "cuda:1".into(),
+            checkpoint_every: 250,
+        };
+        let argv = std::iter::once("linesweep".into()).chain(sent.argv());
+        let cli = Cli::try_parse_from(argv).expect("the child argv parses");
+        assert!(cli.quiet);
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(e.progress_jsonl && e.config.is_none());
+        let got = ChildArgs {
+            config_json: e.config_json.unwrap_or_default(),
+            shard: e.expect_shard.unwrap_or_default(),
+            results: e.out,
+            sweep: e.sweep,
+            attempt: e.attempt.unwrap_or_default(),
+            device: e.device,
+            checkpoint_every: e.checkpoint_every,
+        };
+        assert_eq!(got, sent);
+    }
+}

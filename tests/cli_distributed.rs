@@ -511,6 +511,52 @@ fn d_a_frozen_worker_past_its_lease_is_fenced_off_and_changes_nothing() {
 }
 
 #[test]
+fn h_a_coordinator_stopped_past_the_ttl_keeps_its_healthy_leases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "stall", 30, "");
+    let (server, url) = serve(&dir.join("state.db"), 0, 2);
+    assert!(
+        cli(dir, &url, &["submit", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let _w = worker(&url, "w", &dir.join("w.log"));
+    wait_for(dir, &url, "stall", Duration::from_secs(120), "mid-shard", |s| {
+        s["running"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(early_in_training))
+    });
+    // The coordinator freezes for 2.5 TTLs while the worker trains on. Its heartbeats wait
+    // unread; when it thaws, its lease is healthy, not expired.
+    server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    server.signal(libc::SIGCONT);
+    let st = wait_for(
+        dir,
+        &url,
+        "stall",
+        Duration::from_secs(300),
+        "12 commits",
+        |s| count(s, "committed") == 12,
+    );
+    assert_eq!(
+        (st["interruptions"].as_u64(), st["failures"].as_u64()),
+        (Some(0), Some(0)),
+        "a stall of the coordinator expired a healthy lease: {st:#}"
+    );
+    let o = cli(dir, &url, &["status", "stall", "--json", "--shards"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let retrained: Vec<&serde_json::Value> = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["attempts"] != 1)
+        .collect();
+    assert!(retrained.is_empty(), "{retrained:#?}");
+}
+
+#[test]
 fn e_retry_reruns_only_failed_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
