@@ -186,6 +186,11 @@ pub struct ServeArgs {
     /// Results location for sweeps whose spec has no `[storage] results`.
     #[arg(long)]
     pub results: Option<String>,
+    /// Before serving, record every shard that has a `runs` file under --results as
+    /// committed (storage is the truth of what was committed): after a lost ledger, a
+    /// resubmission then reruns only what is missing.
+    #[arg(long, requires = "results")]
+    pub recover: bool,
 }
 
 /// `linesweep worker`.

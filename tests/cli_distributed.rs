@@ -522,11 +522,18 @@ fn h_a_coordinator_stopped_past_the_ttl_keeps_its_healthy_leases() {
             .success()
     );
     let _w = worker(&url, "w", &dir.join("w.log"));
-    wait_for(dir, &url, "stall", Duration::from_secs(120), "mid-shard", |s| {
-        s["running"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(early_in_training))
-    });
+    wait_for(
+        dir,
+        &url,
+        "stall",
+        Duration::from_secs(120),
+        "mid-shard",
+        |s| {
+            s["running"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(early_in_training))
+        },
+    );
     // The coordinator freezes for 2.5 TTLs while the worker trains on. Its heartbeats wait
     // unread; when it thaws, its lease is healthy, not expired.
     server.signal(libc::SIGSTOP);
@@ -1024,4 +1031,72 @@ fn run_embedded_resumes_after_ctrl_c_and_after_kill_9() {
     }
     let report = check_results(&dir.join("results"), "embedded", 12);
     assert!(report.starts_with("ok: 12 runs"), "{report}");
+}
+
+#[test]
+fn i_a_lost_ledger_is_rebuilt_from_the_results_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "lost", 1, "");
+    let spec = spec.to_str().unwrap();
+    let root = dir.join("results");
+    let out = root.to_str().unwrap();
+    let run = || linesweep(&["run", spec, "--out", out], dir, Duration::from_secs(600));
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let before = published(&root);
+    assert!(!before.is_empty());
+    // `run` with its state file gone: the results are the truth; nothing trains again.
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(root.join(".linesweep").join(f));
+    }
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("12 committed"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("ledger rebuilt from the results root"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(published(&root), before, "a committed shard ran again");
+
+    // A coordinator whose ledger is lost: `serve --recover` rebuilds it from --results, and
+    // the resubmission adds nothing to run.
+    let (_server, url) = common::serve(
+        &[
+            "--token",
+            TOKEN,
+            "--listen",
+            "127.0.0.1:0",
+            "--results",
+            out,
+            "--recover",
+        ],
+        &dir.join("new-state.db"),
+    );
+    let o = cli(dir, &url, &["submit", spec]);
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "sweep lost: 12 shards, 0 added, 12 already known",
+        "{}",
+        text(&o.stderr)
+    );
+    let st = status(dir, &url, "lost").expect("status");
+    assert_eq!(count(&st, "committed"), 12, "{st:#}");
+    assert!(finished(&st), "{st:#}");
+    // The rebuilt ledger knows the sweep's settings from that submission: a change is refused.
+    let changed = std::fs::read_to_string(spec)
+        .unwrap()
+        .replace("epochs = 1", "epochs = 2");
+    std::fs::write(spec, changed).unwrap();
+    let o = cli(dir, &url, &["submit", spec]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("train.epochs: 1 → 2"),
+        "{}",
+        text(&o.stderr)
+    );
 }

@@ -369,6 +369,22 @@ impl Shard {
         next
     }
 
+    /// Storage holds committed results of `attempt` (a ledger rebuilt from the results root):
+    /// a shard that is not running or publishing becomes Committed{attempt}, with its attempt
+    /// counter at least `attempt`; `None` otherwise (nothing to change, or a live attempt that
+    /// will find the results already there).
+    pub fn recover(&self, attempt: u32) -> Option<Shard> {
+        matches!(
+            self.state,
+            ShardState::Pending | ShardState::Failed | ShardState::Cancelled
+        )
+        .then(|| Shard {
+            state: ShardState::Committed { attempt },
+            attempts: self.attempts.max(attempt),
+            ..self.clone()
+        })
+    }
+
     /// A user retry: Failed or Cancelled → Pending with a fresh budget; `None` otherwise
     /// (committed shards are never rerun).
     pub fn retry(&self) -> Option<Shard> {

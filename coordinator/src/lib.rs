@@ -8,6 +8,8 @@
 //!   the shard, applies a [`lease`] transition and writes the result with an event row.
 //! - [`publish`]: copies an attempt's staged output to the final keys, create-only (the only
 //!   module here that touches storage).
+//! - [`recover`]: rebuilds committed state from the results root (`serve --recover`): a
+//!   `runs` file at its final key means committed.
 //! - [`service`]: the gRPC `WorkerService` and `ControlService` over the ledger: version
 //!   check, wire ↔ domain, the publish protocol, live progress and the workers registry.
 //! - [`server`]: bearer-token check, health service, lease reaper and publish roll-forward,
@@ -19,5 +21,6 @@
 pub mod lease;
 pub mod ledger;
 pub mod publish;
+pub mod recover;
 pub mod server;
 pub mod service;

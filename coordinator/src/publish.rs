@@ -126,7 +126,32 @@ fn check_snapshots(
 /// The staged `runs` file is one row for this shard, in the manifest's schema. (The row holds no
 /// sweep name: the sweep is the key's partition, which the manifest check pins.)
 fn check_runs_row(bytes: bytes::Bytes, shard: &str, schema_version: i32) -> Result<(), String> {
-    use arrow_array::{Array, Int32Array, StringArray};
+    let row = read_runs_row(bytes)?;
+    if (row.shard.as_str(), row.schema_version) != (shard, schema_version) {
+        return Err(format!(
+            "the runs row is shard {} in schema {}, not shard {shard} in schema {schema_version}",
+            row.shard, row.schema_version
+        ));
+    }
+    Ok(())
+}
+
+/// What the coordinator reads of a `runs` file (it knows nothing else of the results).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunsRow {
+    /// The shard id.
+    pub shard: String,
+    /// The results schema the row was written in.
+    pub schema_version: i32,
+    /// The attempt that wrote it.
+    pub attempt: Option<u32>,
+    /// The shard's canonical config JSON.
+    pub config_json: Option<String>,
+}
+
+/// Reads the single row of a `runs` parquet file, by column name.
+pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
+    use arrow_array::{Array, Int32Array, StringArray, UInt64Array};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let what = |e: &dyn std::fmt::Display| format!("the runs file does not read: {e}");
     let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -140,25 +165,31 @@ fn check_runs_row(bytes: bytes::Bytes, shard: &str, schema_version: i32) -> Resu
     if batch.num_rows() != 1 || reader.next().is_some() {
         return Err("the runs file must hold exactly one row".into());
     }
-    let row_shard = batch
-        .column_by_name("shard")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .filter(|c| c.is_valid(0))
-        .map(|c| c.value(0).to_owned())
-        .ok_or("the runs row has no `shard`")?;
-    let version = batch
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .filter(|c| c.is_valid(0))
+            .map(|c| c.value(0).to_owned())
+            .ok_or(format!("the runs row has no `{name}`"))
+    };
+    let schema_version = batch
         .column_by_name("schema_version")
         .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
         .filter(|c| c.is_valid(0))
         .map(|c| c.value(0))
         .ok_or("the runs row has no `schema_version`")?;
-    if (row_shard.as_str(), version) != (shard, schema_version) {
-        return Err(format!(
-            "the runs row is shard {row_shard} in schema {version}, not shard {shard} in \
-             schema {schema_version}"
-        ));
-    }
-    Ok(())
+    let attempt = batch
+        .column_by_name("attempt")
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .filter(|c| c.is_valid(0))
+        .and_then(|c| u32::try_from(c.value(0)).ok());
+    Ok(RunsRow {
+        shard: text("shard")?,
+        schema_version,
+        attempt,
+        config_json: text("config_json").ok(),
+    })
 }
 
 /// Copies attempt `attempt`'s staged output to its final keys; returns how many objects were

@@ -43,11 +43,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Simulated workers cycling lease → heartbeat → complete. Without `until` each stops when
+/// nothing is pending; with it, they poll on until it turns true, and give each lease back
+/// instead of completing it (the load behind another measurement, on a sweep whose shards
+/// have results to publish).
 async fn cycles(
     channels: Vec<Channel>,
     workers: usize,
     rate: f64,
-) -> anyhow::Result<(usize, Vec<f64>)> {
+    until: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<(usize, Vec<(Instant, f64)>)> {
     let think = if rate > 0.0 {
         Duration::from_secs_f64(workers as f64 / rate)
     } else {
@@ -58,6 +63,7 @@ async fn cycles(
         let mut client = WorkerServiceClient::new(channels[w % channels.len()].clone());
         // Spread the first requests over one think time instead of a thundering herd.
         let offset = think.mul_f64(w as f64 / workers as f64);
+        let until = until.clone();
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let name = format!("sim-{w}");
@@ -75,9 +81,15 @@ async fn cycles(
                     )?)
                     .await?
                     .into_inner();
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                latencies.push((started, started.elapsed().as_secs_f64() * 1000.0));
                 let Some(granted) = lease.granted else {
-                    break;
+                    match &until {
+                        Some(u) if !*u.borrow() => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        _ => break,
+                    }
                 };
                 let token = granted.token;
                 client
@@ -92,17 +104,26 @@ async fn cycles(
                         Some(TOKEN),
                     )?)
                     .await?;
-                client
-                    .complete(request(
-                        pb::CompleteRequest {
-                            protocol_version: PROTOCOL_VERSION,
-                            token,
-                        },
-                        Some(TOKEN),
-                    )?)
-                    .await?;
+                if until.is_some() {
+                    let release = pb::FailRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        token,
+                        preempted: true,
+                        ..Default::default()
+                    };
+                    client.fail(request(release, Some(TOKEN))?).await?;
+                } else {
+                    let complete = pb::CompleteRequest {
+                        protocol_version: PROTOCOL_VERSION,
+                        token,
+                    };
+                    client.complete(request(complete, Some(TOKEN))?).await?;
+                }
                 if let Some(rest) = think.checked_sub(cycle.elapsed()) {
                     tokio::time::sleep(rest).await;
+                }
+                if until.as_ref().is_some_and(|u| *u.borrow()) {
+                    break;
                 }
             }
             anyhow::Ok(latencies)
@@ -118,9 +139,84 @@ async fn cycles(
     Ok((leases, all))
 }
 
+/// Bytes of the ledger on disk: the database and its write-ahead log.
+fn ledger_bytes(state: &std::path::Path) -> u64 {
+    let wal = state.with_extension("db-wal");
+    [state, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `status` (twice), `cancel` and `retry` of the big sweep while simulated workers keep
+/// leasing: how long each takes, and the lease latency meanwhile.
+async fn ops_under_load(
+    control: &mut pb::control_service_client::ControlServiceClient<Channel>,
+    channels: Vec<Channel>,
+    workers: usize,
+    rate: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let (stop, until) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(cycles(channels, workers, rate, Some(until)));
+    // Let the load settle before measuring under it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut timings = serde_json::Map::new();
+    let mut windows = Vec::new();
+    for op in ["status_1", "status_2", "cancel", "retry"] {
+        let t = Instant::now();
+        match op {
+            "cancel" => {
+                let msg = pb::CancelRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    sweep: "big".into(),
+                    now: false,
+                };
+                control.cancel(request(msg, Some(TOKEN))?).await?;
+            }
+            "retry" => {
+                let msg = pb::RetryRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    sweep: "big".into(),
+                    shards: Vec::new(),
+                };
+                control.retry(request(msg, Some(TOKEN))?).await?;
+            }
+            _ => {
+                super::remote::fetch_status(control, Some(TOKEN), "big").await?;
+            }
+        }
+        timings.insert(format!("{op}_s"), t.elapsed().as_secs_f64().into());
+        windows.push((op, t, Instant::now()));
+    }
+    let _ = stop.send(true);
+    let (cycles, latencies) = load.await.context("the load panicked")??;
+    timings.insert("cycles".into(), cycles.into());
+    // Lease latency of the leases that started while each operation ran.
+    for (op, from, to) in windows {
+        let mut during: Vec<f64> = latencies
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, ms)| *ms)
+            .collect();
+        during.sort_by(f64::total_cmp);
+        timings.insert(
+            format!("{op}_lease_latency_ms"),
+            serde_json::json!({
+                "leases": during.len(),
+                "p50": percentile(&during, 0.50),
+                "p99": percentile(&during, 0.99),
+                "max": during.last().copied().unwrap_or(0.0),
+            }),
+        );
+    }
+    Ok(timings.into())
+}
+
 pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let mut ledger = Ledger::open(&dir.path().join("state.db"), LeasePolicy::default())?;
+    let state = dir.path().join("state.db");
+    let mut ledger = Ledger::open(&state, LeasePolicy::default())?;
     let shards: Vec<(String, String)> = (0..args.shards)
         .map(|i| (format!("{i:016x}"), format!("{{\"seed\":{i}}}")))
         .collect();
@@ -159,8 +255,10 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             }
             channels.push(last.context("the coordinator did not start")?);
         }
+        let ledger_before = ledger_bytes(&state);
         let started = Instant::now();
-        let (leases, mut latencies) = cycles(channels, args.workers, args.rate).await?;
+        let (leases, latencies) = cycles(channels.clone(), args.workers, args.rate, None).await?;
+        let mut latencies: Vec<f64> = latencies.into_iter().map(|(_, ms)| ms).collect();
         let seconds = started.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
         let rss_cycles = peak_rss_mib();
@@ -182,9 +280,14 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             let results = dir.path().join("results").display().to_string();
             let (added, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
             let submit_s = t.elapsed().as_secs_f64();
+            let ledger_bytes = ledger_bytes(&state);
+            let under_load = ops_under_load(&mut control, channels, args.workers, args.rate).await?;
             submit = serde_json::json!({
                 "shards": added, "plan_s": plan_s, "submit_s": submit_s,
                 "total_s": plan_s + submit_s, "peak_rss_mib": peak_rss_mib(),
+                "ledger_bytes": ledger_bytes,
+                "ledger_bytes_per_shard": (ledger_bytes - ledger_before) as f64 / added.max(1) as f64,
+                "under_load": under_load,
             });
         }
         let _ = stop.send(());

@@ -40,7 +40,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ttl_ms: (args.lease_ttl * 1000) as i64,
         max_failures: args.max_failures,
     };
-    let ledger = Ledger::open(&args.state, policy)?;
+    let mut ledger = Ledger::open(&args.state, policy)?;
+    if args.recover
+        && let Some(results) = &args.results
+    {
+        recover_from(&mut ledger, results)?;
+    }
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -70,6 +75,28 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e))
     })
+}
+
+/// Records the shards committed in the results root `results` in `ledger` (see
+/// `linesweep_coordinator::recover`), and says what it found.
+pub(crate) fn recover_from(ledger: &mut Ledger, results: &str) -> anyhow::Result<()> {
+    let storage = linesweep_worker::storage::Storage::open(results)?;
+    let found =
+        linesweep_coordinator::recover::recover(ledger, &storage, results, (system_clock())())
+            .with_context(|| format!("rebuilding the ledger from {results}"))?;
+    let shards: usize = found.found.values().sum();
+    if shards == 0 && found.unreadable == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        sweeps = found.found.len(),
+        shards,
+        newly_committed = found.recorded,
+        unreadable = found.unreadable,
+        %results,
+        "ledger rebuilt from the results root: shards with published results are committed"
+    );
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

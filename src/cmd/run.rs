@@ -120,12 +120,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let state = state_dir.join("state.db");
     let policy = LeasePolicy::default();
+    let new_ledger = !state.exists();
     let mut ledger = Ledger::open(&state, policy).with_context(|| {
         format!(
             "the sweep state in {} (is another `linesweep run` using it?)",
             state.display()
         )
     })?;
+    // A new state file beside existing results (it was deleted or lost): the results are the
+    // truth of what was committed, so they are not trained again.
+    if new_ledger {
+        super::remote::recover_from(&mut ledger, &root)?;
+    }
     let now = (system_clock())();
     // Leases in this file belong to workers of an earlier run of this command, which died
     // with it: give them back now instead of waiting a TTL.

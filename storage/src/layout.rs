@@ -36,6 +36,19 @@ pub fn result_key(table: &str, sweep: &str, shard: &str) -> String {
     format!("results/{table}/sweep={sweep}/{shard}.parquet")
 }
 
+/// The prefix of every published file of a result table.
+pub fn result_table_prefix(table: &str) -> String {
+    format!("results/{table}/")
+}
+
+/// `(sweep, shard)` of a key built by [`result_key`] for `table`.
+pub fn parse_result_key<'a>(table: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = key.strip_prefix(&result_table_prefix(table))?;
+    let (sweep, file) = rest.strip_prefix("sweep=")?.split_once('/')?;
+    let shard = file.strip_suffix(".parquet")?;
+    (valid_sweep_name(sweep) && !shard.is_empty() && !shard.contains('/')).then_some((sweep, shard))
+}
+
 /// Directory of a shard's snapshots.
 pub fn snapshot_dir(shard: &str) -> String {
     format!("snapshots/{shard}")
@@ -88,6 +101,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn result_keys_parse_back() {
+        let k = result_key("runs", "sw-1", "00ff");
+        assert_eq!(parse_result_key("runs", &k), Some(("sw-1", "00ff")));
+        assert_eq!(parse_result_key("interpolation", &k), None);
+        for bad in [
+            "results/runs/sweep=../x/00ff.parquet",
+            "results/runs/sw/00ff.parquet",
+            "results/runs/sweep=sw/a/b.parquet",
+            "results/runs/sweep=sw/00ff.json",
+        ] {
+            assert_eq!(parse_result_key("runs", bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn attempts_parse_back() {

@@ -11,6 +11,7 @@
 //! interleaving writes. WAL lets a second connection of the same process read while the
 //! writer commits: [`LedgerReader`] (`read.rs`) answers status and listings from it.
 
+mod configs;
 mod read;
 
 pub use read::{LedgerReader, Reads, STATUS_LIST_LIMIT};
@@ -123,6 +124,17 @@ pub struct SweepStatus {
     pub results: String,
 }
 
+/// A shard whose committed results were found in storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredShard {
+    /// Shard id.
+    pub id: String,
+    /// The attempt whose results are published.
+    pub attempt: u32,
+    /// Its canonical config JSON (from the `runs` row).
+    pub config_json: String,
+}
+
 /// What a submission changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -142,6 +154,7 @@ create table if not exists sweeps (
 create table if not exists shards (
     sweep text not null references sweeps(name),
     id text not null,
+    -- empty when config_z holds the config (configs.rs)
     config_json text not null,
     state text not null,
     attempts integer not null default 0,
@@ -152,11 +165,17 @@ create table if not exists shards (
     failures integer not null default 0,
     interruptions integer not null default 0,
     last_error text,
+    config_z blob,
     primary key (sweep, id)
 );
 create index if not exists shards_by_state on shards(state);
 -- status counts and bulk retry/cancel of one sweep read this index, not the sweep's rows
 create index if not exists shards_by_sweep_state on shards(sweep, state);
+-- the dictionary each sweep's configs are compressed against (configs.rs)
+create table if not exists sweep_dicts (
+    sweep text primary key,
+    dict blob not null
+);
 -- one row per sweep: the commit rate without counting events
 create table if not exists sweep_commits (
     sweep text primary key,
@@ -268,6 +287,7 @@ impl Ledger {
             return Err(LedgerError::Corrupt { path, message: ok });
         }
         conn.execute_batch(SCHEMA).map_err(|e| classify(e, &path))?;
+        migrate(&conn).map_err(|e| classify(e, &path))?;
         // A ledger written before `sweep_commits` existed: its rates, from its events, once.
         conn.execute_batch(
             "insert or ignore into sweep_commits(sweep, n, first_ms, last_ms)
@@ -361,7 +381,9 @@ impl Ledger {
                 });
             }
             (Some((_, base)), SubmitMode::Start { allow_changed }) if base != meta.base_json => {
-                if !allow_changed {
+                // A sweep rebuilt from storage has no recorded settings: the first
+                // submission's are adopted.
+                if !allow_changed && !base.is_empty() {
                     return Err(LedgerError::Changed {
                         sweep: sweep.into(),
                         old: base,
@@ -376,12 +398,13 @@ impl Ledger {
             (Some(_), _) => {}
         }
         let mut added = 0;
-        {
+        if let Some((_, first)) = shards.first() {
+            let mut packer = configs::Packer::of(&tx, sweep, first)?;
             let mut insert = tx.prepare(
-                "insert or ignore into shards(sweep, id, config_json, state) values (?1, ?2, ?3, 'pending')",
+                "insert or ignore into shards(sweep, id, config_json, config_z, state) values (?1, ?2, '', ?3, 'pending')",
             )?;
             for (id, config) in shards {
-                added += insert.execute(params![sweep, id, config])?;
+                added += insert.execute(params![sweep, id, packer.pack(sweep, config)?])?;
             }
         }
         tx.commit()?;
@@ -391,20 +414,81 @@ impl Ledger {
         })
     }
 
+    /// Records shards that storage holds committed results of (`linesweep serve --recover`):
+    /// unknown ones are added as committed, known ones that are not running become committed
+    /// ([`Shard::recover`]). The sweep is created if unknown, with no recorded settings (its
+    /// next submission's are adopted). Returns how many shards changed.
+    pub fn recover(
+        &mut self,
+        sweep: &str,
+        results: &str,
+        found: &[RecoveredShard],
+        now: Millis,
+    ) -> Result<usize, LedgerError> {
+        let tx = self.conn.savepoint()?;
+        let known: Option<String> = tx
+            .query_row("select results from sweeps where name = ?1", [sweep], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match known {
+            None => {
+                tx.execute(
+                    "insert into sweeps(name, created_ms, results, base_json) values (?1, ?2, ?3, '')",
+                    params![sweep, now, results],
+                )?;
+            }
+            Some(old) if old != results => {
+                return Err(LedgerError::ResultsMoved {
+                    sweep: sweep.into(),
+                    old,
+                    new: results.into(),
+                });
+            }
+            Some(_) => {}
+        }
+        let mut changed = 0;
+        if let Some(first) = found.first() {
+            let mut packer = configs::Packer::of(&tx, sweep, &first.config_json)?;
+            for f in found {
+                let packed = packer.pack(sweep, &f.config_json)?;
+                let mut recovered = tx.execute(
+                    "insert or ignore into shards(sweep, id, config_json, config_z, state, attempts, committed_attempt)
+                     values (?1, ?2, '', ?3, 'committed', ?4, ?4)",
+                    params![sweep, f.id, packed, f.attempt],
+                )? == 1;
+                if !recovered
+                    && let Some(next) = load(&tx, &self.path, sweep, &f.id)?.recover(f.attempt)
+                {
+                    store(&tx, sweep, &f.id, &next)?;
+                    recovered = true;
+                }
+                if recovered {
+                    event(&tx, now, sweep, &f.id, f.attempt, "recovered", None)?;
+                    changed += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// Leases the oldest pending shard to `worker`, or `None` when nothing is pending.
     pub fn lease(&mut self, worker: &str, now: Millis) -> Result<Option<Lease>, LedgerError> {
         let policy = self.policy;
         let tx = self.conn.savepoint()?;
-        let next: Option<(String, String, String)> = tx
+        type Next = (String, String, String, Option<Vec<u8>>);
+        let next: Option<Next> = tx
             .query_row(
-                "select sweep, id, config_json from shards where state = 'pending' order by rowid limit 1",
+                "select sweep, id, config_json, config_z from shards where state = 'pending' order by rowid limit 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((sweep, shard, config_json)) = next else {
+        let Some((sweep, shard, plain, packed)) = next else {
             return Ok(None);
         };
+        let config_json = configs::unpack(&tx, &sweep, plain, packed)?;
         let current = load(&tx, &self.path, &sweep, &shard)?;
         let (leased, attempt) = current.lease(worker, now, &policy)?;
         store(&tx, &sweep, &shard, &leased)?;
@@ -795,7 +879,7 @@ impl Ledger {
 
 /// Shards per transaction of a bulk retry or cancel: big enough to be quick, small enough
 /// that a lease waiting behind one chunk is not kept for more than milliseconds.
-pub const BULK_CHUNK: usize = 5_000;
+pub const BULK_CHUNK: usize = 1_000;
 
 /// A user's operation over many shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -829,6 +913,20 @@ impl Bulk {
             Self::Cancel { .. } => "cancelled",
         }
     }
+}
+
+/// Brings a ledger written by an older linesweep up to [`SCHEMA`]: columns that `create table
+/// if not exists` cannot add.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_packed: bool = conn.query_row(
+        "select exists(select 1 from pragma_table_info('shards') where name = 'config_z')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_packed {
+        conn.execute_batch("alter table shards add column config_z blob")?;
+    }
+    Ok(())
 }
 
 fn require_sweep(conn: &Connection, sweep: &str) -> Result<(), LedgerError> {
