@@ -153,3 +153,104 @@ fn submit_refuses_configs_a_worker_would_refuse_with_the_planners_rules() {
         assert_eq!((r.added, r.existing), (1, 0));
     });
 }
+
+#[test]
+fn a_ledger_on_a_full_disk_stops_the_coordinator_with_one_error_and_loses_nothing() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, kept, results) = (
+        tmp.path().join("disk"),
+        tmp.path().join("kept"),
+        tmp.path().join("results"),
+    );
+    for d in [&disk, &kept, &results] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The state file on a 256 KiB tmpfs in a mount namespace of its own; when the
+    // coordinator has exited, what it left on that disk is copied out for inspection.
+    let script = r#"mount -t tmpfs -o size=256k tmpfs "$1" || exit 99
+"$2" -q serve --listen 127.0.0.1:0 --token tok --state "$1/state.db" --results "$4" 2> "$3/serve.err"
+code=$?
+cp "$1"/state.db* "$3"/
+exit $code"#;
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .args([&disk, &bin(), &kept, &results])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unshare runs (util-linux; mount namespaces need root or CAP_SYS_ADMIN)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!(
+        "http://{}",
+        line.trim()
+            .strip_prefix("coordinator on ")
+            .unwrap_or_else(|| panic!("no address: {line:?}"))
+    );
+    let proc = Proc(child);
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--coordinator", &url, "--token", "tok"]);
+        linesweep(&all, tmp.path(), Duration::from_secs(120))
+    };
+    let small = repo().join("examples/mnist-mli.toml");
+    let o = run(&["submit", small.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Far more shards than the disk holds: the submission fails, and so does the ledger.
+    let seeds: Vec<String> = (0..50_000).map(|i| i.to_string()).collect();
+    let big = tmp.path().join("big.toml");
+    std::fs::write(
+        &big,
+        format!("name = \"big\"\n[grid]\nseed = [{}]\n", seeds.join(", ")),
+    )
+    .unwrap();
+    let o = run(&["submit", big.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    let mut proc = proc;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator did not stop within 60 s of its ledger failing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(kept.join("serve.err")).unwrap();
+    assert_ne!(status.code(), Some(99), "could not mount the tmpfs");
+    assert!(!status.success(), "{err}");
+    assert_eq!(
+        err.matches("the ledger cannot commit").count(),
+        2,
+        "one log line and one final error, not a loop:\n{err}"
+    );
+    assert!(err.contains("full"), "{err}");
+    // Nothing acknowledged is lost: the copy opens, with the first sweep whole.
+    let (_again, url2) = serve(
+        &["--listen", "127.0.0.1:0", "--token", "tok"],
+        &kept.join("state.db"),
+    );
+    let o = linesweep(
+        &[
+            "status",
+            "mnist-mli",
+            "--coordinator",
+            &url2,
+            "--token",
+            "tok",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert!(
+        text(&o.stdout).starts_with("sweep mnist-mli: 6 shards · 6 pending"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}

@@ -119,6 +119,17 @@ pub async fn serve(
         WorkerServiceServer::with_interceptor(coordinator.clone(), move |r: Request<()>| {
             check_token(t1.as_deref(), &r).map(|()| r)
         });
+    let stopped = {
+        let c = coordinator.clone();
+        async move { c.stopped().await }
+    };
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            why = stopped => { let _ = fatal_tx.send(why); }
+        }
+    };
     let control = ControlServiceServer::with_interceptor(coordinator, move |r: Request<()>| {
         check_token(token.as_deref(), &r).map(|()| r)
     });
@@ -138,5 +149,9 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = reaper.await;
-    result.map_err(Into::into)
+    result?;
+    match fatal_rx.await {
+        Ok(why) => Err(format!("the ledger cannot commit ({why}); the coordinator stopped. Nothing acknowledged was lost: free space or fix the disk, then start it again").into()),
+        Err(_) => Ok(()),
+    }
 }

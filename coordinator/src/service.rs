@@ -69,10 +69,11 @@ struct Batched {
 /// What the committer has made durable.
 #[derive(Debug, Clone, Default)]
 struct Committed {
-    /// Every batch up to this id is finished.
+    /// Every batch up to this id is durable.
     done: u64,
-    /// Recent batches whose commit failed.
-    failed: Vec<u64>,
+    /// The first batch that could not be committed, and why: the ledger is then stopped,
+    /// and that batch and every later one are refused (none was acknowledged).
+    stopped: Option<(u64, String)>,
 }
 
 #[derive(Default)]
@@ -213,13 +214,15 @@ impl Coordinator {
         loop {
             {
                 let c = rx.borrow_and_update();
-                if c.failed.contains(&batch) {
-                    return Err(Status::unavailable(
-                        "the coordinator could not make the change durable (state file); retry",
-                    ));
-                }
                 if c.done >= batch {
                     return Ok(r);
+                }
+                if let Some((from, why)) = &c.stopped
+                    && batch >= *from
+                {
+                    return Err(Status::unavailable(format!(
+                        "the coordinator stopped: its state file cannot commit ({why}); nothing of this call was recorded"
+                    )));
                 }
             }
             rx.changed()
@@ -240,6 +243,11 @@ impl Coordinator {
     /// Runs `f` in the open batch (opening one if needed), wakes the committer, and returns
     /// the batch id the change will be durable with.
     fn join_batch<T>(&self, f: impl FnOnce(&mut Ledger, Millis) -> T) -> Result<(T, u64), Status> {
+        if let Some((_, why)) = &self.committed.borrow().stopped {
+            return Err(Status::unavailable(format!(
+                "the coordinator stopped: its state file cannot commit ({why})"
+            )));
+        }
         let now = self.now();
         let joined = {
             let mut g = lock(&self.ledger);
@@ -308,16 +316,30 @@ impl Coordinator {
             let Ok(Some((id, result))) = done else {
                 continue;
             };
-            committed.send_modify(|c| {
-                c.done = id;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "committing the ledger failed; the batch is lost");
-                    c.failed.push(id);
-                    if c.failed.len() > 64 {
-                        c.failed.remove(0);
-                    }
+            match result {
+                Ok(()) => committed.send_modify(|c| c.done = id),
+                Err(e) => {
+                    // A full disk or a failing device does not heal between two batches:
+                    // one clear error, and the server stops (`Coordinator::stopped`) instead
+                    // of answering every later call with the same failure.
+                    tracing::error!(error = %e, "the ledger cannot commit; the coordinator stops (nothing acknowledged is lost; free space or fix the disk, then start it again)");
+                    committed.send_modify(|c| c.stopped = Some((id, e.to_string())));
+                    return;
                 }
-            });
+            }
+        }
+    }
+
+    /// Resolves, with the reason, once the ledger cannot commit any more.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.committed.subscribe();
+        match rx.wait_for(|c| c.stopped.is_some()).await {
+            Ok(c) => c
+                .stopped
+                .as_ref()
+                .map(|(_, why)| why.clone())
+                .unwrap_or_default(),
+            Err(_) => "the coordinator shut down".into(),
         }
     }
 

@@ -44,15 +44,34 @@ pub struct RunKey<'a> {
     pub attempt: u32,
 }
 
+/// A batch of `schema` from columns given by name: each is put where the schema has it, so a
+/// column can never land in another's place (two `f64` columns swapped would still type-check
+/// by position). A column missing, unknown or given twice is an error.
 fn batch(
     table: &'static str,
     schema: arrow_schema::SchemaRef,
-    cols: Vec<ArrayRef>,
+    cols: Vec<(&str, ArrayRef)>,
 ) -> Result<RecordBatch, ResultsError> {
-    RecordBatch::try_new(schema, cols).map_err(|e| ResultsError {
-        table,
-        message: e.to_string(),
-    })
+    let err = |message: String| ResultsError { table, message };
+    let mut by_name = std::collections::HashMap::with_capacity(cols.len());
+    for (name, col) in cols {
+        if by_name.insert(name, col).is_some() {
+            return Err(err(format!("column `{name}` given twice")));
+        }
+    }
+    let ordered = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            by_name
+                .remove(f.name().as_str())
+                .ok_or_else(|| err(format!("no value for column `{}`", f.name())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(extra) = by_name.keys().next() {
+        return Err(err(format!("`{extra}` is not a column of the schema")));
+    }
+    RecordBatch::try_new(schema, ordered).map_err(|e| err(e.to_string()))
 }
 
 fn f64s(v: impl IntoIterator<Item = f64>) -> ArrayRef {
@@ -109,97 +128,117 @@ pub fn runs_batch(
     let (iv_l, iv_a) = la(m.initial[1]);
     let (ft_l, ft_a) = la(m.last[0]);
     let (fv_l, fv_a) = la(m.last[1]);
-    let cols: Vec<ArrayRef> = vec![
-        versions(1),
-        one_s(key.shard),
-        Arc::new(UInt64Array::from(vec![u64::from(key.attempt)])),
-        one_s(&cfg.name),
-        one_s(crate::CODE_VERSION),
-        one_s(&out.device),
-        Arc::new(TimestampMicrosecondArray::from(vec![finished_at_micros]).with_timezone("UTC")),
-        // Config.
-        one_u(cfg.seed),
-        one_s(cfg.data.dataset.as_str()),
-        Arc::new(StringArray::from(vec![
-            cfg.data.dir.as_ref().map(|d| d.display().to_string()),
-        ])),
-        one_ou(cfg.data.max_train_examples.map(|v| v as u64)),
-        one_s(cfg.model.arch.as_str()),
-        list(&cfg.model.hidden),
-        one_s(cfg.model.activation.as_str()),
-        one_b(cfg.model.batch_norm()),
-        one_s(t.optimizer.as_str()),
-        one_f(t.lr),
-        one_f(t.momentum),
-        one_b(t.nesterov),
-        one_f(t.weight_decay),
-        one_f(t.beta1),
-        one_f(t.beta2),
-        one_f(t.eps),
-        one_u(t.batch_size as u64),
-        one_u(t.epochs as u64),
-        one_s(t.schedule.as_str()),
-        list(&t.milestones),
-        one_f(t.gamma),
-        one_u(cfg.snapshot.every as u64),
-        one_f(e.alpha_start),
-        one_f(e.alpha_stop),
-        one_u(e.alpha_points as u64),
-        one_u(e.batch_size as u64),
-        one_ou(e.max_examples.map(|v| v as u64)),
-        one_b(e.trajectory_train_loss),
-        one_s(&cfg.canonical_json()),
-        // Outcome.
-        one_b(m.diverged),
-        one_ou(m.diverged_step),
-        one_u(m.steps),
-        one_u(m.parameters),
-        one_u(m.train_examples),
-        one_u(m.eval_examples[0]),
-        one_u(m.eval_examples[1]),
-        one_ob(shape(0).map(|s| s.monotone)),
-        one_of(shape(0).map(|s| s.delta_min)),
-        one_ob(shape(1).map(|s| s.monotone)),
-        one_of(shape(1).map(|s| s.delta_min)),
-        one_of(m.dist_init_final),
-        one_of(m.norm_init),
-        one_of(m.norm_final),
-        one_of(it_l),
-        one_of(it_a),
-        one_of(iv_l),
-        one_of(iv_a),
-        one_of(ft_l),
-        one_of(ft_a),
-        one_of(fv_l),
-        one_of(fv_a),
-        one_f(m.ln_k),
-        one_ob(it_l.map(|l| l < m.ln_k)),
-        one_of(m.alpha_min_train_loss),
-        one_f(m.train_samples_per_s),
-        one_f(m.line_points_per_s),
-        one_f(m.timings.data),
-        one_f(m.timings.train),
-        one_f(m.timings.snapshots),
-        one_f(m.timings.line),
-        one_f(m.timings.trajectory),
-        one_f(m.timings.total),
-        // Added in schema version 2.
-        list(&cfg.model.channels),
-        one_s(
-            cfg.model
-                .norm
-                .unwrap_or(cfg.model.arch.default_norm())
-                .as_str(),
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(1)),
+        ("shard", one_s(key.shard)),
+        (
+            "attempt",
+            Arc::new(UInt64Array::from(vec![u64::from(key.attempt)])),
         ),
-        one_b(cfg.data.augment),
-        one_u(cfg.data.image_size as u64),
-        one_s(t.precision.as_str()),
-        str_list(e.starts.iter().map(String::as_str)),
-        str_list(e.bn_modes.iter().map(|m| m.as_str())),
-        one_u(e.bn_batches as u64),
-        one_u(m.skipped_images),
+        ("name", one_s(&cfg.name)),
+        ("code_version", one_s(crate::CODE_VERSION)),
+        ("device", one_s(&out.device)),
+        (
+            "finished_at",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![finished_at_micros]).with_timezone("UTC"),
+            ),
+        ),
+        // Config.
+        ("seed", one_u(cfg.seed)),
+        ("dataset", one_s(cfg.data.dataset.as_str())),
+        (
+            "data_dir",
+            Arc::new(StringArray::from(vec![
+                cfg.data.dir.as_ref().map(|d| d.display().to_string()),
+            ])),
+        ),
+        (
+            "max_train_examples",
+            one_ou(cfg.data.max_train_examples.map(|v| v as u64)),
+        ),
+        ("arch", one_s(cfg.model.arch.as_str())),
+        ("hidden", list(&cfg.model.hidden)),
+        ("activation", one_s(cfg.model.activation.as_str())),
+        ("batch_norm", one_b(cfg.model.batch_norm())),
+        ("optimizer", one_s(t.optimizer.as_str())),
+        ("lr", one_f(t.lr)),
+        ("momentum", one_f(t.momentum)),
+        ("nesterov", one_b(t.nesterov)),
+        ("weight_decay", one_f(t.weight_decay)),
+        ("beta1", one_f(t.beta1)),
+        ("beta2", one_f(t.beta2)),
+        ("eps", one_f(t.eps)),
+        ("batch_size", one_u(t.batch_size as u64)),
+        ("epochs", one_u(t.epochs as u64)),
+        ("schedule", one_s(t.schedule.as_str())),
+        ("milestones", list(&t.milestones)),
+        ("gamma", one_f(t.gamma)),
+        ("snapshot_every", one_u(cfg.snapshot.every as u64)),
+        ("alpha_start", one_f(e.alpha_start)),
+        ("alpha_stop", one_f(e.alpha_stop)),
+        ("alpha_points", one_u(e.alpha_points as u64)),
+        ("eval_batch_size", one_u(e.batch_size as u64)),
+        (
+            "eval_max_examples",
+            one_ou(e.max_examples.map(|v| v as u64)),
+        ),
+        ("trajectory_train_loss", one_b(e.trajectory_train_loss)),
+        ("config_json", one_s(&cfg.canonical_json())),
+        // Outcome.
+        ("diverged", one_b(m.diverged)),
+        ("diverged_step", one_ou(m.diverged_step)),
+        ("steps", one_u(m.steps)),
+        ("parameters", one_u(m.parameters)),
+        ("train_examples", one_u(m.train_examples)),
+        ("eval_train_examples", one_u(m.eval_examples[0])),
+        ("eval_test_examples", one_u(m.eval_examples[1])),
+        ("train_monotone", one_ob(shape(0).map(|s| s.monotone))),
+        ("train_delta_min", one_of(shape(0).map(|s| s.delta_min))),
+        ("test_monotone", one_ob(shape(1).map(|s| s.monotone))),
+        ("test_delta_min", one_of(shape(1).map(|s| s.delta_min))),
+        ("dist_init_final", one_of(m.dist_init_final)),
+        ("norm_init", one_of(m.norm_init)),
+        ("norm_final", one_of(m.norm_final)),
+        ("init_train_loss", one_of(it_l)),
+        ("init_train_acc", one_of(it_a)),
+        ("init_test_loss", one_of(iv_l)),
+        ("init_test_acc", one_of(iv_a)),
+        ("final_train_loss", one_of(ft_l)),
+        ("final_train_acc", one_of(ft_a)),
+        ("final_test_loss", one_of(fv_l)),
+        ("final_test_acc", one_of(fv_a)),
+        ("ln_k", one_f(m.ln_k)),
+        ("init_below_ln_k", one_ob(it_l.map(|l| l < m.ln_k))),
+        ("alpha_min_train_loss", one_of(m.alpha_min_train_loss)),
+        ("train_samples_per_s", one_f(m.train_samples_per_s)),
+        ("line_points_per_s", one_f(m.line_points_per_s)),
+        ("data_s", one_f(m.timings.data)),
+        ("train_s", one_f(m.timings.train)),
+        ("snapshot_s", one_f(m.timings.snapshots)),
+        ("line_s", one_f(m.timings.line)),
+        ("trajectory_s", one_f(m.timings.trajectory)),
+        ("total_s", one_f(m.timings.total)),
+        // Added in schema version 2.
+        ("channels", list(&cfg.model.channels)),
+        (
+            "norm",
+            one_s(
+                cfg.model
+                    .norm
+                    .unwrap_or(cfg.model.arch.default_norm())
+                    .as_str(),
+            ),
+        ),
+        ("augment", one_b(cfg.data.augment)),
+        ("image_size", one_u(cfg.data.image_size as u64)),
+        ("precision", one_s(t.precision.as_str())),
+        ("eval_starts", str_list(e.starts.iter().map(String::as_str))),
+        ("bn_modes", str_list(e.bn_modes.iter().map(|m| m.as_str()))),
+        ("bn_batches", one_u(e.bn_batches as u64)),
+        ("skipped_images", one_u(m.skipped_images)),
         // Added in schema version 3.
-        one_f(m.timings.warmup),
+        ("warmup_s", one_f(m.timings.warmup)),
     ];
     batch("runs", schema::runs(), cols)
 }
@@ -210,25 +249,37 @@ pub fn interpolation_batch(
     out: &ShardOutcome,
 ) -> Result<RecordBatch, ResultsError> {
     let n = out.line.len();
-    let cols: Vec<ArrayRef> = vec![
-        versions(n),
-        strs(std::iter::repeat_n(key.shard, n)),
-        strs(out.line.iter().map(|p| p.start.as_str())),
-        f64s(out.line.iter().map(|p| p.alpha)),
-        strs(out.line.iter().map(|p| SPLITS[p.split])),
-        opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.loss))),
-        opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.accuracy))),
-        Arc::new(
-            out.line
-                .iter()
-                .map(|p| p.invalid_reason)
-                .collect::<StringArray>(),
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("start", strs(out.line.iter().map(|p| p.start.as_str()))),
+        ("alpha", f64s(out.line.iter().map(|p| p.alpha))),
+        ("split", strs(out.line.iter().map(|p| SPLITS[p.split]))),
+        (
+            "loss",
+            opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.loss))),
         ),
-        Arc::new(
-            out.line
-                .iter()
-                .map(|p| p.bn_mode.map(|m| m.as_str()))
-                .collect::<StringArray>(),
+        (
+            "accuracy",
+            opt_f64s(out.line.iter().map(|p| p.value.map(|v| v.accuracy))),
+        ),
+        (
+            "invalid_reason",
+            Arc::new(
+                out.line
+                    .iter()
+                    .map(|p| p.invalid_reason)
+                    .collect::<StringArray>(),
+            ),
+        ),
+        (
+            "bn_mode",
+            Arc::new(
+                out.line
+                    .iter()
+                    .map(|p| p.bn_mode.map(|m| m.as_str()))
+                    .collect::<StringArray>(),
+            ),
         ),
     ];
     batch("interpolation", schema::interpolation(), cols)
@@ -238,16 +289,16 @@ pub fn interpolation_batch(
 pub fn trajectory_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBatch, ResultsError> {
     let rows = &out.trajectory;
     let n = rows.len();
-    let cols: Vec<ArrayRef> = vec![
-        versions(n),
-        strs(std::iter::repeat_n(key.shard, n)),
-        u64s(rows.iter().map(|r| r.step)),
-        f64s(rows.iter().map(|r| r.epoch)),
-        f64s(rows.iter().map(|r| r.alpha_raw)),
-        f64s(rows.iter().map(|r| r.alpha_frac)),
-        f64s(rows.iter().map(|r| r.beta)),
-        f64s(rows.iter().map(|r| r.batch_loss)),
-        opt_f64s(rows.iter().map(|r| r.train_loss)),
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("step", u64s(rows.iter().map(|r| r.step))),
+        ("epoch", f64s(rows.iter().map(|r| r.epoch))),
+        ("alpha_raw", f64s(rows.iter().map(|r| r.alpha_raw))),
+        ("alpha_frac", f64s(rows.iter().map(|r| r.alpha_frac))),
+        ("beta", f64s(rows.iter().map(|r| r.beta))),
+        ("batch_loss", f64s(rows.iter().map(|r| r.batch_loss))),
+        ("train_loss", opt_f64s(rows.iter().map(|r| r.train_loss))),
     ];
     batch("trajectory", schema::trajectory(), cols)
 }
@@ -337,4 +388,51 @@ pub fn read_run_summaries(bytes: bytes::Bytes) -> Result<Vec<RunSummary>, Result
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod by_name_tests {
+    use super::*;
+
+    fn trajectory_cols() -> Vec<(&'static str, ArrayRef)> {
+        vec![
+            ("schema_version", versions(1)),
+            ("shard", strs(["s"])),
+            ("step", u64s([7])),
+            ("epoch", f64s([0.5])),
+            ("alpha_raw", f64s([0.1])),
+            ("alpha_frac", f64s([0.2])),
+            ("beta", f64s([0.3])),
+            ("batch_loss", f64s([0.4])),
+            ("train_loss", opt_f64s([None])),
+        ]
+    }
+
+    #[test]
+    fn columns_land_where_the_schema_names_them() {
+        // Given in reverse order, every value still lands in its own column.
+        let mut cols = trajectory_cols();
+        cols.reverse();
+        let b = batch("trajectory", schema::trajectory(), cols).unwrap();
+        let f = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(0)
+        };
+        assert_eq!(
+            (f("alpha_raw"), f("alpha_frac"), f("beta")),
+            (0.1, 0.2, 0.3)
+        );
+        let mut missing = trajectory_cols();
+        missing.retain(|(n, _)| *n != "beta");
+        let e = batch("trajectory", schema::trajectory(), missing).unwrap_err();
+        assert!(e.to_string().contains("`beta`"), "{e}");
+        let mut extra = trajectory_cols();
+        extra.push(("gamma", f64s([1.0])));
+        let e = batch("trajectory", schema::trajectory(), extra).unwrap_err();
+        assert!(e.to_string().contains("`gamma`"), "{e}");
+    }
 }
