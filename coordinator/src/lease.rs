@@ -359,6 +359,16 @@ impl Shard {
         }
     }
 
+    /// Leased → Pending as an interruption (its worker died with the process that held it:
+    /// the embedded mode starting again); `None` otherwise.
+    pub fn release(&self) -> Option<Shard> {
+        matches!(self.state, ShardState::Leased { .. }).then(|| Shard {
+            state: ShardState::Pending,
+            interruptions: self.interruptions + 1,
+            ..self.clone()
+        })
+    }
+
     /// After a coordinator restart: every live lease gets at least one fresh TTL, so that
     /// workers can reconnect before anything expires.
     pub fn restart_grace(&self, now: Millis, policy: &LeasePolicy) -> Shard {

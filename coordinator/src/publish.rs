@@ -52,7 +52,7 @@ pub fn verify(
 ) -> Result<AttemptManifest, PublishError> {
     let invalid = |reason: String| PublishError::Invalid { attempt, reason };
     let prefix = staging_prefix(sweep, shard, attempt);
-    let manifest_key = format!("{prefix}/{ATTEMPT_MANIFEST}");
+    let manifest_key = linesweep_storage::layout::placed(Some(&prefix), ATTEMPT_MANIFEST);
     if storage.size(&manifest_key)?.is_none() {
         return Err(PublishError::Incomplete {
             attempt,
@@ -65,7 +65,7 @@ pub fn verify(
     // The small files (tables, JSON), read once: hashed here, parsed below.
     let mut small: std::collections::HashMap<&str, bytes::Bytes> = Default::default();
     for f in &manifest.files {
-        let key = format!("{prefix}/{}", f.key);
+        let key = linesweep_storage::layout::placed(Some(&prefix), &f.key);
         match storage.size(&key)? {
             None => return Err(invalid(format!("{} is listed but was not staged", f.key))),
             Some(n) if n != f.bytes => {
@@ -101,8 +101,7 @@ fn check_snapshots(
     small: &std::collections::HashMap<&str, bytes::Bytes>,
     m: &AttemptManifest,
 ) -> Result<(), String> {
-    let dir = snapshot_dir(&m.shard);
-    let key = format!("{dir}/manifest.json");
+    let key = linesweep_storage::layout::snapshot_manifest_key(&m.shard);
     let Some(bytes) = small.get(key.as_str()) else {
         return Err(format!("the attempt staged no snapshot manifest ({key})"));
     };
@@ -113,7 +112,7 @@ fn check_snapshots(
         .ok_or_else(|| format!("{key} lists no snapshots"))?;
     for s in listed {
         let file = s["file"].as_str().unwrap_or_default();
-        let want = format!("{dir}/{file}");
+        let want = linesweep_storage::layout::placed(Some(&snapshot_dir(&m.shard)), file);
         if file.is_empty() || !m.files.iter().any(|f| f.key == want) {
             return Err(format!(
                 "{key} names {want:?}, which the attempt did not stage"
@@ -211,7 +210,10 @@ pub fn publish_verified(
     let prefix = staging_prefix(&manifest.sweep, &manifest.shard, manifest.attempt);
     let mut published = 0;
     for file in manifest.publish_order() {
-        let (key, target) = (format!("{prefix}/{}", file.key), file.key.as_str());
+        let (key, target) = (
+            linesweep_storage::layout::placed(Some(&prefix), &file.key),
+            file.key.as_str(),
+        );
         match storage.copy_create(&key, target) {
             Ok(()) => published += 1,
             Err(StorageError::AlreadyExists { .. }) => {

@@ -84,6 +84,48 @@ pub fn checkpoint_prefix(staging: &str) -> String {
     format!("{staging}/checkpoints")
 }
 
+/// The checkpoint of an attempt after `step` optimizer steps.
+pub fn checkpoint_dir(staging: &str, step: u64) -> String {
+    format!("{}/step-{step:08}", checkpoint_prefix(staging))
+}
+
+/// The files of a checkpoint: the model, the optimizer state, and `state.json` (the position
+/// and the content hashes), written last.
+pub const CHECKPOINT_MODEL: &str = "model.safetensors";
+/// See [`CHECKPOINT_MODEL`].
+pub const CHECKPOINT_OPTIMIZER: &str = "optimizer.bpk";
+/// See [`CHECKPOINT_MODEL`].
+pub const CHECKPOINT_STATE: &str = "state.json";
+
+/// `(step, checkpoint dir)` of a key that is a checkpoint's `state.json`.
+pub fn checkpoint_of(key: &str) -> Option<(u64, &str)> {
+    let dir = key.strip_suffix(CHECKPOINT_STATE)?.strip_suffix('/')?;
+    let (parent, last) = dir.rsplit_once('/')?;
+    if !parent.ends_with("/checkpoints") {
+        return None;
+    }
+    Some((last.strip_prefix("step-")?.parse().ok()?, dir))
+}
+
+/// Where a final key `rel` is written: as it is (a direct `exec`), or under an attempt's
+/// `staging` prefix.
+pub fn placed(staging: Option<&str>, rel: &str) -> String {
+    match staging {
+        Some(s) => format!("{s}/{rel}"),
+        None => rel.to_owned(),
+    }
+}
+
+/// The config a shard's snapshots were trained with.
+pub fn snapshot_config_key(shard: &str) -> String {
+    format!("{}/config.json", snapshot_dir(shard))
+}
+
+/// The list of a shard's snapshots with their steps.
+pub fn snapshot_manifest_key(shard: &str) -> String {
+    format!("{}/manifest.json", snapshot_dir(shard))
+}
+
 /// The `runs` file is the commit marker: it is published last.
 pub const COMMIT_TABLE: &str = "runs";
 
@@ -115,6 +157,20 @@ mod tests {
         ] {
             assert_eq!(parse_result_key("runs", bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn checkpoint_keys_parse_back() {
+        let staging = staging_prefix("sw", "abc", 3);
+        let dir = checkpoint_dir(&staging, 1200);
+        let key = placed(Some(&dir), CHECKPOINT_STATE);
+        assert_eq!(checkpoint_of(&key), Some((1200, dir.as_str())));
+        assert_eq!(checkpoint_of(&placed(Some(&dir), CHECKPOINT_MODEL)), None);
+        assert_eq!(
+            checkpoint_of("staging/sw/abc/attempt-3/x/step-1/state.json"),
+            None
+        );
+        assert_eq!(placed(None, "results/x"), "results/x");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::engine::{
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
 use crate::storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile, sha256_hex};
-use crate::storage::layout::{self, snapshot_dir};
+use crate::storage::layout;
 use crate::storage::{Storage, StorageError};
 
 /// Running a shard against storage failed.
@@ -103,7 +103,8 @@ struct Manifest<'a> {
 struct StorageSink<'a> {
     storage: &'a Storage,
     shard: &'a str,
-    prefix: &'a str,
+    /// This attempt's staging prefix (`None`: a direct `exec` writes the final keys).
+    staging: Option<&'a str>,
     entries: Vec<ManifestEntry>,
     written: Vec<String>,
     /// Staged runs only: every file staged so far, for the attempt manifest.
@@ -170,7 +171,7 @@ impl SnapshotSink for StorageSink<'_> {
             self.files.push(StagedFile::of(&key, &bytes));
         }
         self.storage
-            .put(&format!("{}{key}", self.prefix), bytes)
+            .put(&layout::placed(self.staging, &key), bytes)
             .map_err(|e| EngineError::Sink(e.to_string()))?;
         self.entry(&key, snap.step, epoch, is_final);
         self.written.push(key);
@@ -182,15 +183,16 @@ impl SnapshotSink for StorageSink<'_> {
     }
 
     fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
-        if self.staged.is_none() {
+        let (Some(staging), Some(_)) = (self.staging, self.staged) else {
             return Ok(());
-        }
-        let dir = format!("{}checkpoints/step-{:08}", self.prefix, c.step);
+        };
+        let dir = layout::checkpoint_dir(staging, c.step);
+        let file = |name: &str| layout::placed(Some(&dir), name);
         self.storage
-            .put(&format!("{dir}/model.safetensors"), c.model.clone())
+            .put(&file(layout::CHECKPOINT_MODEL), c.model.clone())
             .map_err(sink_err)?;
         self.storage
-            .put(&format!("{dir}/optimizer.bpk"), c.optimizer.clone())
+            .put(&file(layout::CHECKPOINT_OPTIMIZER), c.optimizer.clone())
             .map_err(sink_err)?;
         let mut snapshot_sha256 = Vec::with_capacity(c.samples.len());
         for m in &c.samples {
@@ -216,7 +218,7 @@ impl SnapshotSink for StorageSink<'_> {
         };
         let json = serde_json::to_vec(&state).map_err(sink_err)?;
         self.storage
-            .put(&format!("{dir}/state.json"), json)
+            .put(&file(layout::CHECKPOINT_STATE), json)
             .map_err(sink_err)?;
         // Only the latest checkpoint is ever resumed from. An interruption right after a
         // periodic checkpoint rewrites the same step: that directory must not be deleted.
@@ -240,10 +242,9 @@ impl SnapshotSink for StorageSink<'_> {
             .list(&shard_staging)
             .map_err(sink_err)?
             .into_iter()
-            .filter(|k| k.ends_with("/state.json") && k.contains("/checkpoints/step-"))
             .filter_map(|k| {
+                let (step, _) = layout::checkpoint_of(&k)?;
                 let a = layout::attempt_of(&shard_staging, &k)?;
-                let step: u64 = k.rsplit('/').nth(1)?.strip_prefix("step-")?.parse().ok()?;
                 (a < attempt).then_some((step, a, k))
             })
             .collect();
@@ -281,7 +282,7 @@ impl StorageSink<'_> {
         from: u32,
         state_key: &str,
     ) -> Result<Result<Loaded, String>, EngineError> {
-        let dir = state_key.trim_end_matches("/state.json");
+        let dir = layout::checkpoint_of(state_key).map_or(state_key, |(_, d)| d);
         let state: CheckpointState =
             match serde_json::from_slice(&self.storage.get(state_key).map_err(sink_err)?) {
                 Ok(s) => s,
@@ -293,11 +294,11 @@ impl StorageSink<'_> {
             ));
         }
         let read = |key: &str| self.storage.get(key).map_err(sink_err);
-        let model = read(&format!("{dir}/model.safetensors"))?.to_vec();
+        let model = read(&layout::placed(Some(dir), layout::CHECKPOINT_MODEL))?.to_vec();
         if sha256_hex(&model) != state.model_sha256 {
             return Ok(Err("model.safetensors does not match its hash".into()));
         }
-        let optimizer = read(&format!("{dir}/optimizer.bpk"))?.to_vec();
+        let optimizer = read(&layout::placed(Some(dir), layout::CHECKPOINT_OPTIMIZER))?.to_vec();
         if sha256_hex(&optimizer) != state.optimizer_sha256 {
             return Ok(Err("optimizer.bpk does not match its hash".into()));
         }
@@ -305,7 +306,7 @@ impl StorageSink<'_> {
         let mut snapshots = Vec::with_capacity(state.samples.len());
         for (m, hash) in state.samples.iter().zip(&state.snapshot_sha256) {
             let key = snapshot_key(self.shard, m.step);
-            let bytes = read(&format!("{old_prefix}/{key}"))?;
+            let bytes = read(&layout::placed(Some(&old_prefix), &key))?;
             if sha256_hex(&bytes) != *hash {
                 return Ok(Err(format!("the snapshot {key} does not match its hash")));
             }
@@ -334,7 +335,7 @@ impl StorageSink<'_> {
         for ((key, bytes, snap), m) in files.into_iter().zip(&state.samples) {
             self.files.push(StagedFile::of(&key, &bytes));
             self.storage
-                .put(&format!("{}{key}", self.prefix), bytes.to_vec())
+                .put(&layout::placed(self.staging, &key), bytes.to_vec())
                 .map_err(sink_err)?;
             self.entry(&key, m.step, m.epoch, false);
             self.written.push(key);
@@ -375,9 +376,9 @@ pub fn run(
 ) -> Result<ExecReport, ExecError> {
     check_sweep_name(sweep)?;
     let shard = cfg.shard_id();
-    let (prefix, attempt) = match placement {
+    let (staging, attempt) = match placement {
         Placement::Direct => {
-            let runs_key = result_key("runs", sweep, &shard);
+            let runs_key = result_key(layout::COMMIT_TABLE, sweep, &shard);
             if storage.exists(&runs_key)? {
                 return Err(ExecError::AlreadyDone {
                     shard,
@@ -385,16 +386,14 @@ pub fn run(
                     key: runs_key,
                 });
             }
-            (String::new(), 0)
+            (None, 0)
         }
         Placement::Staged { attempt } => (
-            format!(
-                "{}/",
-                crate::storage::layout::staging_prefix(sweep, &shard, attempt)
-            ),
+            Some(layout::staging_prefix(sweep, &shard, attempt)),
             attempt,
         ),
     };
+    let staging = staging.as_deref();
     tracing::info!(shard = %shard, sweep, root = storage.root(), attempt, "running shard");
 
     let staged = matches!(placement, Placement::Staged { .. });
@@ -405,10 +404,10 @@ pub fn run(
         if staged {
             files.push(StagedFile::of(key, &bytes));
         }
-        storage.put(&format!("{prefix}{key}"), bytes)
+        storage.put(&layout::placed(staging, key), bytes)
     };
-    let config_rel = format!("{}/config.json", snapshot_dir(&shard));
-    let config_key = format!("{prefix}{config_rel}");
+    let config_rel = layout::snapshot_config_key(&shard);
+    let config_key = layout::placed(staging, &config_rel);
     put(
         &mut files,
         &config_rel,
@@ -418,7 +417,7 @@ pub fn run(
     let mut sink = StorageSink {
         storage,
         shard: &shard,
-        prefix: &prefix,
+        staging,
         entries: Vec::new(),
         written: vec![config_key],
         files,
@@ -429,7 +428,7 @@ pub fn run(
         last_checkpoint: None,
     };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
-    let manifest_rel = format!("{}/manifest.json", snapshot_dir(&shard));
+    let manifest_rel = layout::snapshot_manifest_key(&shard);
     let manifest = Manifest {
         shard: &shard,
         format: "safetensors",
@@ -442,7 +441,7 @@ pub fn run(
         serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     )?;
     let mut written = sink.written;
-    written.push(format!("{prefix}{manifest_rel}"));
+    written.push(layout::placed(staging, &manifest_rel));
 
     let key = RunKey {
         shard: &shard,
@@ -468,7 +467,7 @@ pub fn run(
             // Leftovers of a run that died before its commit marker are replaced.
             put(&mut files, &rel, bytes)?;
         }
-        written.push(format!("{prefix}{rel}"));
+        written.push(layout::placed(staging, &rel));
     }
     if let Placement::Staged { attempt } = placement {
         // Written last: the coordinator publishes what it lists, after checking it.
@@ -479,7 +478,7 @@ pub fn run(
             schema_version: results::SCHEMA_VERSION,
             files,
         };
-        let key = format!("{prefix}{ATTEMPT_MANIFEST}");
+        let key = layout::placed(staging, ATTEMPT_MANIFEST);
         storage.put(
             &key,
             serde_json::to_vec_pretty(&manifest).unwrap_or_default(),

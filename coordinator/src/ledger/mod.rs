@@ -678,6 +678,23 @@ impl Ledger {
     /// Returns every lease to pending as an interruption (budget untouched): for the embedded
     /// mode, whose workers died with the process that held the leases. Returns how many.
     pub fn release_all(&mut self, now: Millis) -> Result<usize, LedgerError> {
+        self.each_leased(now, Some("released"), &Shard::release)
+    }
+
+    /// After a restart or a stall: gives every live lease at least one fresh TTL
+    /// ([`Shard::restart_grace`]). Returns how many leases there are.
+    pub fn restart_grace(&mut self, now: Millis) -> Result<usize, LedgerError> {
+        let policy = self.policy;
+        self.each_leased(now, None, &|s: &Shard| Some(s.restart_grace(now, &policy)))
+    }
+
+    /// Applies `f` to every leased shard in one savepoint, logging `event` for each change.
+    fn each_leased(
+        &mut self,
+        now: Millis,
+        kind: Option<&str>,
+        f: &dyn Fn(&Shard) -> Option<Shard>,
+    ) -> Result<usize, LedgerError> {
         let tx = self.conn.savepoint()?;
         let held: Vec<(String, String)> = {
             let mut q = tx.prepare("select sweep, id from shards where state = 'leased'")?;
@@ -686,28 +703,15 @@ impl Ledger {
         };
         for (sweep, shard) in &held {
             let current = load(&tx, &self.path, sweep, shard)?;
-            let next = Shard {
-                state: ShardState::Pending,
-                interruptions: current.interruptions + 1,
-                ..current.clone()
-            };
-            store(&tx, sweep, shard, &next)?;
-            event(&tx, now, sweep, shard, current.attempts, "released", None)?;
+            if let Some(next) = f(&current) {
+                store(&tx, sweep, shard, &next)?;
+                if let Some(kind) = kind {
+                    event(&tx, now, sweep, shard, current.attempts, kind, None)?;
+                }
+            }
         }
         tx.commit()?;
         Ok(held.len())
-    }
-
-    /// After a restart: gives every live lease at least one fresh TTL. Returns how many.
-    pub fn restart_grace(&mut self, now: Millis) -> Result<usize, LedgerError> {
-        let policy = self.policy;
-        let tx = self.conn.savepoint()?;
-        let n = tx.execute(
-            "update shards set expires_at = max(expires_at, ?1) where state = 'leased'",
-            [now + policy.ttl_ms],
-        )?;
-        tx.commit()?;
-        Ok(n)
     }
 
     /// Reruns failed and cancelled shards of `sweep` (all of them, or only those in `only`).
