@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::io::Write as _;
 
+use linesweep_coordinator::lease::StateKind;
 use linesweep_proto::pb;
 use linesweep_worker::engine::{LinePoint, SPLITS, ShardOutcome};
 
@@ -182,17 +183,8 @@ pub fn json(shard: &str, sweep: &str, o: &ShardOutcome) -> serde_json::Value {
     })
 }
 
-const STATES: [&str; 6] = [
-    "pending",
-    "leased",
-    "publishing",
-    "committed",
-    "failed",
-    "cancelled",
-];
-
-fn count(st: &pb::StatusReply, state: &str) -> u64 {
-    st.counts.get(state).copied().unwrap_or(0)
+fn count(st: &pb::StatusReply, state: StateKind) -> u64 {
+    st.counts.get(state.name()).copied().unwrap_or(0)
 }
 
 fn duration(seconds: f64) -> String {
@@ -207,11 +199,22 @@ fn duration(seconds: f64) -> String {
 /// One line of sweep progress (for `watch`).
 pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
     let total: u64 = st.counts.values().sum();
-    let mut line = format!("{sweep}: {}/{total} committed", count(st, "committed"));
-    for state in ["leased", "pending", "failed", "cancelled"] {
+    let mut line = format!(
+        "{sweep}: {}/{total} committed",
+        count(st, StateKind::Committed)
+    );
+    for state in [
+        StateKind::Leased,
+        StateKind::Pending,
+        StateKind::Failed,
+        StateKind::Cancelled,
+    ] {
         let n = count(st, state);
         if n > 0 {
-            let name = if state == "leased" { "running" } else { state };
+            let name = match state {
+                StateKind::Leased => "running",
+                other => other.name(),
+            };
             let _ = write!(line, " · {n} {name}");
         }
     }
@@ -228,13 +231,13 @@ pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
 pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
     let total: u64 = st.counts.values().sum();
     let mut s = format!("sweep {sweep}: {total} shards");
-    for state in STATES {
-        let _ = write!(s, " · {} {state}", count(st, state));
+    for state in StateKind::ALL {
+        let _ = write!(s, " · {} {}", count(st, state), state.name());
     }
     s.push('\n');
     let _ = writeln!(
         s,
-        "failures {} (retried automatically up to the budget) · interruptions {} (lease expiries and preemptions)",
+        "failures {} (retried automatically up to the budget) · interruptions {} (lease expiries, preemptions, infrastructure failures)",
         st.failures, st.interruptions
     );
     if st.commits_per_minute > 0.0 {

@@ -64,17 +64,84 @@ pub enum ShardState {
     Cancelled,
 }
 
-impl ShardState {
-    /// The state's name as stored in the ledger.
-    pub fn name(&self) -> &'static str {
+/// The kind of a [`ShardState`], without its data: the one home of state names (the
+/// ledger's `state` column, status counts on the wire, the CLI's renderer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// See [`ShardState::Pending`].
+    Pending,
+    /// See [`ShardState::Leased`].
+    Leased,
+    /// See [`ShardState::Publishing`].
+    Publishing,
+    /// See [`ShardState::Committed`].
+    Committed,
+    /// See [`ShardState::Failed`].
+    Failed,
+    /// See [`ShardState::Cancelled`].
+    Cancelled,
+}
+
+impl StateKind {
+    /// Every kind, in the order a shard moves through them.
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Leased,
+        Self::Publishing,
+        Self::Committed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// Kinds of a shard that still has work ahead (a sweep is finished when none is left).
+    pub const UNFINISHED: [Self; 3] = [Self::Pending, Self::Leased, Self::Publishing];
+
+    /// Kinds of a shard that has ended (committed, failed or cancelled).
+    pub const ENDED: [Self; 3] = [Self::Committed, Self::Failed, Self::Cancelled];
+
+    /// The name, as stored and as sent.
+    pub const fn name(self) -> &'static str {
         match self {
             Self::Pending => "pending",
-            Self::Leased { .. } => "leased",
-            Self::Publishing { .. } => "publishing",
-            Self::Committed { .. } => "committed",
+            Self::Leased => "leased",
+            Self::Publishing => "publishing",
+            Self::Committed => "committed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
         }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// `'a', 'b'` for an SQL `in (…)` list of these kinds (names are plain words).
+    pub fn sql_list(kinds: &[Self]) -> String {
+        kinds
+            .iter()
+            .map(|k| format!("'{}'", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl ShardState {
+    /// Its kind.
+    pub fn kind(&self) -> StateKind {
+        match self {
+            Self::Pending => StateKind::Pending,
+            Self::Leased { .. } => StateKind::Leased,
+            Self::Publishing { .. } => StateKind::Publishing,
+            Self::Committed { .. } => StateKind::Committed,
+            Self::Failed => StateKind::Failed,
+            Self::Cancelled => StateKind::Cancelled,
+        }
+    }
+
+    /// The state's name as stored in the ledger.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 }
 
@@ -132,12 +199,12 @@ pub enum Publish {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The caller's attempt does not hold the lease (stale token, expired, or finished).
-    #[error("lease lost: attempt {attempt} does not hold the shard (it is {state})")]
-    LeaseLost { attempt: u32, state: &'static str },
+    #[error("lease lost: attempt {attempt} does not hold the shard (it is {})", state.name())]
+    LeaseLost { attempt: u32, state: StateKind },
     /// The transition does not apply to the shard's current state.
-    #[error("shard is {state}: cannot {action}")]
+    #[error("shard is {}: cannot {action}", state.name())]
     WrongState {
-        state: &'static str,
+        state: StateKind,
         action: &'static str,
     },
 }
@@ -163,7 +230,7 @@ impl Shard {
             ShardState::Leased { attempt: a, .. } if *a == attempt => Ok(()),
             other => Err(Refused::LeaseLost {
                 attempt,
-                state: other.name(),
+                state: other.kind(),
             }),
         }
     }
@@ -179,7 +246,7 @@ impl Shard {
             ShardState::Pending if attempt >= 1 && self.attempts == attempt => Ok(()),
             other => Err(Refused::LeaseLost {
                 attempt,
-                state: other.name(),
+                state: other.kind(),
             }),
         }
     }
@@ -202,7 +269,7 @@ impl Shard {
     ) -> Result<(Shard, u32), Refused> {
         if self.state != ShardState::Pending {
             return Err(Refused::WrongState {
-                state: self.state.name(),
+                state: self.state.kind(),
                 action: "lease",
             });
         }
@@ -271,7 +338,7 @@ impl Shard {
             }),
             other => Err(Refused::LeaseLost {
                 attempt,
-                state: other.name(),
+                state: other.kind(),
             }),
         }
     }
@@ -291,7 +358,7 @@ impl Shard {
             }
             other => Err(Refused::LeaseLost {
                 attempt,
-                state: other.name(),
+                state: other.kind(),
             }),
         }
     }
@@ -458,7 +525,7 @@ mod tests {
             s.complete(2, 1_900),
             Err(Refused::LeaseLost {
                 attempt: 2,
-                state: "committed"
+                state: StateKind::Committed
             })
         );
         assert_eq!(s.complete(1, 1_900), Ok(s.clone()));
@@ -636,7 +703,7 @@ mod tests {
         assert!(matches!(
             c.heartbeat(a, 1, &P),
             Err(Refused::LeaseLost {
-                state: "cancelled",
+                state: StateKind::Cancelled,
                 ..
             })
         ));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use linesweep_coordinator::lease::LeasePolicy;
+use linesweep_coordinator::lease::{LeasePolicy, StateKind};
 use linesweep_coordinator::ledger::Ledger;
 use linesweep_coordinator::server::{ServeConfig, serve};
 use linesweep_coordinator::service::{is_finished, system_clock};
@@ -169,7 +169,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let (added, existing) =
             submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
         let first = fetch_status(&mut control, Some(&token), &plan.name).await?;
-        let committed = first.counts.get("committed").copied().unwrap_or(0);
+        let committed = first
+            .counts
+            .get(StateKind::Committed.name())
+            .copied()
+            .unwrap_or(0);
         tracing::info!(
             sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
             workers = args.workers, threads_per_worker = child_threads, results = %root,
@@ -222,7 +226,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ = tick.tick() => {
                     let st = fetch_status(&mut control, Some(&token), &plan.name).await?;
                     bars.overall.set_position(done_count(&st));
-                    let failed = st.counts.get("failed").copied().unwrap_or(0);
+                    let failed = st.counts.get(StateKind::Failed.name()).copied().unwrap_or(0);
                     if failed > 0 {
                         bars.overall.set_message(format!("{failed} failed"));
                     }
@@ -261,7 +265,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if interrupted {
         out.push_str(&format!(
             "interrupted: run the same command again to resume ({} committed shards will not rerun)\n",
-            summary.counts.get("committed").copied().unwrap_or(0)
+            summary
+                .counts
+                .get(StateKind::Committed.name())
+                .copied()
+                .unwrap_or(0)
         ));
         emit(&out)?;
         anyhow::bail!("interrupted by a signal; running shards gave their leases back");
@@ -328,9 +336,9 @@ async fn connect_retrying(
 }
 
 fn done_count(st: &pb::StatusReply) -> u64 {
-    ["committed", "failed", "cancelled"]
+    StateKind::ENDED
         .iter()
-        .map(|k| st.counts.get(*k).copied().unwrap_or(0))
+        .map(|k| st.counts.get(k.name()).copied().unwrap_or(0))
         .sum()
 }
 

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::lease::{Failure, LeasePolicy, Millis, Publish, Refused, Shard, ShardState};
+use crate::lease::{Failure, LeasePolicy, Millis, Publish, Refused, Shard, ShardState, StateKind};
 
 /// The ledger refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -765,12 +765,11 @@ impl Ledger {
         if after == 0 {
             require_sweep(&tx, sweep)?;
         }
-        let quoted: Vec<String> = op.states().iter().map(|s| format!("'{s}'")).collect();
         let rows: Vec<(i64, ShardRow)> = {
             let mut q = tx.prepare(&format!(
                 "select rowid, {SHARD_COLUMNS} from shards indexed by shards_by_sweep_state
                  where sweep = ?1 and state in ({}) and rowid > ?2 order by rowid limit ?3",
-                quoted.join(", ")
+                StateKind::sql_list(op.states())
             ))?;
             let mut rows = q.query(params![sweep, after, limit as i64])?;
             let mut out = Vec::new();
@@ -896,11 +895,11 @@ pub enum Bulk {
 
 impl Bulk {
     /// The states it can change (the rest are not even read).
-    fn states(self) -> &'static [&'static str] {
+    fn states(self) -> &'static [StateKind] {
         match self {
-            Self::Retry => &["failed", "cancelled"],
-            Self::Cancel { running: false } => &["pending"],
-            Self::Cancel { running: true } => &["pending", "leased"],
+            Self::Retry => &[StateKind::Failed, StateKind::Cancelled],
+            Self::Cancel { running: false } => &[StateKind::Pending],
+            Self::Cancel { running: true } => &[StateKind::Pending, StateKind::Leased],
         }
     }
 

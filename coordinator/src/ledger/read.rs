@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{LedgerError, ShardRow, SweepStatus};
-use crate::lease::{Millis, Shard, ShardState};
+use crate::lease::{Millis, Shard, ShardState, StateKind};
 
 /// At most this many failed shards are listed by [`Reads::status`] (the counts are exact): a
 /// sweep of a million failed shards must not become a reply of a million rows.
@@ -72,21 +72,21 @@ pub(super) fn decode_offset(
     let attempts: u32 = r.get(at + 2)?;
     let (worker, expires_at, committed): (Option<String>, Option<i64>, Option<u32>) =
         (r.get(at + 3)?, r.get(at + 4)?, r.get(at + 5)?);
-    let state = match (state.as_str(), worker, expires_at, committed) {
-        ("pending", ..) => ShardState::Pending,
-        ("leased", Some(worker), Some(expires_at), _) => ShardState::Leased {
+    let state = match (StateKind::parse(&state), worker, expires_at, committed) {
+        (Some(StateKind::Pending), ..) => ShardState::Pending,
+        (Some(StateKind::Leased), Some(worker), Some(expires_at), _) => ShardState::Leased {
             attempt: attempts,
             worker,
             expires_at,
         },
-        ("publishing", _, _, Some(attempt)) => ShardState::Publishing { attempt },
-        ("committed", _, _, Some(attempt)) => ShardState::Committed { attempt },
-        ("failed", ..) => ShardState::Failed,
-        ("cancelled", ..) => ShardState::Cancelled,
-        (other, ..) => {
+        (Some(StateKind::Publishing), _, _, Some(attempt)) => ShardState::Publishing { attempt },
+        (Some(StateKind::Committed), _, _, Some(attempt)) => ShardState::Committed { attempt },
+        (Some(StateKind::Failed), ..) => ShardState::Failed,
+        (Some(StateKind::Cancelled), ..) => ShardState::Cancelled,
+        _ => {
             return Err(LedgerError::Corrupt {
                 path: path.into(),
-                message: format!("shard {sweep}/{id}: inconsistent state `{other}`"),
+                message: format!("shard {sweep}/{id}: inconsistent state `{state}`"),
             });
         }
     };
@@ -156,14 +156,13 @@ impl Reads<'_> {
     pub(super) fn rows(
         &self,
         sweep: &str,
-        states: &[&str],
+        states: &[StateKind],
         limit: usize,
     ) -> Result<Vec<ShardRow>, LedgerError> {
         let filter = if states.is_empty() {
             String::new()
         } else {
-            let quoted: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
-            format!(" and state in ({})", quoted.join(", "))
+            format!(" and state in ({})", StateKind::sql_list(states))
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut q = self.conn.prepare(&format!(
@@ -228,8 +227,12 @@ impl Reads<'_> {
             counts: self.counts(sweep)?,
             failures: failures as u64,
             interruptions: interruptions as u64,
-            failed: self.rows(sweep, &["failed"], STATUS_LIST_LIMIT)?,
-            running: self.rows(sweep, &["leased", "publishing"], usize::MAX)?,
+            failed: self.rows(sweep, &[StateKind::Failed], STATUS_LIST_LIMIT)?,
+            running: self.rows(
+                sweep,
+                &[StateKind::Leased, StateKind::Publishing],
+                usize::MAX,
+            )?,
             commits: (n as u64, first, last),
             results,
         })

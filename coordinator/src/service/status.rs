@@ -2,6 +2,7 @@
 //! the commit rate, read on the read connection.
 
 use super::*;
+use crate::lease::StateKind;
 
 impl Coordinator {
     pub(super) async fn status_reply(&self, sweep: &str) -> Result<pb::StatusReply, Status> {
@@ -25,9 +26,9 @@ impl Coordinator {
         } else {
             0.0
         };
-        let remaining: u64 = ["pending", "leased", "publishing"]
+        let remaining: u64 = StateKind::UNFINISHED
             .iter()
-            .map(|k| st.counts.get(*k).copied().unwrap_or(0))
+            .map(|k| st.counts.get(k.name()).copied().unwrap_or(0))
             .sum();
         let eta_s =
             (per_minute > 0.0 && remaining > 0).then(|| remaining as f64 * 60.0 / per_minute);
@@ -67,7 +68,7 @@ pub(super) fn shard_info(r: &ShardRow) -> pb::ShardInfo {
 
 /// Whether a sweep has nothing left to run.
 pub fn is_finished(reply: &pb::StatusReply) -> bool {
-    ["pending", "leased", "publishing"]
+    StateKind::UNFINISHED
         .iter()
-        .all(|k| reply.counts.get(*k).copied().unwrap_or(0) == 0)
+        .all(|k| reply.counts.get(k.name()).copied().unwrap_or(0) == 0)
 }

@@ -37,7 +37,8 @@ pub(super) fn verdict(r: Result<(), LedgerError>) -> Result<LeaseVerdict, Status
     match r {
         Ok(()) => Ok(LeaseVerdict::Ok),
         Err(LedgerError::Refused(crate::lease::Refused::LeaseLost {
-            state: "cancelled", ..
+            state: crate::lease::StateKind::Cancelled,
+            ..
         })) => Ok(LeaseVerdict::Cancel),
         Err(LedgerError::Refused(_)) => Ok(LeaseVerdict::LeaseLost),
         Err(e) => Err(status(e)),
