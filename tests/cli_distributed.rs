@@ -750,6 +750,13 @@ results = "{}"
     );
     assert!(st["interruptions"].as_u64() >= Some(3), "{st:#}");
     assert_eq!(count(&st, "pending"), 3, "{st:#}");
+    // It told the coordinator why it stopped taking shards.
+    let o = cli(dir, &url, &["workers"]);
+    assert!(
+        text(&o.stdout).contains("UNHEALTHY: ") && text(&o.stdout).contains("No space left"),
+        "{}",
+        text(&o.stdout)
+    );
 
     // 2. A healthy worker. The OOM killer's SIGKILL of its child is the machine's doing too:
     // the shard resumes and commits, its budget untouched.

@@ -36,7 +36,7 @@ pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Stat
     };
     let given = req
         .metadata()
-        .get("authorization")
+        .get(linesweep_proto::client::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");

@@ -1,7 +1,10 @@
 //! The wire contract: generated gRPC types and the protocol version.
 //!
-//! **Architecture invariant:** no logic lives here. Only the coordinator's service, the worker
+//! **Architecture invariant:** no logic lives here, beyond [`client`]: how a caller attaches
+//! its token and deadline to a request. Only the coordinator's service, the worker
 //! agent and the CLI's client import [`pb`]; everything else works on domain types.
+
+pub mod client;
 
 /// Generated protobuf and gRPC code for `linesweep.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -125,18 +125,11 @@ pub(crate) fn reaper_interval(policy: &LeasePolicy) -> Duration {
     Duration::from_millis((policy.ttl_ms as u64 / 6).clamp(100, 10_000))
 }
 
+/// `msg` with the token (`linesweep_proto::client`, as the worker agent sends it) and a
+/// 60 s deadline.
 pub(crate) fn request<T>(msg: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
-    let mut r = Request::new(msg);
-    r.set_timeout(Duration::from_secs(60));
-    if let Some(t) = token {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {t}")
-                .parse()
-                .context("the token is not valid ASCII")?,
-        );
-    }
-    Ok(r)
+    let credentials = linesweep_proto::client::Credentials::new(token)?;
+    Ok(credentials.request(msg, Duration::from_secs(60)))
 }
 
 pub(crate) async fn connect(url: &str) -> anyhow::Result<ControlServiceClient<Channel>> {

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use crate::child::ProgressLine;
 use crate::child::{ChildArgs, ExitReason};
 use linesweep_proto::PROTOCOL_VERSION;
+use linesweep_proto::client::Credentials;
 use linesweep_proto::pb::{self, LeaseVerdict, worker_service_client::WorkerServiceClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -141,7 +142,7 @@ struct Health {
 #[derive(Clone)]
 struct Client {
     inner: WorkerServiceClient<Channel>,
-    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    credentials: Credentials,
     max_backoff: Duration,
 }
 
@@ -154,12 +155,7 @@ fn retryable(s: &Status) -> bool {
 
 impl Client {
     fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.set_timeout(Duration::from_secs(30));
-        if let Some(t) = &self.token {
-            r.metadata_mut().insert("authorization", t.clone());
-        }
-        r
+        self.credentials.request(msg, Duration::from_secs(30))
     }
 
     /// Calls `f` until it succeeds, fails with a non-transient status, or `stop` fires (then
@@ -217,17 +213,11 @@ pub async fn run(
         })?
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy();
-    let token = match &cfg.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| AgentError::Refused("the token is not valid ASCII".into()))?,
-        ),
-        None => None,
-    };
+    let credentials =
+        Credentials::new(cfg.token.as_deref()).map_err(|e| AgentError::Refused(e.to_string()))?;
     let client = Client {
         inner: WorkerServiceClient::new(channel),
-        token,
+        credentials,
         max_backoff: cfg.max_backoff,
     };
     let mut stop_rx = stop.clone();
