@@ -49,11 +49,12 @@ pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Stat
     }
 }
 
-/// After a stall of the coordinator's own loop longer than a heartbeat interval (SIGSTOP, a
-/// paused VM, a starved process), workers' heartbeats are queued unread: expiring leases now
-/// would throw away healthy work. Every live lease first gets a fresh TTL, as after a restart.
+/// After a stall of the coordinator's own loop longer than a heartbeat interval (and than a
+/// second, so that a busy machine's late timer is not taken for one: SIGSTOP, a paused VM, a
+/// starved process), workers' heartbeats are queued unread: expiring leases now would throw
+/// away healthy work. Every live lease first gets a fresh TTL, as after a restart.
 async fn stall_grace(c: &Coordinator, stall: Duration, ttl: Duration) {
-    if stall <= ttl / 6 {
+    if stall <= (ttl / 6).max(Duration::from_secs(1)) {
         return;
     }
     match c.with_ledger(|l, now| l.restart_grace(now)).await {

@@ -17,7 +17,7 @@ pub struct InvalidToken;
 
 impl std::fmt::Display for InvalidToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the token is not valid ASCII")
+        f.write_str("the token cannot be sent in a header (it holds control characters)")
     }
 }
 
@@ -63,6 +63,6 @@ mod tests {
             .unwrap()
             .request((), Duration::from_secs(1));
         assert!(none.metadata().get(AUTHORIZATION).is_none());
-        assert_eq!(Credentials::new(Some("ü")).unwrap_err(), InvalidToken);
+        assert_eq!(Credentials::new(Some("a\nb")).unwrap_err(), InvalidToken);
     }
 }

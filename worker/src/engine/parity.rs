@@ -18,12 +18,11 @@ use burn::optim::GradientsParams;
 
 use super::eval::{EvalSet, cross_entropy};
 use super::line::{Line, evaluate_line};
-use super::train::{batch_tensors, net_from_snapshot, optimizer};
+use super::train::{batch_tensors, net_from_snapshot, new_net, optimizer};
 use super::{EngineError, NoProgress};
 use crate::config::{Arch, BnMode, ModelConfig, OptimizerName, Precision, TrainConfig};
 use crate::data::Split;
 use crate::device::ComputeDevice;
-use crate::model::Net;
 use crate::science::{AlphaGrid, projection};
 use crate::snapshot::HostSnapshot;
 
@@ -269,8 +268,7 @@ fn check_case(
 /// θ_i of the case, drawn on the reference device from a fixed seed.
 fn initial_snapshot(case: &Case, reference: &ComputeDevice) -> Result<HostSnapshot, EngineError> {
     let ad = reference.device.clone().autodiff();
-    ad.seed(7);
-    let net = Net::new(&case.model, case.input, case.classes, &ad);
+    let net = new_net(&case.model, case.input, case.classes, &ad, Some(7));
     Ok(HostSnapshot::capture(&net.valid(), 0)?)
 }
 
@@ -317,7 +315,7 @@ fn train_steps(
 ) -> Result<Run, EngineError> {
     let precision = side.precision;
     let ad = side.device.device.clone().autodiff();
-    let template = Net::new(&case.model, case.input, case.classes, &ad);
+    let template = new_net(&case.model, case.input, case.classes, &ad, None);
     let mut net = net_from_snapshot(&template, init)?;
     let mut optim = optimizer(&case.train);
     let per = case.input.iter().product::<usize>();
@@ -349,7 +347,7 @@ fn line_checks(
         .map_err(|e| EngineError::Config(format!("the check's α grid: {e}")))?;
     let points = |side: Side| -> Result<_, EngineError> {
         let (dev, precision) = (side.device, side.precision);
-        let template = Net::new(&case.model, case.input, case.classes, &dev.device);
+        let template = new_net(&case.model, case.input, case.classes, &dev.device, None);
         let start = net_from_snapshot(&template, init)?;
         let end = net_from_snapshot(&template, last)?;
         let set = EvalSet::new(eval, case.batch, &dev.device);

@@ -211,6 +211,39 @@ enum ToWriter {
 
 /// Gives a module the parameter ids of the run it resumes, so that the optimizer state (keyed
 /// by id) applies to the same parameters.
+/// A network drawn from burn's generator, seeded first when `seed` is given. The generator is
+/// process-global (see the module doc), so every network is built under one lock, seeding
+/// included: a template built at the same time as another shard's θ_i would take draws from
+/// the middle of it. burn initialises parameters lazily, at their first use; drawn later,
+/// outside the lock, another shard's draws could interleave (seen as a different θ_i when
+/// tests trained in parallel), so every parameter is materialised before the lock is let go.
+pub(crate) fn new_net(
+    model: &crate::config::ModelConfig,
+    shape: [usize; 3],
+    classes: usize,
+    device: &Device,
+    seed: Option<u64>,
+) -> Net {
+    let _guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(seed) = seed {
+        device.seed(seed);
+    }
+    let net = Net::new(model, shape, classes, device);
+    net.visit(&mut Materialize);
+    net
+}
+
+/// Touches every parameter, so that a lazily initialised one draws its values now.
+struct Materialize;
+
+impl burn::module::ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
 struct RestoreIds(std::collections::VecDeque<u64>);
 
 impl burn::module::ModuleMapper for RestoreIds {
@@ -318,15 +351,7 @@ pub fn train(
     let precision = tc.precision;
     let ad = device.clone().autodiff();
     let shape = train.shape();
-    let mut model = {
-        // burn's generator is process-global (see the module doc): seeding and drawing the
-        // initial weights must not interleave with another shard's draws in this process.
-        let _guard = INIT_LOCK
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ad.seed(cfg.seed);
-        Net::new(&cfg.model, shape, classes, &ad)
-    };
+    let mut model = new_net(&cfg.model, shape, classes, &ad, Some(cfg.seed));
     let mut optim = optimizer(tc);
     let init = model.valid();
     let resume = sink.resume()?;
