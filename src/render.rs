@@ -183,8 +183,11 @@ pub fn json(shard: &str, sweep: &str, o: &ShardOutcome) -> serde_json::Value {
     })
 }
 
-fn count(st: &pb::StatusReply, state: StateKind) -> u64 {
-    st.counts.get(state.name()).copied().unwrap_or(0)
+use linesweep_coordinator::service::{count, state_of, total};
+
+/// A shard's state as users read it.
+fn state_name(wire: i32) -> &'static str {
+    state_of(wire).map_or("unknown", StateKind::name)
 }
 
 fn duration(seconds: f64) -> String {
@@ -198,7 +201,7 @@ fn duration(seconds: f64) -> String {
 
 /// One line of sweep progress (for `watch`).
 pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
-    let total: u64 = st.counts.values().sum();
+    let total = total(st);
     let mut line = format!(
         "{sweep}: {}/{total} committed",
         count(st, StateKind::Committed)
@@ -229,7 +232,7 @@ pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
 
 /// The full status of a sweep: counts, counters, running and failed shards.
 pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
-    let total: u64 = st.counts.values().sum();
+    let total = total(st);
     let mut s = format!("sweep {sweep}: {total} shards");
     for state in StateKind::ALL {
         let _ = write!(s, " · {} {}", count(st, state), state.name());
@@ -296,7 +299,7 @@ pub fn shard_table(shards: &[pb::ShardInfo]) -> String {
             s,
             "{:<18}{:<12}{:>9}{:>10}{:>14}  {}",
             r.id,
-            r.state,
+            state_name(r.state),
             r.attempts,
             r.failures,
             r.interruptions,
@@ -318,7 +321,7 @@ pub fn status_json(
 ) -> serde_json::Value {
     let info = |r: &pb::ShardInfo| {
         serde_json::json!({
-            "id": r.id, "state": r.state, "attempts": r.attempts, "failures": r.failures,
+            "id": r.id, "state": state_name(r.state), "attempts": r.attempts, "failures": r.failures,
             "interruptions": r.interruptions, "last_error": r.last_error, "worker": r.worker,
             "phase": r.phase, "done": r.done, "total": r.total,
             "committed_attempt": r.committed_attempt,
@@ -326,7 +329,11 @@ pub fn status_json(
     };
     serde_json::json!({
         "sweep": sweep,
-        "counts": st.counts,
+        "counts": StateKind::ALL
+            .iter()
+            .filter(|k| count(st, **k) > 0)
+            .map(|k| (k.name(), count(st, *k)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "failures": st.failures,
         "interruptions": st.interruptions,
         "commits_per_minute": st.commits_per_minute,

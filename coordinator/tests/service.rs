@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use linesweep_coordinator::lease::LeasePolicy;
+use linesweep_coordinator::lease::{LeasePolicy, StateKind};
 use linesweep_coordinator::ledger::Ledger;
 use linesweep_coordinator::server::{ServeConfig, serve};
+use linesweep_coordinator::service::count;
 use linesweep_proto::PROTOCOL_VERSION as V;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
 use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
@@ -332,8 +333,8 @@ async fn leases_are_fenced_and_expire() {
     };
     let r = worker.fail(authed(fail)).await.unwrap().into_inner();
     assert_eq!(
-        (r.verdict, r.state.as_str()),
-        (LeaseVerdict::Ok as i32, "pending")
+        (r.verdict, pb::ShardState::try_from(r.state).ok()),
+        (LeaseVerdict::Ok as i32, Some(pb::ShardState::Pending))
     );
 
     let st = control
@@ -344,8 +345,8 @@ async fn leases_are_fenced_and_expire() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.counts.get("committed"), Some(&1));
-    assert_eq!(st.counts.get("pending"), Some(&1));
+    assert_eq!(count(&st, StateKind::Committed), 1);
+    assert_eq!(count(&st, StateKind::Pending), 1);
     assert_eq!((st.failures, st.interruptions), (1, 1));
 
     // Health checks answer without a token (for load balancers and probes).

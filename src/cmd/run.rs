@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use linesweep_coordinator::lease::{LeasePolicy, StateKind};
 use linesweep_coordinator::ledger::Ledger;
 use linesweep_coordinator::server::{ServeConfig, serve};
-use linesweep_coordinator::service::{is_finished, system_clock};
+use linesweep_coordinator::service::{count, is_finished, system_clock};
 use linesweep_proto::pb;
 use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
 use linesweep_worker::device;
@@ -169,18 +169,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let (added, existing) =
             submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
         let first = fetch_status(&mut control, Some(&token), &plan.name).await?;
-        let committed = first
-            .counts
-            .get(StateKind::Committed.name())
-            .copied()
-            .unwrap_or(0);
+        let committed = count(&first, StateKind::Committed);
         tracing::info!(
             sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
             workers = args.workers, threads_per_worker = child_threads, results = %root,
             "running sweep"
         );
 
-        let total: u64 = first.counts.values().sum();
+        let total = linesweep_coordinator::service::total(&first);
         let bars = Arc::new(Bars::new(total, args.workers));
         bars.overall.set_position(done_count(&first));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -226,7 +222,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ = tick.tick() => {
                     let st = fetch_status(&mut control, Some(&token), &plan.name).await?;
                     bars.overall.set_position(done_count(&st));
-                    let failed = st.counts.get(StateKind::Failed.name()).copied().unwrap_or(0);
+                    let failed = count(&st, StateKind::Failed);
                     if failed > 0 {
                         bars.overall.set_message(format!("{failed} failed"));
                     }
@@ -265,11 +261,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if interrupted {
         out.push_str(&format!(
             "interrupted: run the same command again to resume ({} committed shards will not rerun)\n",
-            summary
-                .counts
-                .get(StateKind::Committed.name())
-                .copied()
-                .unwrap_or(0)
+            count(&summary, StateKind::Committed)
         ));
         emit(&out)?;
         anyhow::bail!("interrupted by a signal; running shards gave their leases back");
@@ -336,10 +328,7 @@ async fn connect_retrying(
 }
 
 fn done_count(st: &pb::StatusReply) -> u64 {
-    StateKind::ENDED
-        .iter()
-        .map(|k| st.counts.get(k.name()).copied().unwrap_or(0))
-        .sum()
+    StateKind::ENDED.iter().map(|k| count(st, *k)).sum()
 }
 
 /// Reads every committed shard's `runs` row and groups them by their grid point minus the seed.

@@ -30,8 +30,8 @@ mod wire;
 
 use commit::{Batched, Committed};
 use publisher::Gates;
-pub use status::is_finished;
 use status::shard_info;
+pub use status::{count, is_finished, state_of, total, wire_state};
 use wire::status;
 
 /// The coordinator's clock, injectable for tests.

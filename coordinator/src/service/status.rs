@@ -30,10 +30,20 @@ impl Coordinator {
             .iter()
             .map(|k| st.counts.get(k.name()).copied().unwrap_or(0))
             .sum();
+        let counts = st
+            .counts
+            .iter()
+            .filter_map(|(name, n)| {
+                StateKind::parse(name).map(|k| pb::StateCount {
+                    state: wire_state(k).into(),
+                    shards: *n,
+                })
+            })
+            .collect();
         let eta_s =
             (per_minute > 0.0 && remaining > 0).then(|| remaining as f64 * 60.0 / per_minute);
         Ok(pb::StatusReply {
-            counts: st.counts.into_iter().collect(),
+            counts,
             failures: st.failures,
             interruptions: st.interruptions,
             failed: st.failed.iter().map(info).collect(),
@@ -49,7 +59,7 @@ pub(super) fn shard_info(r: &ShardRow) -> pb::ShardInfo {
     let s = &r.shard;
     pb::ShardInfo {
         id: r.id.clone(),
-        state: s.state.name().to_owned(),
+        state: wire_state(s.state.kind()).into(),
         attempts: s.attempts,
         failures: s.failures,
         interruptions: s.interruptions,
@@ -68,7 +78,39 @@ pub(super) fn shard_info(r: &ShardRow) -> pb::ShardInfo {
 
 /// Whether a sweep has nothing left to run.
 pub fn is_finished(reply: &pb::StatusReply) -> bool {
-    StateKind::UNFINISHED
+    StateKind::UNFINISHED.iter().all(|k| count(reply, *k) == 0)
+}
+
+/// Shards of the reply in state `kind`.
+pub fn count(reply: &pb::StatusReply, kind: StateKind) -> u64 {
+    reply
+        .counts
         .iter()
-        .all(|k| reply.counts.get(k.name()).copied().unwrap_or(0) == 0)
+        .filter(|c| state_of(c.state) == Some(kind))
+        .map(|c| c.shards)
+        .sum()
+}
+
+/// Shards of the reply in any state.
+pub fn total(reply: &pb::StatusReply) -> u64 {
+    reply.counts.iter().map(|c| c.shards).sum()
+}
+
+/// The wire's name of a state: the one mapping between [`StateKind`] and the proto enum.
+pub fn wire_state(kind: StateKind) -> pb::ShardState {
+    match kind {
+        StateKind::Pending => pb::ShardState::Pending,
+        StateKind::Leased => pb::ShardState::Leased,
+        StateKind::Publishing => pb::ShardState::Publishing,
+        StateKind::Committed => pb::ShardState::Committed,
+        StateKind::Failed => pb::ShardState::Failed,
+        StateKind::Cancelled => pb::ShardState::Cancelled,
+    }
+}
+
+/// The state a wire value names (`None`: unspecified or unknown).
+pub fn state_of(wire: i32) -> Option<StateKind> {
+    StateKind::ALL
+        .into_iter()
+        .find(|k| wire_state(*k) as i32 == wire)
 }

@@ -262,13 +262,13 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 lock(&self.live)
                     .progress
                     .remove(&(t.sweep.clone(), t.shard.clone()));
-                (LeaseVerdict::Ok, s.name().to_owned())
+                (LeaseVerdict::Ok, wire_state(s.kind()))
             }
-            Err(e) => (verdict(Err(e))?, String::new()),
+            Err(e) => (verdict(Err(e))?, pb::ShardState::Unspecified),
         };
         Ok(Response::new(pb::FailReply {
             verdict: v.into(),
-            state,
+            state: state.into(),
         }))
     }
 }
