@@ -16,5 +16,6 @@ pub mod pb {
 /// always rejected. 2: a completed attempt carries an attempt manifest (storage's
 /// `attempt.json`), which the coordinator checks before publishing; workers of version 1 do
 /// not write one, so they are refused rather than failing every shard. 3: a failure says its
-/// kind (application, infrastructure, deterministic), and workers report being unhealthy.
+/// kind (application, infrastructure, deterministic), workers report being unhealthy, and
+/// shard states are the `ShardState` enum instead of names.
 pub const PROTOCOL_VERSION: u32 = 3;
