@@ -356,29 +356,7 @@ pub fn train(
     let init = model.valid();
     let resume = sink.resume()?;
     if let Some(r) = &resume {
-        let c = &r.checkpoint;
-        let mut store = burn::store::SafetensorsStore::from_bytes(Some(c.model.clone()));
-        model
-            .load_from(&mut store)
-            .map_err(|e| EngineError::Resume(format!("model weights: {e}")))?;
-        let ids = burn::module::list_param_ids(&model);
-        if ids.len() != c.param_ids.len() {
-            return Err(EngineError::Resume(format!(
-                "the checkpoint has {} parameters, the model {}",
-                c.param_ids.len(),
-                ids.len()
-            )));
-        }
-        model = model.map(&mut RestoreIds(c.param_ids.iter().copied().collect()));
-        let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            c.optimizer.clone(),
-        ))
-        .map_err(|e| EngineError::Resume(format!("optimizer state: {e}")))?;
-        optim = optim.load_record(record);
-        tracing::info!(
-            step = c.step,
-            "resuming from a checkpoint of an earlier attempt"
-        );
+        (model, optim) = restore(model, optim, &r.checkpoint)?;
     }
     let resume_step = resume.as_ref().map_or(0, |r| r.checkpoint.step);
     let resumed_skipped = resume.as_ref().map_or(0, |r| r.checkpoint.skipped_images);
@@ -390,34 +368,8 @@ pub fn train(
     }
     let steps_per_epoch = n.div_ceil(tc.batch_size) as u64;
     let total_steps = steps_per_epoch * tc.epochs as u64;
-    // Lines start at θ_i or at intermediate snapshots, each taken at its step.
-    let mut start_steps: Vec<(String, u64)> = Vec::new();
-    for (label, point) in cfg.start_points() {
-        let s = point.step(steps_per_epoch);
-        if s >= total_steps {
-            return Err(EngineError::Config(format!(
-                "eval.starts: `{label}` is step {s}, but training ends at step {total_steps} \
-                 ({steps_per_epoch} steps per epoch); a line must start before θ_c"
-            )));
-        }
-        start_steps.push((label, s));
-    }
-    let mut start_models: Vec<(String, u64, Net)> = Vec::new();
-    for (label, s) in &start_steps {
-        if *s == 0 {
-            start_models.push((label.clone(), 0, init.clone()));
-        } else if *s <= resume_step {
-            let snap = resume
-                .as_ref()
-                .and_then(|r| r.snapshots.iter().find(|x| x.step == *s))
-                .ok_or_else(|| {
-                    EngineError::Resume(format!(
-                        "no snapshot of step {s} (start `{label}`) to resume with"
-                    ))
-                })?;
-            start_models.push((label.clone(), *s, net_from_snapshot(&init, snap)?));
-        }
-    }
+    let (start_steps, mut start_models) =
+        line_starts(cfg, steps_per_epoch, total_steps, &init, resume.as_ref())?;
     let is_start = |step: u64| start_steps.iter().any(|(_, s)| *s == step);
     let loss_at = |m: &Net| {
         train_eval.map(|set| {
@@ -431,26 +383,7 @@ pub fn train(
     } else {
         loss_at(&init)
     };
-    let (resumed_samples, mut last_snapshot_step, resumed_loss) = match resume {
-        Some(r) => {
-            let samples: Vec<TrajectorySample> = r
-                .checkpoint
-                .samples
-                .iter()
-                .zip(&r.snapshots)
-                .map(|(m, snap)| TrajectorySample {
-                    step: m.step,
-                    epoch: m.epoch,
-                    parameters: snap.parameter_vector(),
-                    batch_loss: m.batch_loss,
-                    train_loss: m.train_loss,
-                })
-                .collect();
-            let last = samples.last().map(|s| s.step);
-            (samples, last, r.checkpoint.last_loss)
-        }
-        None => (Vec::new(), None, f64::NAN),
-    };
+    let (resumed_samples, mut last_snapshot_step, resumed_loss) = resumed_trajectory(resume);
     let threads = cfg.data.loader_threads;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(SNAPSHOT_QUEUE);
@@ -459,26 +392,7 @@ pub fn train(
         // The data order of a resumed run is replayed, not stored: the same shuffles, and
         // the batches before the checkpoint are skipped.
         let (btx, brx) = std::sync::mpsc::sync_channel::<Batch>(PREFETCH);
-        let seed = cfg.seed;
-        let batch_size = tc.batch_size;
-        let epochs = tc.epochs;
-        scope.spawn(move || {
-            let mut order: Vec<usize> = (0..n).collect();
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DATA_ORDER_SALT);
-            let mut step = 0u64;
-            for _ in 0..epochs {
-                order.shuffle(&mut rng);
-                for chunk in order.chunks(batch_size) {
-                    if step >= resume_step {
-                        let b = train.batch(chunk, augment_seed(seed, step), threads);
-                        if btx.send(b).is_err() {
-                            return;
-                        }
-                    }
-                    step += 1;
-                }
-            }
-        });
+        scope.spawn(move || load_batches(train, cfg, resume_step, threads, &btx));
         // The init snapshot waits for the first batch: its batch loss is that batch's loss.
         let mut pending_init = (resume_step == 0).then(|| Pending {
             model: init.clone(),
@@ -656,6 +570,128 @@ pub fn train(
             warmup_seconds: warmup.seconds(),
         })
     })
+}
+
+/// Loads a checkpoint's weights (with their parameter ids, which the optimizer state is keyed
+/// by) and optimizer state into a freshly built model.
+fn restore(
+    mut model: Net,
+    optim: burn::optim::ModuleOptimizer,
+    c: &Checkpoint,
+) -> Result<(Net, burn::optim::ModuleOptimizer), EngineError> {
+    let mut store = burn::store::SafetensorsStore::from_bytes(Some(c.model.clone()));
+    model
+        .load_from(&mut store)
+        .map_err(|e| EngineError::Resume(format!("model weights: {e}")))?;
+    let ids = burn::module::list_param_ids(&model);
+    if ids.len() != c.param_ids.len() {
+        return Err(EngineError::Resume(format!(
+            "the checkpoint has {} parameters, the model {}",
+            c.param_ids.len(),
+            ids.len()
+        )));
+    }
+    let model = model.map(&mut RestoreIds(c.param_ids.iter().copied().collect()));
+    let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+        c.optimizer.clone(),
+    ))
+    .map_err(|e| EngineError::Resume(format!("optimizer state: {e}")))?;
+    tracing::info!(
+        step = c.step,
+        "resuming from a checkpoint of an earlier attempt"
+    );
+    Ok((model, optim.load_record(record)))
+}
+
+/// The steps the lines start at (`eval.starts`), and the start networks already known: θ_i,
+/// and those a resumed attempt rebuilds from its snapshots.
+#[allow(clippy::type_complexity)]
+fn line_starts(
+    cfg: &ShardConfig,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    init: &Net,
+    resume: Option<&Resume>,
+) -> Result<(Vec<(String, u64)>, Vec<(String, u64, Net)>), EngineError> {
+    let resume_step = resume.map_or(0, |r| r.checkpoint.step);
+    // Lines start at θ_i or at intermediate snapshots, each taken at its step.
+    let mut start_steps: Vec<(String, u64)> = Vec::new();
+    for (label, point) in cfg.start_points() {
+        let s = point.step(steps_per_epoch);
+        if s >= total_steps {
+            return Err(EngineError::Config(format!(
+                "eval.starts: `{label}` is step {s}, but training ends at step {total_steps} \
+                 ({steps_per_epoch} steps per epoch); a line must start before θ_c"
+            )));
+        }
+        start_steps.push((label, s));
+    }
+    let mut start_models: Vec<(String, u64, Net)> = Vec::new();
+    for (label, s) in &start_steps {
+        if *s == 0 {
+            start_models.push((label.clone(), 0, init.clone()));
+        } else if *s <= resume_step {
+            let snap = resume
+                .and_then(|r| r.snapshots.iter().find(|x| x.step == *s))
+                .ok_or_else(|| {
+                    EngineError::Resume(format!(
+                        "no snapshot of step {s} (start `{label}`) to resume with"
+                    ))
+                })?;
+            start_models.push((label.clone(), *s, net_from_snapshot(init, snap)?));
+        }
+    }
+    Ok((start_steps, start_models))
+}
+
+/// The trajectory of a resumed attempt so far, its last snapshot's step and its last loss.
+fn resumed_trajectory(resume: Option<Resume>) -> (Vec<TrajectorySample>, Option<u64>, f64) {
+    let Some(r) = resume else {
+        return (Vec::new(), None, f64::NAN);
+    };
+    let samples: Vec<TrajectorySample> = r
+        .checkpoint
+        .samples
+        .iter()
+        .zip(&r.snapshots)
+        .map(|(m, snap)| TrajectorySample {
+            step: m.step,
+            epoch: m.epoch,
+            parameters: snap.parameter_vector(),
+            batch_loss: m.batch_loss,
+            train_loss: m.train_loss,
+        })
+        .collect();
+    let last = samples.last().map(|s| s.step);
+    (samples, last, r.checkpoint.last_loss)
+}
+
+/// The loader thread: the data order of every epoch (a pure function of the seed, so a
+/// resumed run replays it and skips the batches before its checkpoint), each step's batch
+/// built and sent ahead of the optimizer.
+fn load_batches(
+    train: &TrainData,
+    cfg: &ShardConfig,
+    resume_step: u64,
+    threads: usize,
+    btx: &std::sync::mpsc::SyncSender<Batch>,
+) {
+    let (seed, batch_size) = (cfg.seed, cfg.train.batch_size);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DATA_ORDER_SALT);
+    let mut step = 0u64;
+    for _ in 0..cfg.train.epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(batch_size) {
+            if step >= resume_step {
+                let b = train.batch(chunk, augment_seed(seed, step), threads);
+                if btx.send(b).is_err() {
+                    return;
+                }
+            }
+            step += 1;
+        }
+    }
 }
 
 /// The writer thread: captures each pending snapshot to the host, stores it, and keeps the
