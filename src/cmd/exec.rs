@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::Context;
 use linesweep_worker::child::{ExitReason, ProgressLine};
 use linesweep_worker::config::ShardConfig;
 use linesweep_worker::engine::{EngineError, Phase, Progress};
@@ -109,22 +108,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
 fn load(args: &ExecArgs) -> anyhow::Result<(ShardConfig, String)> {
     Ok(match (&args.config, &args.config_json) {
         (Some(path), _) => (ShardConfig::from_file(path)?, path.display().to_string()),
-        (None, Some(json)) => {
-            let cfg = serde_json::from_str::<ShardConfig>(json)
-                .context("--config-json")?
-                .normalized();
-            // The same rules as a config file: a bad value is an error here, not a panic in
-            // the engine.
-            if let Err(v) = cfg.validate() {
-                let field = if v.section.is_empty() {
-                    v.key.to_owned()
-                } else {
-                    format!("{}.{}", v.section, v.key)
-                };
-                anyhow::bail!("--config-json: field `{field}`: {}", v.message);
-            }
-            (cfg, "--config-json".to_owned())
-        }
+        // The same rules as a config file: a bad value is an error here, not a panic in the
+        // engine.
+        (None, Some(json)) => (
+            ShardConfig::from_json(json).map_err(|e| anyhow::anyhow!("--config-json: {e}"))?,
+            "--config-json".to_owned(),
+        ),
         (None, None) => anyhow::bail!("give --config FILE"),
     })
 }

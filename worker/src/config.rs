@@ -491,6 +491,17 @@ pub struct Violation {
     pub message: String,
 }
 
+impl Violation {
+    /// The dotted field, as errors name it (`train.lr`; `seed` at the top level).
+    pub fn field(&self) -> String {
+        if self.section.is_empty() {
+            self.key.to_owned()
+        } else {
+            format!("{}.{}", self.section, self.key)
+        }
+    }
+}
+
 impl ShardConfig {
     /// Reads, parses and validates a config file; relative `data.dir` is resolved against the
     /// file's directory.
@@ -510,21 +521,27 @@ impl ShardConfig {
         Ok(cfg)
     }
 
+    /// Parses, normalises and validates config JSON (how a worker hands a leased shard to its
+    /// child, and how shards are submitted), with the same rules as a file.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let cfg: Self = serde_json::from_str(json)
+            .map_err(|e| format!("the config is not a shard config: {e}"))?;
+        let cfg = cfg.normalized();
+        cfg.validate()
+            .map_err(|v| format!("field `{}`: {}", v.field(), v.message))?;
+        Ok(cfg)
+    }
+
     /// Parses and validates TOML text; `file` names the source in errors.
     pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
         let cfg = cfg.normalized();
         if let Err(v) = cfg.validate() {
             let line = locate_key(src, v.section, v.key).unwrap_or(1);
-            let field = if v.section.is_empty() {
-                v.key.to_owned()
-            } else {
-                format!("{}.{}", v.section, v.key)
-            };
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),
                 line,
-                field,
+                field: v.field(),
                 message: v.message,
             });
         }
@@ -832,12 +849,7 @@ impl ShardConfig {
 /// shard id. The same rules as `plan`, so that a raw gRPC client cannot submit what a worker
 /// would refuse.
 pub fn check_submitted(id: &str, json: &str) -> Result<(), String> {
-    let cfg: ShardConfig =
-        serde_json::from_str(json).map_err(|e| format!("the config is not a shard config: {e}"))?;
-    let cfg = cfg.normalized();
-    if let Err(v) = cfg.validate() {
-        return Err(format!("field `{}.{}`: {}", v.section, v.key, v.message));
-    }
+    let cfg = ShardConfig::from_json(json)?;
     if cfg.canonical_json() != json {
         return Err(
             "the config is not in canonical form (submit it with `linesweep submit`)".into(),

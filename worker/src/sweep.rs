@@ -392,11 +392,7 @@ fn shard_of(
         };
         let mut err = invalid(section, k, format!("shard ({}): {}", describe(), v.message));
         if let ConfigError::Invalid { field, .. } = &mut err {
-            *field = if v.section.is_empty() {
-                v.key.to_owned()
-            } else {
-                key
-            };
+            *field = v.field();
         }
         return Err(err);
     }

@@ -739,14 +739,11 @@ impl Ledger {
         self.bulk_all(sweep, now, Bulk::Cancel { running })
     }
 
+    /// Every shard in one transaction (a limit of `usize::MAX` is none): for callers with no
+    /// leases to let through; the service runs [`Self::bulk_chunk`] chunk by chunk.
     fn bulk_all(&mut self, sweep: &str, now: Millis, op: Bulk) -> Result<usize, LedgerError> {
-        let (mut changed, mut after) = (0, Some(0));
-        while let Some(from) = after {
-            let (n, next) = self.bulk_chunk(sweep, op, from, BULK_CHUNK, now)?;
-            changed += n;
-            after = next;
-        }
-        Ok(changed)
+        self.bulk_chunk(sweep, op, 0, usize::MAX, now)
+            .map(|(n, _)| n)
     }
 
     /// One chunk of a bulk retry or cancel over every shard of `sweep`: at most `limit`
@@ -771,7 +768,11 @@ impl Ledger {
                  where sweep = ?1 and state in ({}) and rowid > ?2 order by rowid limit ?3",
                 StateKind::sql_list(op.states())
             ))?;
-            let mut rows = q.query(params![sweep, after, limit as i64])?;
+            let mut rows = q.query(params![
+                sweep,
+                after,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 let rowid: i64 = r.get(0)?;
