@@ -455,6 +455,7 @@ mod tests {
     use super::*;
     use clap::Parser;
     use linesweep_worker::child::ChildArgs;
+    use linesweep_worker::storage::ids::LeaseToken;
 
     /// The child protocol's argv (built by the agent in `worker/src/child.rs`) must parse
     /// back, field for field, as `linesweep exec` reads it.
@@ -462,10 +463,12 @@ mod tests {
     fn the_agents_child_argv_parses_as_exec() {
         let sent = ChildArgs {
             config_json: r#"{"seed":3}"#.into(),
-            shard: "00ff00ff00ff00ff".into(),
+            token: LeaseToken {
+                sweep: "mnist-mli".parse().unwrap(),
+                shard: "00ff00ff00ff00ff".parse().unwrap(),
+                attempt: "4".parse().unwrap(),
+            },
             results: "/shared/results".into(),
-            sweep: "mnist-mli".into(),
-            attempt: 4,
             device: "cuda:1".into(),
             checkpoint_every: 250,
         };
@@ -478,10 +481,15 @@ mod tests {
         assert!(e.progress_jsonl && e.config.is_none());
         let got = ChildArgs {
             config_json: e.config_json.unwrap_or_default(),
-            shard: e.expect_shard.unwrap_or_default(),
+            token: LeaseToken {
+                sweep: e.sweep.parse().unwrap(),
+                shard: e.expect_shard.unwrap_or_default().parse().unwrap(),
+                attempt: linesweep_worker::storage::ids::Attempt::new(
+                    e.attempt.unwrap_or_default(),
+                )
+                .unwrap(),
+            },
             results: e.out,
-            sweep: e.sweep,
-            attempt: e.attempt.unwrap_or_default(),
             device: e.device,
             checkpoint_every: e.checkpoint_every,
         };

@@ -129,13 +129,13 @@ fn submit_refuses_configs_a_worker_would_refuse_with_the_planners_rules() {
                 "not a shard config",
             ),
             (
-                zero_batch.shard_id(),
+                zero_batch.shard_id().to_string(),
                 zero_batch.canonical_json(),
                 "field `train.batch_size`",
             ),
             (spoofed.clone(), good.canonical_json(), "hashes to shard"),
             (
-                good.shard_id(),
+                good.shard_id().to_string(),
                 format!(" {}", good.canonical_json()),
                 "canonical",
             ),
@@ -146,7 +146,7 @@ fn submit_refuses_configs_a_worker_would_refuse_with_the_planners_rules() {
         }
         // Nothing of them reached the ledger; a well-formed shard is accepted.
         let r = control
-            .submit(submit(good.shard_id(), good.canonical_json()))
+            .submit(submit(good.shard_id().to_string(), good.canonical_json()))
             .await
             .unwrap()
             .into_inner();

@@ -22,6 +22,8 @@
 //! interruptions and do not consume the application-failure budget; a deterministic failure
 //! (the shard can never succeed) fails the shard at once.
 
+pub use linesweep_storage::ids::Attempt;
+
 /// Milliseconds since the Unix epoch, on the coordinator's clock only.
 pub type Millis = i64;
 
@@ -50,14 +52,14 @@ pub enum ShardState {
     Pending,
     /// Held by `worker` under `attempt` until `expires_at`.
     Leased {
-        attempt: u32,
+        attempt: Attempt,
         worker: String,
         expires_at: Millis,
     },
     /// The results of `attempt` are being copied to their final keys.
-    Publishing { attempt: u32 },
+    Publishing { attempt: Attempt },
     /// Results of `attempt` are the shard's results.
-    Committed { attempt: u32 },
+    Committed { attempt: Attempt },
     /// The failure budget is spent.
     Failed,
     /// Cancelled by a user.
@@ -200,7 +202,7 @@ pub enum Publish {
 pub enum Refused {
     /// The caller's attempt does not hold the lease (stale token, expired, or finished).
     #[error("lease lost: attempt {attempt} does not hold the shard (it is {})", state.name())]
-    LeaseLost { attempt: u32, state: StateKind },
+    LeaseLost { attempt: Attempt, state: StateKind },
     /// The transition does not apply to the shard's current state.
     #[error("shard is {}: cannot {action}", state.name())]
     WrongState {
@@ -225,7 +227,7 @@ impl Shard {
     /// expiry that the reaper has not yet given back is still held — its token is not stale
     /// until another attempt supersedes it — so a heartbeat that arrives late (a coordinator
     /// thawed after a stall, a long read) renews it instead of killing finished work.
-    fn holds(&self, attempt: u32, _now: Millis) -> Result<(), Refused> {
+    fn holds(&self, attempt: Attempt, _now: Millis) -> Result<(), Refused> {
         match &self.state {
             ShardState::Leased { attempt: a, .. } if *a == attempt => Ok(()),
             other => Err(Refused::LeaseLost {
@@ -240,10 +242,10 @@ impl Shard {
     /// `Leased`, or back to `Pending` with no newer attempt) may still publish what it
     /// finished: a stalled coordinator, or a long status read, must not throw finished work
     /// away.
-    fn latest_attempt(&self, attempt: u32) -> Result<(), Refused> {
+    fn latest_attempt(&self, attempt: Attempt) -> Result<(), Refused> {
         match &self.state {
             ShardState::Leased { attempt: a, .. } if *a == attempt => Ok(()),
-            ShardState::Pending if attempt >= 1 && self.attempts == attempt => Ok(()),
+            ShardState::Pending if self.attempts == attempt.get() => Ok(()),
             other => Err(Refused::LeaseLost {
                 attempt,
                 state: other.kind(),
@@ -258,7 +260,7 @@ impl Shard {
     /// let policy = LeasePolicy::default();
     /// let (leased, attempt) = Shard::new().lease("worker-1", 0, &policy).unwrap();
     /// // A token from another attempt is fenced off.
-    /// assert!(matches!(leased.complete(attempt + 1, 10), Err(Refused::LeaseLost { .. })));
+    /// assert!(matches!(leased.complete(attempt.next(), 10), Err(Refused::LeaseLost { .. })));
     /// assert!(leased.complete(attempt, 10).is_ok());
     /// ```
     pub fn lease(
@@ -266,14 +268,14 @@ impl Shard {
         worker: &str,
         now: Millis,
         policy: &LeasePolicy,
-    ) -> Result<(Shard, u32), Refused> {
+    ) -> Result<(Shard, Attempt), Refused> {
         if self.state != ShardState::Pending {
             return Err(Refused::WrongState {
                 state: self.state.kind(),
                 action: "lease",
             });
         }
-        let attempt = self.attempts + 1;
+        let attempt = Attempt::after(self.attempts);
         let state = ShardState::Leased {
             attempt,
             worker: worker.to_owned(),
@@ -282,7 +284,7 @@ impl Shard {
         Ok((
             Shard {
                 state,
-                attempts: attempt,
+                attempts: attempt.get(),
                 ..self.clone()
             },
             attempt,
@@ -292,7 +294,7 @@ impl Shard {
     /// Renews the lease of `attempt`.
     pub fn heartbeat(
         &self,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
         policy: &LeasePolicy,
     ) -> Result<Shard, Refused> {
@@ -306,7 +308,7 @@ impl Shard {
 
     /// Leased by `attempt` → Committed, for callers with nothing to publish (tests, the
     /// coordinator benchmark): [`Self::begin_publish`] and [`Self::commit`] in one step.
-    pub fn complete(&self, attempt: u32, now: Millis) -> Result<Shard, Refused> {
+    pub fn complete(&self, attempt: Attempt, now: Millis) -> Result<Shard, Refused> {
         match self.begin_publish(attempt, now)? {
             Publish::Start(s) => s.commit(attempt),
             Publish::Resume => self.commit(attempt),
@@ -315,7 +317,7 @@ impl Shard {
     }
 
     /// `attempt` finished and wants its staged results published.
-    pub fn begin_publish(&self, attempt: u32, _now: Millis) -> Result<Publish, Refused> {
+    pub fn begin_publish(&self, attempt: Attempt, _now: Millis) -> Result<Publish, Refused> {
         match &self.state {
             ShardState::Publishing { attempt: a } if *a == attempt => Ok(Publish::Resume),
             ShardState::Committed { attempt: a } if *a == attempt => Ok(Publish::AlreadyCommitted),
@@ -330,7 +332,7 @@ impl Shard {
     }
 
     /// Publishing{attempt} → Committed{attempt}: the copies are all in place.
-    pub fn commit(&self, attempt: u32) -> Result<Shard, Refused> {
+    pub fn commit(&self, attempt: Attempt) -> Result<Shard, Refused> {
         match &self.state {
             ShardState::Publishing { attempt: a } if *a == attempt => Ok(Shard {
                 state: ShardState::Committed { attempt },
@@ -347,7 +349,7 @@ impl Shard {
     /// what is already at the final keys): an application failure of that attempt.
     pub fn abandon_publish(
         &self,
-        attempt: u32,
+        attempt: Attempt,
         kind: Failure,
         error: &str,
         policy: &LeasePolicy,
@@ -368,7 +370,7 @@ impl Shard {
     /// budget untouched; a deterministic one fails the shard at once.
     pub fn fail(
         &self,
-        attempt: u32,
+        attempt: Attempt,
         kind: Failure,
         error: &str,
         now: Millis,
@@ -405,7 +407,7 @@ impl Shard {
     }
 
     /// `attempt` gave its lease back (SIGTERM, spot reclaim): Pending, budget untouched.
-    pub fn preempt(&self, attempt: u32, now: Millis) -> Result<Shard, Refused> {
+    pub fn preempt(&self, attempt: Attempt, now: Millis) -> Result<Shard, Refused> {
         self.holds(attempt, now)?;
         Ok(Shard {
             state: ShardState::Pending,
@@ -450,14 +452,14 @@ impl Shard {
     /// a shard that is not running or publishing becomes Committed{attempt}, with its attempt
     /// counter at least `attempt`; `None` otherwise (nothing to change, or a live attempt that
     /// will find the results already there).
-    pub fn recover(&self, attempt: u32) -> Option<Shard> {
+    pub fn recover(&self, attempt: Attempt) -> Option<Shard> {
         matches!(
             self.state,
             ShardState::Pending | ShardState::Failed | ShardState::Cancelled
         )
         .then(|| Shard {
             state: ShardState::Committed { attempt },
-            attempts: self.attempts.max(attempt),
+            attempts: self.attempts.max(attempt.get()),
             ..self.clone()
         })
     }
@@ -497,6 +499,10 @@ impl Default for Shard {
 mod tests {
     use super::*;
 
+    fn at(n: u32) -> Attempt {
+        Attempt::new(n).unwrap()
+    }
+
     const P: LeasePolicy = LeasePolicy {
         ttl_ms: 1_000,
         max_failures: 2,
@@ -505,30 +511,30 @@ mod tests {
     #[test]
     fn lease_heartbeat_complete() {
         let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
-        assert_eq!(a, 1);
-        let s = s.heartbeat(1, 900, &P).unwrap();
+        assert_eq!(a, at(1));
+        let s = s.heartbeat(at(1), 900, &P).unwrap();
         assert_eq!(
             s.state,
             ShardState::Leased {
-                attempt: 1,
+                attempt: at(1),
                 worker: "w1".into(),
                 expires_at: 1_900
             }
         );
-        let s = s.complete(1, 1_800).unwrap();
-        assert_eq!(s.state, ShardState::Committed { attempt: 1 });
+        let s = s.complete(at(1), 1_800).unwrap();
+        assert_eq!(s.state, ShardState::Committed { attempt: at(1) });
         // Committed shards cannot be leased, retried or completed by another attempt; the
         // same attempt completing again (a lost reply) is answered and changes nothing.
         assert!(s.lease("w2", 2_000, &P).is_err());
         assert!(s.retry().is_none());
         assert_eq!(
-            s.complete(2, 1_900),
+            s.complete(at(2), 1_900),
             Err(Refused::LeaseLost {
-                attempt: 2,
+                attempt: at(2),
                 state: StateKind::Committed
             })
         );
-        assert_eq!(s.complete(1, 1_900), Ok(s.clone()));
+        assert_eq!(s.complete(at(1), 1_900), Ok(s.clone()));
     }
 
     #[test]
@@ -541,22 +547,22 @@ mod tests {
             (ShardState::Pending, 1, 0)
         );
         let (s, a2) = s.lease("w2", 1_001, &P).unwrap();
-        assert_eq!(a2, 2);
+        assert_eq!(a2, at(2));
         // w1 wakes up: every call with attempt 1 is refused and changes nothing.
         assert!(matches!(
-            s.heartbeat(1, 1_002, &P),
-            Err(Refused::LeaseLost { attempt: 1, .. })
+            s.heartbeat(at(1), 1_002, &P),
+            Err(Refused::LeaseLost { attempt, .. }) if attempt == at(1)
         ));
         assert!(matches!(
-            s.complete(1, 1_002),
+            s.complete(at(1), 1_002),
             Err(Refused::LeaseLost { .. })
         ));
         assert!(matches!(
-            s.fail(1, Failure::Application, "x", 1_002, &P),
+            s.fail(at(1), Failure::Application, "x", 1_002, &P),
             Err(Refused::LeaseLost { .. })
         ));
-        let done = s.complete(2, 1_500).unwrap();
-        assert_eq!(done.state, ShardState::Committed { attempt: 2 });
+        let done = s.complete(at(2), 1_500).unwrap();
+        assert_eq!(done.state, ShardState::Committed { attempt: at(2) });
     }
 
     #[test]
@@ -579,11 +585,11 @@ mod tests {
         assert!(again.complete(a2, 1_002).is_ok());
         // A token no attempt ever had is refused.
         assert!(matches!(
-            Shard::new().complete(0, 1),
+            Shard::new().complete(Attempt::FIRST, 1),
             Err(Refused::LeaseLost { .. })
         ));
         assert!(matches!(
-            pending.complete(a + 1, 1),
+            pending.complete(a.next(), 1),
             Err(Refused::LeaseLost { .. })
         ));
     }
@@ -596,7 +602,7 @@ mod tests {
         let s = s.expire(2_000).unwrap();
         assert_eq!((s.failures, s.interruptions), (0, 2));
         let (s, a2) = s.lease("w", 2_001, &P).unwrap();
-        assert_eq!((a, a2), (2, 3));
+        assert_eq!((a, a2), (at(2), at(3)));
         let s = s.fail(a2, Failure::Application, "nan", 2_002, &P).unwrap();
         assert_eq!((s.state.clone(), s.failures), (ShardState::Pending, 1));
         let (s, a3) = s.lease("w", 2_003, &P).unwrap();
@@ -606,7 +612,7 @@ mod tests {
         // A user retry resets the budget; attempt numbers keep growing.
         let s = s.retry().unwrap();
         let (_, a4) = s.lease("w", 3_000, &P).unwrap();
-        assert_eq!(a4, 5);
+        assert_eq!(a4, at(5));
     }
 
     #[test]
@@ -643,10 +649,10 @@ mod tests {
         assert!(p.cancel(true).is_none());
         assert_eq!(p.begin_publish(a, 1_000_000), Ok(Publish::Resume));
         assert!(matches!(
-            p.begin_publish(a + 1, 20),
+            p.begin_publish(a.next(), 20),
             Err(Refused::LeaseLost { .. })
         ));
-        assert!(p.commit(a + 1).is_err());
+        assert!(p.commit(a.next()).is_err());
         let c = p.commit(a).unwrap();
         assert_eq!(c.state, ShardState::Committed { attempt: a });
         // A retried completion whose reply was lost is answered, and changes nothing.

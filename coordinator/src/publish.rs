@@ -7,8 +7,9 @@
 //! **Architecture invariant:** the only module of the coordinator that touches storage.
 
 use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
+use linesweep_storage::ids::{Attempt, ShardId, SweepName};
 use linesweep_storage::layout::{
-    COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix,
+    COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix, sweep_staging,
 };
 use linesweep_storage::{Storage, StorageError};
 
@@ -17,10 +18,10 @@ use linesweep_storage::{Storage, StorageError};
 pub enum PublishError {
     /// The attempt staged no attempt manifest: it did not finish.
     #[error("attempt {attempt} staged no results ({key} is missing)")]
-    Incomplete { attempt: u32, key: String },
+    Incomplete { attempt: Attempt, key: String },
     /// What the attempt staged is not a valid result of its lease; nothing was published.
     #[error("attempt {attempt} cannot be published: {reason}")]
-    Invalid { attempt: u32, reason: String },
+    Invalid { attempt: Attempt, reason: String },
     /// A different object already sits at a final key.
     #[error("{key} already exists with other contents; the attempt's results were not published")]
     Conflict { key: String },
@@ -46,9 +47,9 @@ impl PublishError {
 /// manifest's schema version.
 pub fn verify(
     storage: &Storage,
-    sweep: &str,
-    shard: &str,
-    attempt: u32,
+    sweep: &SweepName,
+    shard: &ShardId,
+    attempt: Attempt,
 ) -> Result<AttemptManifest, PublishError> {
     let invalid = |reason: String| PublishError::Invalid { attempt, reason };
     let prefix = staging_prefix(sweep, shard, attempt);
@@ -124,9 +125,9 @@ fn check_snapshots(
 
 /// The staged `runs` file is one row for this shard, in the manifest's schema. (The row holds no
 /// sweep name: the sweep is the key's partition, which the manifest check pins.)
-fn check_runs_row(bytes: bytes::Bytes, shard: &str, schema_version: i32) -> Result<(), String> {
+fn check_runs_row(bytes: bytes::Bytes, shard: &ShardId, schema_version: i32) -> Result<(), String> {
     let row = read_runs_row(bytes)?;
-    if (row.shard.as_str(), row.schema_version) != (shard, schema_version) {
+    if (row.shard.as_str(), row.schema_version) != (shard.as_str(), schema_version) {
         return Err(format!(
             "the runs row is shard {} in schema {}, not shard {shard} in schema {schema_version}",
             row.shard, row.schema_version
@@ -143,7 +144,7 @@ pub struct RunsRow {
     /// The results schema the row was written in.
     pub schema_version: i32,
     /// The attempt that wrote it.
-    pub attempt: Option<u32>,
+    pub attempt: Option<Attempt>,
     /// The shard's canonical config JSON.
     pub config_json: Option<String>,
 }
@@ -182,7 +183,8 @@ pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
         .column_by_name("attempt")
         .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
         .filter(|c| c.is_valid(0))
-        .and_then(|c| u32::try_from(c.value(0)).ok());
+        .and_then(|c| u32::try_from(c.value(0)).ok())
+        .and_then(|n| Attempt::new(n).ok());
     Ok(RunsRow {
         shard: text("shard")?,
         schema_version,
@@ -195,9 +197,9 @@ pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
 /// newly published (0 when a previous call already did it all).
 pub fn publish(
     storage: &Storage,
-    sweep: &str,
-    shard: &str,
-    attempt: u32,
+    sweep: &SweepName,
+    shard: &ShardId,
+    attempt: Attempt,
 ) -> Result<usize, PublishError> {
     publish_verified(storage, &verify(storage, sweep, shard, attempt)?)
 }
@@ -232,17 +234,17 @@ pub fn publish_verified(
 }
 
 /// Removes every attempt's staging of a shard (after its commit, or by `gc`).
-pub fn clean(storage: &Storage, sweep: &str, shard: &str) -> Result<usize, StorageError> {
+pub fn clean(storage: &Storage, sweep: &SweepName, shard: &ShardId) -> Result<usize, StorageError> {
     storage.delete_prefix(&shard_staging(sweep, shard))
 }
 
 /// Shard ids that have staging under `sweep`.
-pub fn staged_shards(storage: &Storage, sweep: &str) -> Result<Vec<String>, StorageError> {
-    let root = format!("staging/{sweep}/");
-    let mut ids: Vec<String> = storage
+pub fn staged_shards(storage: &Storage, sweep: &SweepName) -> Result<Vec<ShardId>, StorageError> {
+    let root = format!("{}/", sweep_staging(sweep));
+    let mut ids: Vec<ShardId> = storage
         .list(&root)?
         .iter()
-        .filter_map(|k| k.strip_prefix(&root)?.split('/').next().map(str::to_owned))
+        .filter_map(|k| ShardId::parse(k.strip_prefix(&root)?.split('/').next()?).ok())
         .collect();
     ids.dedup();
     Ok(ids)
@@ -253,6 +255,18 @@ mod tests {
     use super::*;
     use linesweep_storage::attempt::StagedFile;
     use linesweep_storage::layout::snapshot_key;
+
+    fn sw() -> SweepName {
+        SweepName::parse("sw").unwrap()
+    }
+
+    fn abc() -> ShardId {
+        ShardId::parse("abc").unwrap()
+    }
+
+    fn at(n: u32) -> Attempt {
+        Attempt::new(n).unwrap()
+    }
 
     /// A one-row `runs` file naming `shard`, in `schema`.
     fn runs_file(shard: &str, schema: i32, extra: &str) -> Vec<u8> {
@@ -281,17 +295,22 @@ mod tests {
 
     /// Stages a complete attempt of shard `abc` of sweep `sw`, with `runs` as its runs file;
     /// `tamper` may change the manifest before it is written.
-    fn stage(s: &Storage, attempt: u32, runs: Vec<u8>, tamper: impl FnOnce(&mut AttemptManifest)) {
-        let p = staging_prefix("sw", "abc", attempt);
-        let snap = snapshot_key("abc", 0);
+    fn stage(
+        s: &Storage,
+        attempt: Attempt,
+        runs: Vec<u8>,
+        tamper: impl FnOnce(&mut AttemptManifest),
+    ) {
+        let p = staging_prefix(&sw(), &abc(), attempt);
+        let snap = snapshot_key(&abc(), 0);
         let snaps = br#"{"snapshots": [{"file": "step-00000000.safetensors"}]}"#.to_vec();
         let mut files = Vec::new();
         for (key, bytes) in [
             (snap, vec![1u8]),
             ("snapshots/abc/manifest.json".to_owned(), snaps),
-            (result_key("interpolation", "sw", "abc"), b"i".to_vec()),
-            (result_key("trajectory", "sw", "abc"), b"t".to_vec()),
-            (result_key("runs", "sw", "abc"), runs),
+            (result_key("interpolation", &sw(), &abc()), b"i".to_vec()),
+            (result_key("trajectory", &sw(), &abc()), b"t".to_vec()),
+            (result_key("runs", &sw(), &abc()), runs),
         ] {
             files.push(StagedFile::of(&key, &bytes));
             s.put(&format!("{p}/{key}"), bytes).unwrap();
@@ -299,8 +318,8 @@ mod tests {
         s.put(&format!("{p}/checkpoints/step-5/model.bin"), vec![2])
             .unwrap();
         let mut m = AttemptManifest {
-            sweep: "sw".into(),
-            shard: "abc".into(),
+            sweep: sw(),
+            shard: abc(),
             attempt,
             schema_version: 3,
             files,
@@ -323,30 +342,30 @@ mod tests {
     fn publish_is_create_only_idempotent_and_skips_checkpoints() {
         let (_tmp, s) = store();
         assert!(matches!(
-            publish(&s, "sw", "abc", 1),
+            publish(&s, &sw(), &abc(), at(1)),
             Err(PublishError::Incomplete { .. })
         ));
         let one = runs_file("abc", 3, "one");
-        stage(&s, 1, one.clone(), |_| {});
-        assert_eq!(publish(&s, "sw", "abc", 1).unwrap(), 5);
+        stage(&s, at(1), one.clone(), |_| {});
+        assert_eq!(publish(&s, &sw(), &abc(), at(1)).unwrap(), 5);
         assert_eq!(
-            publish(&s, "sw", "abc", 1).unwrap(),
+            publish(&s, &sw(), &abc(), at(1)).unwrap(),
             0,
             "a repeat is harmless"
         );
         assert!(!s.exists("checkpoints/step-5/model.bin").unwrap());
         assert!(!s.exists(ATTEMPT_MANIFEST).unwrap());
         // Another attempt with other bytes cannot replace what is published.
-        stage(&s, 2, runs_file("abc", 3, "two"), |_| {});
-        let err = publish(&s, "sw", "abc", 2).unwrap_err();
+        stage(&s, at(2), runs_file("abc", 3, "two"), |_| {});
+        let err = publish(&s, &sw(), &abc(), at(2)).unwrap_err();
         assert!(matches!(err, PublishError::Conflict { .. }), "{err}");
         assert_eq!(
-            s.get(&result_key("runs", "sw", "abc")).unwrap().to_vec(),
+            s.get(&result_key("runs", &sw(), &abc())).unwrap().to_vec(),
             one
         );
-        assert_eq!(staged_shards(&s, "sw").unwrap(), vec!["abc"]);
-        assert_eq!(clean(&s, "sw", "abc").unwrap(), 14);
-        assert!(staged_shards(&s, "sw").unwrap().is_empty());
+        assert_eq!(staged_shards(&s, &sw()).unwrap(), vec![abc()]);
+        assert_eq!(clean(&s, &sw(), &abc()).unwrap(), 14);
+        assert!(staged_shards(&s, &sw()).unwrap().is_empty());
     }
 
     /// Each way a staging folder can lie is refused with its reason, and nothing is published.
@@ -383,7 +402,7 @@ mod tests {
             (
                 "another lease",
                 runs_file("abc", 3, ""),
-                Box::new(|m| m.attempt = 9),
+                Box::new(|m| m.attempt = at(9)),
                 "attempt 9",
             ),
             (
@@ -412,8 +431,8 @@ mod tests {
         ];
         for (what, runs, tamper, reason) in cases {
             let (_tmp, s) = store();
-            stage(&s, 1, runs, tamper);
-            let err = publish(&s, "sw", "abc", 1).unwrap_err();
+            stage(&s, at(1), runs, tamper);
+            let err = publish(&s, &sw(), &abc(), at(1)).unwrap_err();
             assert!(
                 matches!(&err, PublishError::Invalid { .. }) && err.to_string().contains(reason),
                 "{what}: {err}"

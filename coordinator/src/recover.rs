@@ -51,13 +51,13 @@ pub fn recover(
             continue;
         };
         match read_runs_row(storage.get(&key)?) {
-            Ok(row) if row.shard == shard => match (row.attempt, row.config_json) {
+            Ok(row) if row.shard == shard.as_str() => match (row.attempt, row.config_json) {
                 (Some(attempt), Some(config_json)) => {
                     by_sweep
-                        .entry(sweep.to_owned())
+                        .entry(sweep.to_string())
                         .or_default()
                         .push(RecoveredShard {
-                            id: shard.to_owned(),
+                            id: shard.to_string(),
                             attempt,
                             config_json,
                         });

@@ -102,7 +102,7 @@ pub async fn serve(
                         stall_grace(&c, gap.saturating_sub(interval), ttl).await;
                         match c.with_ledger(|l, now| l.expire_leases(now)).await {
                             Ok(Ok(expired)) => for (sweep, shard, attempt) in expired {
-                                tracing::warn!(%sweep, %shard, attempt, "lease expired; the shard is pending again");
+                                tracing::warn!(%sweep, %shard, %attempt, "lease expired; the shard is pending again");
                             },
                             Ok(Err(e)) => tracing::error!(error = %e, "lease reaper failed"),
                             Err(e) => tracing::error!(error = e.message(), "lease reaper failed"),

@@ -45,6 +45,8 @@ fn stage_attempt(
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut runs, batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
+    let (sweep, shard) = (&sweep.parse().unwrap(), &shard.parse().unwrap());
+    let attempt = linesweep_storage::ids::Attempt::new(attempt).unwrap();
     let mut out: Vec<(String, Vec<u8>)> = (0..snapshots)
         .map(|i| (layout::snapshot_key(shard, i), vec![i as u8; 64]))
         .collect();
@@ -69,8 +71,8 @@ fn stage_attempt(
         st.put(&format!("{staging}/{k}"), v.clone()).unwrap();
     }
     let manifest = AttemptManifest {
-        sweep: sweep.into(),
-        shard: shard.into(),
+        sweep: sweep.clone(),
+        shard: shard.clone(),
         attempt,
         schema_version: 3,
         files: out.iter().map(|(k, v)| StagedFile::of(k, v)).collect(),

@@ -1,7 +1,8 @@
 //! The wire contract: generated gRPC types and the protocol version.
 //!
-//! **Architecture invariant:** no logic lives here, beyond [`client`]: how a caller attaches
-//! its token and deadline to a request. Only the coordinator's service, the worker
+//! **Architecture invariant:** no logic lives here, beyond [`client`] (how a caller attaches
+//! its token and deadline to a request) and the one conversion of the wire's lease token to
+//! the validated [`LeaseToken`]. Only the coordinator's service, the worker
 //! agent and the CLI's client import [`pb`]; everything else works on domain types.
 
 pub mod client;
@@ -19,3 +20,30 @@ pub mod pb {
 /// kind (application, infrastructure, deterministic), workers report being unhealthy, and
 /// shard states are the `ShardState` enum instead of names.
 pub const PROTOCOL_VERSION: u32 = 3;
+
+pub use linesweep_storage::ids::LeaseToken;
+
+/// The wire token, validated once: every id in it is checked ([`linesweep_storage::ids`]).
+impl TryFrom<pb::Token> for LeaseToken {
+    type Error = String;
+
+    fn try_from(t: pb::Token) -> Result<Self, String> {
+        use linesweep_storage::ids::{Attempt, ShardId, SweepName};
+        let bad = |e: linesweep_storage::ids::IdError| format!("lease token: {e}");
+        Ok(LeaseToken {
+            sweep: SweepName::parse(t.sweep).map_err(bad)?,
+            shard: ShardId::parse(t.shard).map_err(bad)?,
+            attempt: Attempt::new(t.attempt).map_err(bad)?,
+        })
+    }
+}
+
+impl From<LeaseToken> for pb::Token {
+    fn from(t: LeaseToken) -> Self {
+        pb::Token {
+            sweep: t.sweep.into(),
+            shard: t.shard.into(),
+            attempt: t.attempt.get(),
+        }
+    }
+}

@@ -41,6 +41,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let sweep = linesweep_worker::storage::ids::SweepName::parse("bench")?;
     for rep in 0..args.repeat.max(1) {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
         let storage = Storage::open(&dir.path().display().to_string())?;
@@ -49,13 +50,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             &cfg,
             &device,
             &storage,
-            "bench",
+            &sweep,
             exec::Placement::Direct,
             0,
             &NoProgress,
         )?;
         let wall = started.elapsed().as_secs_f64();
-        let mut j = render::json(&report.shard, "bench", &report.outcome);
+        let mut j = render::json(report.shard.as_str(), "bench", &report.outcome);
         j["repetition"] = rep.into();
         j["threads"] = threads.into();
         j["wall_seconds"] = wall.into();

@@ -11,6 +11,7 @@ use linesweep_worker::config::ShardConfig;
 use linesweep_worker::engine::{EngineError, Phase, Progress};
 use linesweep_worker::exec::{ExecError, Placement};
 use linesweep_worker::storage::Storage;
+use linesweep_worker::storage::ids::{Attempt, SweepName};
 use linesweep_worker::{device, exec};
 
 use crate::cli::ExecArgs;
@@ -57,18 +58,25 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let (cfg, source) = load(&args).map_err(invalid)?;
     if let Some(expected) = &args.expect_shard {
         let id = cfg.shard_id();
-        if *expected != id {
+        if expected.as_str() != id.as_str() {
             return Err(because(ExitReason::Deterministic)(anyhow::anyhow!(
                 "the config hashes to shard {id}, not {expected}: the worker and the submitting linesweep disagree on the config format (upgrade both to the same version)"
             )));
         }
     }
-    exec::check_sweep_name(&args.sweep).map_err(because(ExitReason::Deterministic))?;
+    // The edge where `exec`'s strings become ids (bad ones are deterministic failures).
+    let sweep =
+        SweepName::parse(args.sweep.as_str()).map_err(because(ExitReason::Deterministic))?;
+    let attempt = args
+        .attempt
+        .map(Attempt::new)
+        .transpose()
+        .map_err(because(ExitReason::Deterministic))?;
     // A device this machine lacks is the machine's problem: another worker may have it.
     let device = device::parse(&args.device).map_err(because(ExitReason::Infrastructure))?;
     let storage =
         Storage::open(&args.out).map_err(|e| because(ExitReason::of_storage_error(&e))(e))?;
-    let placement = match args.attempt {
+    let placement = match attempt {
         Some(attempt) => Placement::Staged { attempt },
         None => Placement::Direct,
     };
@@ -85,7 +93,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         &cfg,
         &device,
         &storage,
-        &args.sweep,
+        &sweep,
         placement,
         args.checkpoint_every,
         progress,
@@ -130,14 +138,14 @@ fn print_report(
         render::emit(&format!(
             "{}\n",
             serde_json::to_string_pretty(&render::json(
-                &report.shard,
+                report.shard.as_str(),
                 &args.sweep,
                 &report.outcome
             ))?
         ))?;
     } else {
         render::emit(&render::summary(
-            &report.shard,
+            report.shard.as_str(),
             &args.sweep,
             storage.root(),
             &report.outcome,

@@ -159,11 +159,11 @@ pub(crate) async fn submit_plan(
     for (i, chunk) in plan.shards.chunks(SUBMIT_CHUNK).enumerate() {
         let msg = pb::SubmitRequest {
             protocol_version: PROTOCOL_VERSION,
-            sweep: plan.name.clone(),
+            sweep: plan.name.to_string(),
             shards: chunk
                 .iter()
                 .map(|s| pb::ShardSpec {
-                    id: s.id.clone(),
+                    id: s.id.to_string(),
                     config_json: s.config.canonical_json(),
                 })
                 .collect(),

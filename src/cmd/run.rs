@@ -16,6 +16,7 @@ use linesweep_proto::pb;
 use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
 use linesweep_worker::device;
 use linesweep_worker::results::{self, RunSummary};
+use linesweep_worker::storage::ids::{LeaseToken, ShardId};
 use linesweep_worker::storage::{Storage, layout};
 use linesweep_worker::sweep::{self, SweepPlan};
 
@@ -68,12 +69,12 @@ struct WorkerBar {
 }
 
 impl AgentEvents for WorkerBar {
-    fn started(&self, _slot: usize, _sweep: &str, shard: &str, attempt: u32) {
+    fn started(&self, _slot: usize, token: &LeaseToken) {
         let bar = &self.bars.workers[self.index];
         bar.reset();
         bar.set_length(0);
         bar.set_prefix("");
-        bar.set_message(format!("shard {shard} (attempt {attempt})"));
+        bar.set_message(format!("shard {} (attempt {})", token.shard, token.attempt));
     }
 
     fn progress(&self, _slot: usize, p: &ProgressLine) {
@@ -89,7 +90,7 @@ impl AgentEvents for WorkerBar {
         });
     }
 
-    fn finished(&self, _slot: usize, shard: &str, outcome: &Outcome) {
+    fn finished(&self, _slot: usize, shard: &ShardId, outcome: &Outcome) {
         let bar = &self.bars.workers[self.index];
         let what = match outcome {
             Outcome::Committed => "committed".to_owned(),
@@ -168,7 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut control = connect_retrying(&url).await?;
         let (added, existing) =
             submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
-        let first = fetch_status(&mut control, Some(&token), &plan.name).await?;
+        let first = fetch_status(&mut control, Some(&token), plan.name.as_str()).await?;
         let committed = count(&first, StateKind::Committed);
         tracing::info!(
             sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
@@ -220,7 +221,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     break None;
                 }
                 _ = tick.tick() => {
-                    let st = fetch_status(&mut control, Some(&token), &plan.name).await?;
+                    let st = fetch_status(&mut control, Some(&token), plan.name.as_str()).await?;
                     bars.overall.set_position(done_count(&st));
                     let failed = count(&st, StateKind::Failed);
                     if failed > 0 {
@@ -246,7 +247,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let last = match last {
             Some(st) => st,
-            None => fetch_status(&mut control, Some(&token), &plan.name).await?,
+            None => fetch_status(&mut control, Some(&token), plan.name.as_str()).await?,
         };
         bars.overall.finish();
         for b in &bars.workers {
@@ -257,7 +258,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::Ok((last, interrupted, unhealthy))
     })?;
 
-    let mut out = render::status(&plan.name, &summary);
+    let mut out = render::status(plan.name.as_str(), &summary);
     if interrupted {
         out.push_str(&format!(
             "interrupted: run the same command again to resume ({} committed shards will not rerun)\n",

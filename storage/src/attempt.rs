@@ -4,6 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::ids::{Attempt, ShardId, SweepName};
 use crate::layout::{result_key, snapshot_dir};
 
 /// The manifest's key, relative to the attempt's staging prefix. Not published.
@@ -47,11 +48,11 @@ pub fn sha256_hex(contents: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptManifest {
     /// The sweep of the lease.
-    pub sweep: String,
+    pub sweep: SweepName,
     /// The shard of the lease.
-    pub shard: String,
+    pub shard: ShardId,
     /// The attempt number (the fencing token).
-    pub attempt: u32,
+    pub attempt: Attempt,
     /// The result-schema version the tables were written in.
     pub schema_version: i32,
     /// Every staged object but checkpoints and this manifest.
@@ -61,8 +62,13 @@ pub struct AttemptManifest {
 impl AttemptManifest {
     /// Checks the manifest against the lease it claims to complete and the layout: every
     /// result table listed, nothing outside the shard's own keys. The reason, when not.
-    pub fn check(&self, sweep: &str, shard: &str, attempt: u32) -> Result<(), String> {
-        if (self.sweep.as_str(), self.shard.as_str(), self.attempt) != (sweep, shard, attempt) {
+    pub fn check(
+        &self,
+        sweep: &SweepName,
+        shard: &ShardId,
+        attempt: Attempt,
+    ) -> Result<(), String> {
+        if (&self.sweep, &self.shard, self.attempt) != (sweep, shard, attempt) {
             return Err(format!(
                 "the attempt manifest is for sweep `{}`, shard {}, attempt {}, not for the lease's \
                  sweep `{sweep}`, shard {shard}, attempt {attempt}",
@@ -108,19 +114,31 @@ impl AttemptManifest {
 mod tests {
     use super::*;
 
+    fn sw(s: &str) -> SweepName {
+        SweepName::parse(s).unwrap()
+    }
+
+    fn abc() -> ShardId {
+        ShardId::parse("abc").unwrap()
+    }
+
+    fn at(n: u32) -> Attempt {
+        Attempt::new(n).unwrap()
+    }
+
     fn manifest() -> AttemptManifest {
         let mut files: Vec<StagedFile> = RESULT_TABLES
             .iter()
-            .map(|t| StagedFile::of(&result_key(t, "sw", "abc"), t.as_bytes()))
+            .map(|t| StagedFile::of(&result_key(t, &sw("sw"), &abc()), t.as_bytes()))
             .collect();
         files.insert(
             0,
             StagedFile::of("snapshots/abc/step-00000000.safetensors", b"x"),
         );
         AttemptManifest {
-            sweep: "sw".into(),
-            shard: "abc".into(),
-            attempt: 2,
+            sweep: sw("sw"),
+            shard: abc(),
+            attempt: at(2),
             schema_version: 3,
             files,
         }
@@ -129,10 +147,14 @@ mod tests {
     #[test]
     fn a_manifest_must_match_its_lease_list_every_table_and_stay_in_its_keys() {
         let m = manifest();
-        assert_eq!(m.check("sw", "abc", 2), Ok(()));
-        assert!(m.check("sw", "abc", 3).unwrap_err().contains("attempt 2"));
+        assert_eq!(m.check(&sw("sw"), &abc(), at(2)), Ok(()));
         assert!(
-            m.check("other", "abc", 2)
+            m.check(&sw("sw"), &abc(), at(3))
+                .unwrap_err()
+                .contains("attempt 2")
+        );
+        assert!(
+            m.check(&sw("other"), &abc(), at(2))
                 .unwrap_err()
                 .contains("sweep `sw`")
         );
@@ -140,7 +162,7 @@ mod tests {
         no_traj.files.retain(|f| !f.key.contains("trajectory"));
         assert!(
             no_traj
-                .check("sw", "abc", 2)
+                .check(&sw("sw"), &abc(), at(2))
                 .unwrap_err()
                 .contains("`trajectory`")
         );
@@ -152,7 +174,10 @@ mod tests {
         ] {
             let mut m = m.clone();
             m.files.push(StagedFile::of(bad, b""));
-            assert!(m.check("sw", "abc", 2).unwrap_err().contains(bad), "{bad}");
+            assert!(
+                m.check(&sw("sw"), &abc(), at(2)).unwrap_err().contains(bad),
+                "{bad}"
+            );
         }
         let order = m.publish_order();
         assert!(order.last().unwrap().key.contains("results/runs/"));

@@ -12,27 +12,10 @@
 //! Results become visible only when the coordinator copies an attempt's staging to the final
 //! keys (create-only) and commits that attempt; `runs` is published last.
 
-/// The longest sweep name: it is one path component (`sweep=NAME`) of every key, and file
-/// systems and object stores cap a component at 255 bytes.
-pub const MAX_SWEEP_NAME: usize = 100;
-
-/// Whether `name` is a safe hive partition value: a letter, then letters, digits, `_`, `-`, `.`
-/// (so that DuckDB and Polars never infer it as a number or a date, and no key escapes the
-/// layout), at most [`MAX_SWEEP_NAME`] characters. The one rule for the planner, `exec` and the
-/// coordinator.
-pub fn valid_sweep_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= MAX_SWEEP_NAME
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// What a valid sweep name looks like, for error messages.
-pub const SWEEP_NAME_RULE: &str =
-    "use a letter followed by letters, digits, `_`, `-` or `.`, at most 100 characters";
+use crate::ids::{Attempt, ShardId, SweepName};
 
 /// Key of a result table's file for a shard.
-pub fn result_key(table: &str, sweep: &str, shard: &str) -> String {
+pub fn result_key(table: &str, sweep: &SweepName, shard: &ShardId) -> String {
     format!("results/{table}/sweep={sweep}/{shard}.parquet")
 }
 
@@ -42,35 +25,40 @@ pub fn result_table_prefix(table: &str) -> String {
 }
 
 /// `(sweep, shard)` of a key built by [`result_key`] for `table`.
-pub fn parse_result_key<'a>(table: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+pub fn parse_result_key(table: &str, key: &str) -> Option<(SweepName, ShardId)> {
     let rest = key.strip_prefix(&result_table_prefix(table))?;
     let (sweep, file) = rest.strip_prefix("sweep=")?.split_once('/')?;
     let shard = file.strip_suffix(".parquet")?;
-    (valid_sweep_name(sweep) && !shard.is_empty() && !shard.contains('/')).then_some((sweep, shard))
+    Some((SweepName::parse(sweep).ok()?, ShardId::parse(shard).ok()?))
 }
 
 /// Directory of a shard's snapshots.
-pub fn snapshot_dir(shard: &str) -> String {
+pub fn snapshot_dir(shard: &ShardId) -> String {
     format!("snapshots/{shard}")
 }
 
 /// Key of a snapshot file.
-pub fn snapshot_key(shard: &str, step: u64) -> String {
+pub fn snapshot_key(shard: &ShardId, step: u64) -> String {
     format!("snapshots/{shard}/step-{step:08}.safetensors")
 }
 
+/// Where every shard of a sweep stages its output.
+pub fn sweep_staging(sweep: &SweepName) -> String {
+    format!("staging/{sweep}")
+}
+
 /// Where every attempt of a shard stages its output.
-pub fn shard_staging(sweep: &str, shard: &str) -> String {
-    format!("staging/{sweep}/{shard}")
+pub fn shard_staging(sweep: &SweepName, shard: &ShardId) -> String {
+    format!("{}/{shard}", sweep_staging(sweep))
 }
 
 /// Where attempt `attempt` of a shard stages its output.
-pub fn staging_prefix(sweep: &str, shard: &str, attempt: u32) -> String {
+pub fn staging_prefix(sweep: &SweepName, shard: &ShardId, attempt: Attempt) -> String {
     format!("staging/{sweep}/{shard}/attempt-{attempt}")
 }
 
 /// Parses the attempt number out of a key under [`shard_staging`].
-pub fn attempt_of(shard_staging: &str, key: &str) -> Option<u32> {
+pub fn attempt_of(shard_staging: &str, key: &str) -> Option<Attempt> {
     key.strip_prefix(shard_staging)?
         .strip_prefix("/attempt-")?
         .split('/')
@@ -117,12 +105,12 @@ pub fn placed(staging: Option<&str>, rel: &str) -> String {
 }
 
 /// The config a shard's snapshots were trained with.
-pub fn snapshot_config_key(shard: &str) -> String {
+pub fn snapshot_config_key(shard: &ShardId) -> String {
     format!("{}/config.json", snapshot_dir(shard))
 }
 
 /// The list of a shard's snapshots with their steps.
-pub fn snapshot_manifest_key(shard: &str) -> String {
+pub fn snapshot_manifest_key(shard: &ShardId) -> String {
     format!("{}/manifest.json", snapshot_dir(shard))
 }
 
@@ -131,23 +119,23 @@ pub const COMMIT_TABLE: &str = "runs";
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn sweep_names_stay_one_plain_key_component() {
-        assert!(valid_sweep_name("mnist-mli.v2_a"));
-        assert!(valid_sweep_name(&"a".repeat(MAX_SWEEP_NAME)));
-        for bad in ["", "..", "../x", "a/b", "a=b", "7up", "x\ny", "ü"] {
-            assert!(!valid_sweep_name(bad), "{bad:?}");
-        }
-        assert!(!valid_sweep_name(&"a".repeat(MAX_SWEEP_NAME + 1)));
-    }
-
     use super::*;
+
+    fn ids() -> (SweepName, ShardId) {
+        (
+            SweepName::parse("sw").unwrap(),
+            ShardId::parse("abc").unwrap(),
+        )
+    }
 
     #[test]
     fn result_keys_parse_back() {
-        let k = result_key("runs", "sw-1", "00ff");
-        assert_eq!(parse_result_key("runs", &k), Some(("sw-1", "00ff")));
+        let (sweep, shard) = (
+            SweepName::parse("sw-1").unwrap(),
+            ShardId::parse("00ff").unwrap(),
+        );
+        let k = result_key("runs", &sweep, &shard);
+        assert_eq!(parse_result_key("runs", &k), Some((sweep, shard)));
         assert_eq!(parse_result_key("interpolation", &k), None);
         for bad in [
             "results/runs/sweep=../x/00ff.parquet",
@@ -161,7 +149,8 @@ mod tests {
 
     #[test]
     fn checkpoint_keys_parse_back() {
-        let staging = staging_prefix("sw", "abc", 3);
+        let (sweep, shard) = ids();
+        let staging = staging_prefix(&sweep, &shard, Attempt::new(3).unwrap());
         let dir = checkpoint_dir(&staging, 1200);
         let key = placed(Some(&dir), CHECKPOINT_STATE);
         assert_eq!(checkpoint_of(&key), Some((1200, dir.as_str())));
@@ -175,9 +164,15 @@ mod tests {
 
     #[test]
     fn attempts_parse_back() {
-        let s = shard_staging("sw", "abc");
-        let k = format!("{}/results/runs/x.parquet", staging_prefix("sw", "abc", 12));
-        assert_eq!(attempt_of(&s, &k), Some(12));
+        let (sweep, shard) = ids();
+        let s = shard_staging(&sweep, &shard);
+        let twelve = Attempt::new(12).unwrap();
+        let k = format!(
+            "{}/results/runs/x.parquet",
+            staging_prefix(&sweep, &shard, twelve)
+        );
+        assert_eq!(attempt_of(&s, &k), Some(twelve));
+        assert_eq!(attempt_of(&s, &format!("{s}/attempt-0/x")), None);
         assert_eq!(attempt_of(&s, "staging/sw/other/attempt-1/x"), None);
         assert_eq!(attempt_of(&s, &format!("{s}/junk/x")), None);
     }

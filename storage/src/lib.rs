@@ -8,6 +8,7 @@
 //! coordinator) must call it from `spawn_blocking`.
 
 pub mod attempt;
+pub mod ids;
 pub mod layout;
 
 use std::path::{Path, PathBuf};

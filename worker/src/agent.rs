@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::child::ProgressLine;
 use crate::child::{ChildArgs, ExitReason};
+use crate::storage::ids::{LeaseToken, ShardId};
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::client::Credentials;
 use linesweep_proto::pb::{self, LeaseVerdict, worker_service_client::WorkerServiceClient};
@@ -103,12 +104,12 @@ pub enum Outcome {
 
 /// What the agent reports while it runs (progress bars, logs).
 pub trait AgentEvents: Send + Sync {
-    /// Slot `slot` started attempt `attempt` of a shard.
-    fn started(&self, _slot: usize, _sweep: &str, _shard: &str, _attempt: u32) {}
+    /// Slot `slot` started the attempt of `token`.
+    fn started(&self, _slot: usize, _token: &LeaseToken) {}
     /// Progress of the shard on `slot`.
     fn progress(&self, _slot: usize, _line: &ProgressLine) {}
     /// The shard on `slot` ended.
-    fn finished(&self, _slot: usize, _shard: &str, _outcome: &Outcome) {}
+    fn finished(&self, _slot: usize, _shard: &ShardId, _outcome: &Outcome) {}
 }
 
 /// Events that go nowhere (the log lines are enough).
@@ -396,11 +397,18 @@ async fn run_slot(
             }
             continue;
         };
-        let Some(token) = granted.token.clone() else {
+        let Some(wire) = granted.token.clone() else {
             tracing::error!("the coordinator granted a lease without a token");
             return;
         };
-        events.started(slot, &token.sweep, &token.shard, token.attempt);
+        let token = match LeaseToken::try_from(wire) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the coordinator granted an invalid lease");
+                return;
+            }
+        };
+        events.started(slot, &token);
         let outcome = attempt(
             slot,
             cfg,
@@ -459,15 +467,13 @@ async fn attempt(
     events: Arc<dyn AgentEvents>,
     mut stop: watch::Receiver<bool>,
     granted: &pb::Granted,
-    token: &pb::Token,
+    token: &LeaseToken,
 ) -> Outcome {
-    let (sweep, shard, attempt_no) = (&token.sweep, &token.shard, token.attempt);
+    let (sweep, shard, attempt_no) = (&token.sweep, &token.shard, token.attempt.get());
     let argv = ChildArgs {
         config_json: granted.config_json.clone(),
-        shard: shard.clone(),
+        token: token.clone(),
         results: granted.results.clone(),
-        sweep: sweep.clone(),
-        attempt: attempt_no,
         device: cfg.device.clone(),
         checkpoint_every: cfg.checkpoint_every,
     }
@@ -595,7 +601,7 @@ async fn watch_child(
     heartbeat: Duration,
     stop: &mut watch::Receiver<bool>,
     child: &mut tokio::process::Child,
-    token: &pb::Token,
+    token: &LeaseToken,
     progress: &Mutex<ProgressLine>,
 ) -> Ended {
     let mut tick = tokio::time::interval(heartbeat);
@@ -619,7 +625,7 @@ async fn watch_child(
                 let p = lock(progress).clone();
                 let req = client.request(pb::HeartbeatRequest {
                     protocol_version: PROTOCOL_VERSION,
-                    token: Some(token.clone()),
+                    token: Some(token.clone().into()),
                     phase: p.phase,
                     done: p.done,
                     total: p.total,
@@ -668,10 +674,10 @@ async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
     let _ = child.kill().await;
 }
 
-async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
+async fn complete(client: &Client, token: &LeaseToken, tail: &Tail) -> Outcome {
     let req = pb::CompleteRequest {
         protocol_version: PROTOCOL_VERSION,
-        token: Some(token.clone()),
+        token: Some(token.clone().into()),
     };
     // Completion is retried even while stopping: the work is done and only needs publishing.
     let (_keep, mut never) = watch::channel(false);
@@ -684,12 +690,12 @@ async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
     {
         Some(Ok(r)) => match LeaseVerdict::try_from(r.verdict).unwrap_or(LeaseVerdict::LeaseLost) {
             LeaseVerdict::Ok => {
-                tracing::info!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, published = r.published, "shard committed");
+                tracing::info!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt.get(), published = r.published, "shard committed");
                 Outcome::Committed
             }
             LeaseVerdict::Cancel => Outcome::Cancelled,
             _ => {
-                tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, "commit refused: lease lost (another attempt holds or finished the shard); nothing changed");
+                tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt.get(), "commit refused: lease lost (another attempt holds or finished the shard); nothing changed");
                 Outcome::LeaseLost
             }
         },
@@ -713,7 +719,7 @@ async fn complete(client: &Client, token: &pb::Token, tail: &Tail) -> Outcome {
 /// Reports a failed attempt as `reason` classifies it.
 async fn report_failure(
     client: &Client,
-    token: &pb::Token,
+    token: &LeaseToken,
     reason: ExitReason,
     error: &str,
     stop: &mut watch::Receiver<bool>,
@@ -725,13 +731,13 @@ async fn report_failure(
     };
     let what = reason.describe();
     if kind == pb::FailureKind::Infrastructure {
-        tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "{what}: the shard goes back to pending (its failure budget is untouched)");
+        tracing::warn!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt.get(), error, "{what}: the shard goes back to pending (its failure budget is untouched)");
     } else {
-        tracing::error!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt, error, "shard failed ({what})");
+        tracing::error!(sweep = %token.sweep, shard = %token.shard, attempt = token.attempt.get(), error, "shard failed ({what})");
     }
     let req = pb::FailRequest {
         protocol_version: PROTOCOL_VERSION,
-        token: Some(token.clone()),
+        token: Some(token.clone().into()),
         error: error.to_owned(),
         preempted: false,
         kind: kind.into(),
@@ -749,10 +755,10 @@ async fn report_failure(
     }
 }
 
-async fn release(client: &Client, token: &pb::Token) -> Outcome {
+async fn release(client: &Client, token: &LeaseToken) -> Outcome {
     let req = pb::FailRequest {
         protocol_version: PROTOCOL_VERSION,
-        token: Some(token.clone()),
+        token: Some(token.clone().into()),
         error: String::new(),
         preempted: true,
         kind: pb::FailureKind::Unspecified.into(),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineError;
 use crate::exec::ExecError;
 use crate::storage::StorageError;
+use crate::storage::ids::LeaseToken;
 
 /// One line of the child's stdout in staged mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,14 +37,11 @@ pub struct ProgressLine {
 pub struct ChildArgs {
     /// The shard's canonical config JSON, as leased.
     pub config_json: String,
-    /// The shard id the config must hash to (version skew between agent and child).
-    pub shard: String,
+    /// The lease: the child stages under its attempt, and the config must hash to its shard
+    /// (version skew between agent and child).
+    pub token: LeaseToken,
     /// Storage root of the sweep.
     pub results: String,
-    /// Sweep name.
-    pub sweep: String,
-    /// The lease's attempt number: the child stages under it.
-    pub attempt: u32,
     /// `--device`.
     pub device: String,
     /// Optimizer steps between checkpoints (0: never).
@@ -56,10 +54,10 @@ impl ChildArgs {
     pub fn argv(&self) -> Vec<OsString> {
         let flags: [(&str, String); 7] = [
             ("--config-json", self.config_json.clone()),
-            ("--expect-shard", self.shard.clone()),
+            ("--expect-shard", self.token.shard.to_string()),
             ("--out", self.results.clone()),
-            ("--sweep", self.sweep.clone()),
-            ("--attempt", self.attempt.to_string()),
+            ("--sweep", self.token.sweep.to_string()),
+            ("--attempt", self.token.attempt.to_string()),
             ("--device", self.device.clone()),
             ("--checkpoint-every", self.checkpoint_every.to_string()),
         ];
@@ -152,7 +150,7 @@ impl ExitReason {
             ExecError::Engine(e) => Self::of_engine_error(e),
             ExecError::Results(_) => Self::Application,
             // Results already at the final keys: running again cannot change that.
-            ExecError::AlreadyDone { .. } | ExecError::SweepName(_) => Self::Deterministic,
+            ExecError::AlreadyDone { .. } => Self::Deterministic,
         }
     }
 
@@ -266,10 +264,12 @@ mod tests {
     fn argv_names_every_field_once() {
         let a = ChildArgs {
             config_json: "{}".into(),
-            shard: "abc".into(),
+            token: LeaseToken {
+                sweep: "sw".parse().unwrap(),
+                shard: "abc".parse().unwrap(),
+                attempt: "7".parse().unwrap(),
+            },
             results: "/r".into(),
-            sweep: "sw".into(),
-            attempt: 7,
             device: "cpu".into(),
             checkpoint_every: 50,
         };

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::results::SCHEMA_VERSION;
 use crate::science::{AlphaGrid, GridError};
+use crate::storage::ids::ShardId;
 
 /// A shard config could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -832,15 +833,14 @@ impl ShardConfig {
     /// the same config under the same schema always lands in the same place. The environment
     /// is left out (`data.dir`: where this machine mounts the dataset; `data.loader_threads`:
     /// how fast it decodes): the same experiment on another mount is the same shard.
-    pub fn shard_id(&self) -> String {
+    pub fn shard_id(&self) -> ShardId {
         let mut experiment = self.clone();
         experiment.data.dir = None;
         experiment.data.loader_threads = DataConfig::default().loader_threads;
         let mut h = Sha256::new();
         h.update(experiment.canonical_json().as_bytes());
         h.update(format!("|schema={SCHEMA_VERSION}").as_bytes());
-        let digest = h.finalize();
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        ShardId::of_digest(&h.finalize()[..8])
     }
 }
 
@@ -856,7 +856,7 @@ pub fn check_submitted(id: &str, json: &str) -> Result<(), String> {
         );
     }
     let actual = cfg.shard_id();
-    if actual != id {
+    if actual.as_str() != id {
         return Err(format!("the config hashes to shard {actual}, not {id}"));
     }
     Ok(())
@@ -992,7 +992,7 @@ mod tests {
         let a = ShardConfig::default();
         let mut b = a.clone();
         assert_eq!(a.shard_id(), b.shard_id());
-        assert_eq!(a.shard_id().len(), 16);
+        assert_eq!(a.shard_id().as_str().len(), 16);
         b.seed = 1;
         assert_ne!(a.shard_id(), b.shard_id());
         // Where the data is mounted and how many threads decode it are not the experiment.

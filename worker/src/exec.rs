@@ -21,6 +21,7 @@ use crate::engine::{
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
 use crate::storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile, sha256_hex};
+use crate::storage::ids::{Attempt, ShardId, SweepName};
 use crate::storage::layout;
 use crate::storage::{Storage, StorageError};
 
@@ -45,16 +46,13 @@ pub enum ExecError {
         root: String,
         key: String,
     },
-    /// The sweep name is not usable as a partition value.
-    #[error("invalid sweep name `{0}`: {rule}", rule = crate::storage::layout::SWEEP_NAME_RULE)]
-    SweepName(String),
 }
 
 /// What [`run`] wrote and computed.
 #[derive(Debug, Clone)]
 pub struct ExecReport {
     /// The shard id.
-    pub shard: String,
+    pub shard: ShardId,
     /// The engine's outcome.
     pub outcome: ShardOutcome,
     /// Keys written, relative to the storage root.
@@ -71,18 +69,8 @@ pub enum Placement {
     /// Under the staging prefix of this attempt of a lease; the coordinator publishes it.
     Staged {
         /// The lease's attempt number (the fencing token).
-        attempt: u32,
+        attempt: Attempt,
     },
-}
-
-/// Checks that a sweep name is a safe, non-numeric hive partition value (so that DuckDB and
-/// Polars never infer it as a number or a date).
-pub fn check_sweep_name(name: &str) -> Result<(), ExecError> {
-    if crate::sweep::valid_sweep_name(name) {
-        Ok(())
-    } else {
-        Err(ExecError::SweepName(name.to_owned()))
-    }
 }
 
 #[derive(Serialize)]
@@ -102,7 +90,7 @@ struct Manifest<'a> {
 
 struct StorageSink<'a> {
     storage: &'a Storage,
-    shard: &'a str,
+    shard: &'a ShardId,
     /// This attempt's staging prefix (`None`: a direct `exec` writes the final keys).
     staging: Option<&'a str>,
     entries: Vec<ManifestEntry>,
@@ -110,7 +98,7 @@ struct StorageSink<'a> {
     /// Staged runs only: every file staged so far, for the attempt manifest.
     files: Vec<StagedFile>,
     /// Staged runs only: (sweep, attempt, checkpoint every N steps).
-    staged: Option<(&'a str, u32, u64)>,
+    staged: Option<(&'a SweepName, Attempt, u64)>,
     last_checkpoint: Option<String>,
 }
 
@@ -237,7 +225,7 @@ impl SnapshotSink for StorageSink<'_> {
         };
         let shard_staging = layout::shard_staging(sweep, self.shard);
         // Complete checkpoints (state.json present) of earlier attempts, latest first.
-        let mut candidates: Vec<(u64, u32, String)> = self
+        let mut candidates: Vec<(u64, Attempt, String)> = self
             .storage
             .list(&shard_staging)
             .map_err(sink_err)?
@@ -278,8 +266,8 @@ impl StorageSink<'_> {
     /// checks their hashes. `Ok(Err(reason))`: it cannot be used; `Err`: storage failed.
     fn verified_checkpoint(
         &self,
-        sweep: &str,
-        from: u32,
+        sweep: &SweepName,
+        from: Attempt,
         state_key: &str,
     ) -> Result<Result<Loaded, String>, EngineError> {
         let dir = layout::checkpoint_of(state_key).map_or(state_key, |(_, d)| d);
@@ -324,7 +312,7 @@ impl StorageSink<'_> {
     }
 
     /// Makes a verified checkpoint this attempt's: its snapshots are stored again here.
-    fn adopt(&mut self, loaded: Loaded, from: u32) -> Result<Resume, EngineError> {
+    fn adopt(&mut self, loaded: Loaded, from: Attempt) -> Result<Resume, EngineError> {
         let Loaded {
             state,
             model,
@@ -343,7 +331,7 @@ impl StorageSink<'_> {
         }
         tracing::info!(
             step = state.step,
-            from_attempt = from,
+            from_attempt = from.get(),
             "resuming from a verified checkpoint"
         );
         Ok(Resume {
@@ -369,19 +357,18 @@ pub fn run(
     cfg: &ShardConfig,
     device: &ComputeDevice,
     storage: &Storage,
-    sweep: &str,
+    sweep: &SweepName,
     placement: Placement,
     checkpoint_every: u64,
     progress: &dyn Progress,
 ) -> Result<ExecReport, ExecError> {
-    check_sweep_name(sweep)?;
     let shard = cfg.shard_id();
     let (staging, attempt) = match placement {
         Placement::Direct => {
             let runs_key = result_key(layout::COMMIT_TABLE, sweep, &shard);
             if storage.exists(&runs_key)? {
                 return Err(ExecError::AlreadyDone {
-                    shard,
+                    shard: shard.to_string(),
                     root: storage.root().to_owned(),
                     key: runs_key,
                 });
@@ -390,11 +377,11 @@ pub fn run(
         }
         Placement::Staged { attempt } => (
             Some(layout::staging_prefix(sweep, &shard, attempt)),
-            attempt,
+            attempt.get(),
         ),
     };
     let staging = staging.as_deref();
-    tracing::info!(shard = %shard, sweep, root = storage.root(), attempt, "running shard");
+    tracing::info!(%shard, %sweep, root = storage.root(), attempt, "running shard");
 
     let staged = matches!(placement, Placement::Staged { .. });
     let mut files = Vec::new();
@@ -430,7 +417,7 @@ pub fn run(
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
     let manifest_rel = layout::snapshot_manifest_key(&shard);
     let manifest = Manifest {
-        shard: &shard,
+        shard: shard.as_str(),
         format: "safetensors",
         snapshots: &sink.entries,
     };
@@ -444,7 +431,7 @@ pub fn run(
     written.push(layout::placed(staging, &manifest_rel));
 
     let key = RunKey {
-        shard: &shard,
+        shard: shard.as_str(),
         attempt,
     };
     let finished = std::time::SystemTime::now()
@@ -472,7 +459,7 @@ pub fn run(
     if let Placement::Staged { attempt } = placement {
         // Written last: the coordinator publishes what it lists, after checking it.
         let manifest = AttemptManifest {
-            sweep: sweep.to_owned(),
+            sweep: sweep.clone(),
             shard: shard.clone(),
             attempt,
             schema_version: results::SCHEMA_VERSION,

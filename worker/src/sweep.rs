@@ -51,7 +51,7 @@ pub const DEFAULT_MAX_SHARDS: usize = 1_000_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedShard {
     /// Stable shard id (config hash).
-    pub id: String,
+    pub id: ShardId,
     /// The full config.
     pub config: ShardConfig,
     /// The grid (or include) values that made this shard, as `(path, value)` for display.
@@ -62,7 +62,7 @@ pub struct PlannedShard {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPlan {
     /// Sweep name: the results partition `sweep=<name>`.
-    pub name: String,
+    pub name: SweepName,
     /// `[storage] results`, if given.
     pub results: Option<String>,
     /// Shards in grid order (the first grid key in the file varies slowest), then includes;
@@ -74,7 +74,7 @@ pub struct SweepPlan {
     pub base_json: String,
 }
 
-pub use crate::storage::layout::valid_sweep_name;
+use crate::storage::ids::{ShardId, SweepName};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -115,66 +115,139 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         },
         message,
     };
-    let mut doc: toml::Table = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
+    let doc: toml::Table = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
+    let spec = Spec::of(doc, &invalid)?;
+    check_shared(&spec.base, &invalid)?;
+    let base_json = flat_json(&spec.base);
+    let (axes, axis_keys) = grid_axes(spec.grid, &invalid)?;
+    let resolve_table =
+        |t: toml::Table, section: &str| -> Result<Vec<(String, toml::Value)>, ConfigError> {
+            t.into_iter()
+                .map(|(k, v)| Ok((resolve(&k).map_err(|m| invalid(section, &k, m))?, v)))
+                .collect()
+        };
+    let excludes: Vec<Point> = spec
+        .excludes
+        .into_iter()
+        .map(|t| resolve_table(t, "exclude"))
+        .collect::<Result<_, _>>()?;
+    let total = grid_size(&axes, spec.includes.len(), spec.max_shards, &invalid)?;
+    check_axis_values(&spec.base, &axes, &axis_keys, &invalid)?;
+    let includes: Vec<Point> = spec
+        .includes
+        .into_iter()
+        .map(|inc| resolve_table(inc, "include"))
+        .collect::<Result<_, _>>()?;
+    // A spec without a grid and without includes is a sweep of one shard: its shared values
+    // (so any shard config, such as examples/shard-mnist-mlp.toml, plans as itself).
+    let lone = (axes.is_empty() && includes.is_empty()).then(Vec::new);
+    // Streamed: a combination that fails validation is reported at its own point, not after
+    // the whole product has been built.
+    let points = grid_points(&axes, total)
+        .filter(|p| !excluded(p, &excludes))
+        .chain(lone)
+        .chain(includes);
+    let mut shards: Vec<PlannedShard> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for point in points {
+        let shard = shard_of(&spec.base, point, file, &invalid)?;
+        if seen.insert(shard.id.clone()) {
+            shards.push(shard);
+        }
+    }
+    if shards.is_empty() {
+        return Err(invalid(
+            "",
+            "grid",
+            "the sweep has no shards: every grid point is excluded".into(),
+        ));
+    }
+    Ok(SweepPlan {
+        name: spec.name,
+        results: spec.results,
+        shards,
+        base_json,
+    })
+}
 
-    let name = match doc.remove("name") {
-        Some(toml::Value::String(n)) if valid_sweep_name(&n) => n,
-        Some(toml::Value::String(n)) => {
-            return Err(invalid(
-                "",
-                "name",
-                format!(
-                    "`{n}` is not a sweep name: {}",
-                    crate::storage::layout::SWEEP_NAME_RULE
-                ),
-            ));
-        }
-        Some(_) => return Err(invalid("", "name", "must be a string".into())),
-        None => return Err(invalid("", "name", "every sweep needs a `name`".into())),
-    };
-    let results = match doc.remove("storage") {
-        Some(v) => {
-            Storage::deserialize(v)
-                .map_err(|e| invalid("storage", "results", e.message().to_owned()))?
-                .results
-        }
-        None => None,
-    };
-    let max_shards = match doc.remove("max_shards") {
-        None => DEFAULT_MAX_SHARDS,
-        Some(toml::Value::Integer(n)) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-        Some(_) => {
-            return Err(invalid(
-                "",
-                "max_shards",
-                "must be a positive integer".into(),
-            ));
-        }
-    };
-    let grid = match doc.remove("grid") {
-        Some(toml::Value::Table(t)) => t,
-        Some(_) => return Err(invalid("", "grid", "must be a table of lists".into())),
-        None => toml::Table::new(),
-    };
-    let tables = |key: &str, doc: &mut toml::Table| -> Result<Vec<toml::Table>, ConfigError> {
-        match doc.remove(key) {
-            None => Ok(Vec::new()),
-            Some(toml::Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    toml::Value::Table(t) => Ok(t),
-                    _ => Err(invalid("", key, format!("use [[{key}]] tables"))),
-                })
-                .collect(),
-            Some(_) => Err(invalid("", key, format!("use [[{key}]] tables"))),
-        }
-    };
-    let includes = tables("include", &mut doc)?;
-    let excludes = tables("exclude", &mut doc)?;
-    debug_assert!(SWEEP_KEYS.iter().all(|k| !doc.contains_key(*k)));
-    // The shared defaults are checked key by key here, where lines are still known; the
-    // per-shard deserialisation below then only meets values coming from the grid.
-    for (key, value) in &doc {
+/// How a spec error is reported: `(section, key, message)` → an error naming file and line.
+type Invalid<'a> = &'a dyn Fn(&str, &str, String) -> ConfigError;
+
+/// A spec split into its sweep keys and its shared shard-config values.
+struct Spec {
+    name: SweepName,
+    results: Option<String>,
+    max_shards: usize,
+    grid: toml::Table,
+    includes: Vec<toml::Table>,
+    excludes: Vec<toml::Table>,
+    /// Everything else: the values every shard shares.
+    base: toml::Table,
+}
+
+impl Spec {
+    /// Takes the sweep keys ([`SWEEP_KEYS`]) out of `doc`, each checked for its type.
+    fn of(mut doc: toml::Table, invalid: Invalid<'_>) -> Result<Spec, ConfigError> {
+        let name = match doc.remove("name") {
+            Some(toml::Value::String(n)) => {
+                SweepName::parse(n).map_err(|e| invalid("", "name", e.to_string()))?
+            }
+            Some(_) => return Err(invalid("", "name", "must be a string".into())),
+            None => return Err(invalid("", "name", "every sweep needs a `name`".into())),
+        };
+        let results = match doc.remove("storage") {
+            Some(v) => {
+                Storage::deserialize(v)
+                    .map_err(|e| invalid("storage", "results", e.message().to_owned()))?
+                    .results
+            }
+            None => None,
+        };
+        let max_shards = match doc.remove("max_shards") {
+            None => DEFAULT_MAX_SHARDS,
+            Some(toml::Value::Integer(n)) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                let message = "must be a positive integer".into();
+                return Err(invalid("", "max_shards", message));
+            }
+        };
+        let grid = match doc.remove("grid") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(invalid("", "grid", "must be a table of lists".into())),
+            None => toml::Table::new(),
+        };
+        let mut tables = |key: &str| -> Result<Vec<toml::Table>, ConfigError> {
+            let wrong = || invalid("", key, format!("use [[{key}]] tables"));
+            match doc.remove(key) {
+                None => Ok(Vec::new()),
+                Some(toml::Value::Array(items)) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        toml::Value::Table(t) => Ok(t),
+                        _ => Err(wrong()),
+                    })
+                    .collect(),
+                Some(_) => Err(wrong()),
+            }
+        };
+        let (includes, excludes) = (tables("include")?, tables("exclude")?);
+        debug_assert!(SWEEP_KEYS.iter().all(|k| !doc.contains_key(*k)));
+        Ok(Spec {
+            name,
+            results,
+            max_shards,
+            grid,
+            includes,
+            excludes,
+            base: doc,
+        })
+    }
+}
+
+/// The shared values are checked key by key here, where lines are still known; the per-shard
+/// deserialisation then only meets values coming from the grid.
+fn check_shared(base: &toml::Table, invalid: Invalid<'_>) -> Result<(), ConfigError> {
+    for (key, value) in base {
         match value {
             toml::Value::Table(fields) => {
                 for field in fields.keys() {
@@ -194,9 +267,13 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
             }
         }
     }
-    let base = doc;
+    Ok(())
+}
+
+/// The shared values as a canonical JSON object of dotted keys ([`SweepPlan::base_json`]).
+fn flat_json(base: &toml::Table) -> String {
     let mut flat = std::collections::BTreeMap::new();
-    for (key, value) in &base {
+    for (key, value) in base {
         match value {
             toml::Value::Table(fields) => {
                 for (field, v) in fields {
@@ -209,43 +286,41 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         }
     }
     // Serializing a map of TOML values to JSON cannot fail.
-    let base_json = serde_json::to_string(&flat).unwrap_or_default();
+    serde_json::to_string(&flat).unwrap_or_default()
+}
 
-    // Grid axes: resolved path and values.
+/// The grid's axes (resolved path, values) and the keys as the spec spells them.
+#[allow(clippy::type_complexity)]
+fn grid_axes(
+    grid: toml::Table,
+    invalid: Invalid<'_>,
+) -> Result<(Vec<(String, Vec<toml::Value>)>, Vec<String>), ConfigError> {
     let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
     let mut axis_keys: Vec<String> = Vec::new();
     for (key, values) in grid {
         let path = resolve(&key).map_err(|m| invalid("grid", &key, m))?;
         let toml::Value::Array(values) = values else {
-            return Err(invalid(
-                "grid",
-                &key,
-                "grid values are lists, e.g. [0, 1, 2]".into(),
-            ));
+            let message = "grid values are lists, e.g. [0, 1, 2]".into();
+            return Err(invalid("grid", &key, message));
         };
         if values.is_empty() {
-            return Err(invalid(
-                "grid",
-                &key,
-                "an empty list gives an empty grid".into(),
-            ));
+            let message = "an empty list gives an empty grid".into();
+            return Err(invalid("grid", &key, message));
         }
         axes.push((path, values));
         axis_keys.push(key);
     }
-    let resolve_table =
-        |t: toml::Table, section: &str| -> Result<Vec<(String, toml::Value)>, ConfigError> {
-            t.into_iter()
-                .map(|(k, v)| Ok((resolve(&k).map_err(|m| invalid(section, &k, m))?, v)))
-                .collect()
-        };
-    let excludes: Vec<Vec<(String, toml::Value)>> = excludes
-        .into_iter()
-        .map(|t| resolve_table(t, "exclude"))
-        .collect::<Result<_, _>>()?;
+    Ok((axes, axis_keys))
+}
 
-    // The cartesian product in mixed radix: point n picks digit k of n for axis k, the last
-    // axis varying fastest. No axes, no grid points (only includes).
+/// The number of grid points (0 without axes: only includes), refused above `max_shards`
+/// together with the includes.
+fn grid_size(
+    axes: &[(String, Vec<toml::Value>)],
+    includes: usize,
+    max_shards: usize,
+    invalid: Invalid<'_>,
+) -> Result<usize, ConfigError> {
     let total: usize = if axes.is_empty() {
         0
     } else {
@@ -253,78 +328,48 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
             .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
             .unwrap_or(usize::MAX)
     };
-    if total.saturating_add(includes.len()) > max_shards {
-        let sizes: Vec<String> = axes
-            .iter()
-            .map(|(p, v)| format!("{p}: {}", v.len()))
-            .collect();
-        return Err(invalid(
-            "",
-            "grid",
-            format!(
-                "the grid expands to {} shards ({}), more than max_shards = {max_shards}; \
-                 set `max_shards` at the top of the spec to allow more",
-                if total == usize::MAX {
-                    "too many".to_owned()
-                } else {
-                    total.to_string()
-                },
-                sizes.join(" × ")
-            ),
-        ));
+    if total.saturating_add(includes) <= max_shards {
+        return Ok(total);
     }
-    // Each grid value alone over the shared values must at least be of the field's type (a
-    // string where a number goes, an unknown optimizer): caught here, before any expansion.
-    for ((path, values), key) in axes.iter().zip(&axis_keys) {
+    let sizes: Vec<String> = axes
+        .iter()
+        .map(|(p, v)| format!("{p}: {}", v.len()))
+        .collect();
+    let count = if total == usize::MAX {
+        "too many".to_owned()
+    } else {
+        total.to_string()
+    };
+    Err(invalid(
+        "",
+        "grid",
+        format!(
+            "the grid expands to {count} shards ({}), more than max_shards = {max_shards}; \
+             set `max_shards` at the top of the spec to allow more",
+            sizes.join(" × ")
+        ),
+    ))
+}
+
+/// Each grid value alone over the shared values must at least be of the field's type (a
+/// string where a number goes, an unknown optimizer): caught here, before any expansion.
+fn check_axis_values(
+    base: &toml::Table,
+    axes: &[(String, Vec<toml::Value>)],
+    axis_keys: &[String],
+    invalid: Invalid<'_>,
+) -> Result<(), ConfigError> {
+    for ((path, values), key) in axes.iter().zip(axis_keys) {
         for value in values {
             let mut table = base.clone();
             set_path(&mut table, path, value.clone());
             if let Err(e) = ShardConfig::deserialize(toml::Value::Table(table)) {
-                return Err(invalid(
-                    "grid",
-                    key,
-                    format!(
-                        "{path} = {value}: {}",
-                        e.message().trim().replace('\n', " ")
-                    ),
-                ));
+                let message = e.message().trim().replace('\n', " ");
+                return Err(invalid("grid", key, format!("{path} = {value}: {message}")));
             }
         }
     }
-    let includes: Vec<Vec<(String, toml::Value)>> = includes
-        .into_iter()
-        .map(|inc| resolve_table(inc, "include"))
-        .collect::<Result<_, _>>()?;
-    // A spec without a grid and without includes is a sweep of one shard: its shared values
-    // (so any shard config, such as examples/shard-mnist-mlp.toml, plans as itself).
-    let lone = (axes.is_empty() && includes.is_empty()).then(Vec::new);
-    // Streamed: a combination that fails validation is reported at its own point, not after
-    // the whole product has been built.
-    let points = grid_points(&axes, total)
-        .filter(|p| !excluded(p, &excludes))
-        .chain(lone)
-        .chain(includes);
-    let mut shards: Vec<PlannedShard> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for point in points {
-        let shard = shard_of(&base, point, file, &invalid)?;
-        if seen.insert(shard.id.clone()) {
-            shards.push(shard);
-        }
-    }
-    if shards.is_empty() {
-        return Err(invalid(
-            "",
-            "grid",
-            "the sweep has no shards: every grid point is excluded".into(),
-        ));
-    }
-    Ok(SweepPlan {
-        name,
-        results,
-        shards,
-        base_json,
-    })
+    Ok(())
 }
 
 /// A grid point: `(path, value)` per axis.
@@ -357,7 +402,7 @@ fn shard_of(
     base: &toml::Table,
     point: Point,
     file: &str,
-    invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+    invalid: Invalid<'_>,
 ) -> Result<PlannedShard, ConfigError> {
     let mut table = base.clone();
     for (path, value) in &point {

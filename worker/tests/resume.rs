@@ -8,6 +8,11 @@ use linesweep_worker::device::ComputeDevice;
 use linesweep_worker::engine::{Phase, Progress};
 use linesweep_worker::exec::{self, ExecError, Placement};
 use linesweep_worker::storage::Storage;
+use linesweep_worker::storage::ids::{Attempt, SweepName};
+
+fn sweep(name: &str) -> SweepName {
+    SweepName::parse(name).unwrap()
+}
 
 /// Asks the run to stop once `at` training steps are done.
 struct StopAt {
@@ -155,12 +160,14 @@ fn interrupted_tampered_then_resumed_equals_whole(stop: u64, tamper: impl Fn(&St
     let cfg = cfg();
     let device = ComputeDevice::cpu();
     let shard = cfg.shard_id();
-    let staged = |attempt| Placement::Staged { attempt };
+    let staged = |n| Placement::Staged {
+        attempt: Attempt::new(n).unwrap(),
+    };
     exec::run(
         &cfg,
         &device,
         &whole_root,
-        "s",
+        &sweep("s"),
         staged(1),
         6,
         &StopAt::new(u64::MAX),
@@ -171,7 +178,7 @@ fn interrupted_tampered_then_resumed_equals_whole(stop: u64, tamper: impl Fn(&St
         &cfg,
         &device,
         &storage,
-        "s",
+        &sweep("s"),
         staged(1),
         6,
         &StopAt::new(stop),
@@ -199,7 +206,7 @@ fn interrupted_tampered_then_resumed_equals_whole(stop: u64, tamper: impl Fn(&St
         &cfg,
         &device,
         &storage,
-        "s",
+        &sweep("s"),
         staged(2),
         6,
         &StopAt::new(u64::MAX),
@@ -304,12 +311,14 @@ alpha_points = 5
     .unwrap();
     let storage = Storage::open(tmp.path().join("out").to_str().unwrap()).unwrap();
     let device = ComputeDevice::cpu();
-    let staged = |attempt| Placement::Staged { attempt };
+    let staged = |n| Placement::Staged {
+        attempt: Attempt::new(n).unwrap(),
+    };
     let whole = exec::run(
         &cfg,
         &device,
         &storage,
-        "w",
+        &sweep("w"),
         staged(1),
         2,
         &StopAt::new(u64::MAX),
@@ -320,13 +329,21 @@ alpha_points = 5
     .skipped_images;
     // 12 training images, 3 steps per epoch: stopped after step 3 (one epoch, both bad
     // images met), resumed for the second.
-    exec::run(&cfg, &device, &storage, "r", staged(1), 2, &StopAt::new(3))
-        .expect_err("the run was asked to stop");
+    exec::run(
+        &cfg,
+        &device,
+        &storage,
+        &sweep("r"),
+        staged(1),
+        2,
+        &StopAt::new(3),
+    )
+    .expect_err("the run was asked to stop");
     let resumed = exec::run(
         &cfg,
         &device,
         &storage,
-        "r",
+        &sweep("r"),
         staged(2),
         2,
         &StopAt::new(u64::MAX),

@@ -22,7 +22,9 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::lease::{Failure, LeasePolicy, Millis, Publish, Refused, Shard, ShardState, StateKind};
+use crate::lease::{
+    Attempt, Failure, LeasePolicy, Millis, Publish, Refused, Shard, ShardState, StateKind,
+};
 
 /// The ledger refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub struct Lease {
     /// Shard id.
     pub shard: String,
     /// The fencing token: every later call names it.
-    pub attempt: u32,
+    pub attempt: Attempt,
     /// The shard's canonical config JSON.
     pub config_json: String,
 }
@@ -130,7 +132,7 @@ pub struct RecoveredShard {
     /// Shard id.
     pub id: String,
     /// The attempt whose results are published.
-    pub attempt: u32,
+    pub attempt: Attempt,
     /// Its canonical config JSON (from the `runs` row).
     pub config_json: String,
 }
@@ -289,11 +291,12 @@ impl Ledger {
         conn.execute_batch(SCHEMA).map_err(|e| classify(e, &path))?;
         migrate(&conn).map_err(|e| classify(e, &path))?;
         // A ledger written before `sweep_commits` existed: its rates, from its events, once.
-        conn.execute_batch(
+        conn.execute(
             "insert or ignore into sweep_commits(sweep, n, first_ms, last_ms)
              select sweep, count(*), min(at_ms), max(at_ms) from events
-             where kind = 'committed' and not exists (select 1 from sweep_commits)
+             where kind = ?1 and not exists (select 1 from sweep_commits)
              group by sweep",
+            [COMMITTED_EVENT],
         )
         .map_err(|e| classify(e, &path))?;
         Ok(Self {
@@ -401,10 +404,12 @@ impl Ledger {
         if let Some((_, first)) = shards.first() {
             let mut packer = configs::Packer::of(&tx, sweep, first)?;
             let mut insert = tx.prepare(
-                "insert or ignore into shards(sweep, id, config_json, config_z, state) values (?1, ?2, '', ?3, 'pending')",
+                "insert or ignore into shards(sweep, id, config_json, config_z, state) values (?1, ?2, '', ?3, ?4)",
             )?;
+            let pending = StateKind::Pending.name();
             for (id, config) in shards {
-                added += insert.execute(params![sweep, id, packer.pack(sweep, config)?])?;
+                added +=
+                    insert.execute(params![sweep, id, packer.pack(sweep, config)?, pending])?;
             }
         }
         tx.commit()?;
@@ -454,8 +459,8 @@ impl Ledger {
                 let packed = packer.pack(sweep, &f.config_json)?;
                 let mut recovered = tx.execute(
                     "insert or ignore into shards(sweep, id, config_json, config_z, state, attempts, committed_attempt)
-                     values (?1, ?2, '', ?3, 'committed', ?4, ?4)",
-                    params![sweep, f.id, packed, f.attempt],
+                     values (?1, ?2, '', ?3, ?5, ?4, ?4)",
+                    params![sweep, f.id, packed, f.attempt.get(), StateKind::Committed.name()],
                 )? == 1;
                 if !recovered
                     && let Some(next) = load(&tx, &self.path, sweep, &f.id)?.recover(f.attempt)
@@ -464,7 +469,7 @@ impl Ledger {
                     recovered = true;
                 }
                 if recovered {
-                    event(&tx, now, sweep, &f.id, f.attempt, "recovered", None)?;
+                    event(&tx, now, sweep, &f.id, f.attempt.get(), "recovered", None)?;
                     changed += 1;
                 }
             }
@@ -480,8 +485,8 @@ impl Ledger {
         type Next = (String, String, String, Option<Vec<u8>>);
         let next: Option<Next> = tx
             .query_row(
-                "select sweep, id, config_json, config_z from shards where state = 'pending' order by rowid limit 1",
-                [],
+                "select sweep, id, config_json, config_z from shards where state = ?1 order by rowid limit 1",
+                [StateKind::Pending.name()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
@@ -492,7 +497,15 @@ impl Ledger {
         let current = load(&tx, &self.path, &sweep, &shard)?;
         let (leased, attempt) = current.lease(worker, now, &policy)?;
         store(&tx, &sweep, &shard, &leased)?;
-        event(&tx, now, &sweep, &shard, attempt, "leased", Some(worker))?;
+        event(
+            &tx,
+            now,
+            &sweep,
+            &shard,
+            attempt.get(),
+            "leased",
+            Some(worker),
+        )?;
         tx.commit()?;
         Ok(Some(Lease {
             sweep,
@@ -504,7 +517,7 @@ impl Ledger {
 
     fn transition(
         &mut self,
-        (sweep, shard, attempt): (&str, &str, u32),
+        (sweep, shard, attempt): (&str, &str, Attempt),
         now: Millis,
         logged: Option<(&str, Option<&str>)>,
         f: impl FnOnce(&Shard) -> Result<Shard, Refused>,
@@ -514,7 +527,7 @@ impl Ledger {
         let next = f(&current)?;
         store(&tx, sweep, shard, &next)?;
         if let Some((kind, detail)) = logged {
-            event(&tx, now, sweep, shard, attempt, kind, detail)?;
+            event(&tx, now, sweep, shard, attempt.get(), kind, detail)?;
         }
         tx.commit()?;
         Ok(next)
@@ -525,7 +538,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
     ) -> Result<(), LedgerError> {
         let policy = self.policy;
@@ -541,7 +554,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
     ) -> Result<(), LedgerError> {
         // A repeated completion of the committed attempt is answered without a second event.
@@ -563,7 +576,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
     ) -> Result<Publish, LedgerError> {
         let tx = self.conn.savepoint()?;
@@ -571,7 +584,7 @@ impl Ledger {
         let decision = current.begin_publish(attempt, now)?;
         if let Publish::Start(next) = &decision {
             store(&tx, sweep, shard, next)?;
-            event(&tx, now, sweep, shard, attempt, "publishing", None)?;
+            event(&tx, now, sweep, shard, attempt.get(), "publishing", None)?;
         }
         tx.commit()?;
         Ok(decision)
@@ -582,7 +595,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
     ) -> Result<(), LedgerError> {
         self.transition(
@@ -599,7 +612,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         (kind, error): (Failure, &str),
         now: Millis,
     ) -> Result<ShardState, LedgerError> {
@@ -618,7 +631,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         (kind, error): (Failure, &str),
         now: Millis,
     ) -> Result<ShardState, LedgerError> {
@@ -637,7 +650,7 @@ impl Ledger {
         &mut self,
         sweep: &str,
         shard: &str,
-        attempt: u32,
+        attempt: Attempt,
         now: Millis,
     ) -> Result<(), LedgerError> {
         self.transition(
@@ -653,22 +666,25 @@ impl Ledger {
     pub fn expire_leases(
         &mut self,
         now: Millis,
-    ) -> Result<Vec<(String, String, u32)>, LedgerError> {
+    ) -> Result<Vec<(String, String, Attempt)>, LedgerError> {
         let tx = self.conn.savepoint()?;
         let due: Vec<(String, String)> = {
-            let mut q = tx.prepare(
-                "select sweep, id from shards where state = 'leased' and expires_at <= ?1",
-            )?;
-            q.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
+            let mut q =
+                tx.prepare("select sweep, id from shards where state = ?2 and expires_at <= ?1")?;
+            q.query_map(params![now, StateKind::Leased.name()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
         };
         let mut expired = Vec::new();
         for (sweep, shard) in due {
             let current = load(&tx, &self.path, &sweep, &shard)?;
-            if let Some(next) = current.expire(now) {
+            if let (Some(next), ShardState::Leased { attempt, .. }) =
+                (current.expire(now), &current.state)
+            {
                 store(&tx, &sweep, &shard, &next)?;
-                event(&tx, now, &sweep, &shard, current.attempts, "expired", None)?;
-                expired.push((sweep, shard, current.attempts));
+                event(&tx, now, &sweep, &shard, attempt.get(), "expired", None)?;
+                expired.push((sweep, shard, *attempt));
             }
         }
         tx.commit()?;
@@ -697,8 +713,8 @@ impl Ledger {
     ) -> Result<usize, LedgerError> {
         let tx = self.conn.savepoint()?;
         let held: Vec<(String, String)> = {
-            let mut q = tx.prepare("select sweep, id from shards where state = 'leased'")?;
-            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let mut q = tx.prepare("select sweep, id from shards where state = ?1")?;
+            q.query_map([StateKind::Leased.name()], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
         for (sweep, shard) in &held {
@@ -861,7 +877,7 @@ impl Ledger {
     }
 
     /// Shards caught between intent and commit (after a crash): `(sweep, shard, attempt)`.
-    pub fn publishing(&self) -> Result<Vec<(String, String, u32)>, LedgerError> {
+    pub fn publishing(&self) -> Result<Vec<linesweep_storage::ids::LeaseToken>, LedgerError> {
         self.reads().publishing()
     }
 
@@ -957,7 +973,7 @@ fn store(conn: &Connection, sweep: &str, shard: &str, s: &Shard) -> Result<(), L
             worker, expires_at, ..
         } => (Some(worker.as_str()), Some(*expires_at), None),
         ShardState::Publishing { attempt } | ShardState::Committed { attempt } => {
-            (None, None, Some(*attempt))
+            (None, None, Some(attempt.get()))
         }
         _ => (None, None, None),
     };
@@ -999,6 +1015,18 @@ const COMMITTED_EVENT: &str = "committed";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(n: u32) -> Attempt {
+        Attempt::new(n).unwrap()
+    }
+
+    fn token(sweep: &str, shard: &str, n: u32) -> linesweep_storage::ids::LeaseToken {
+        linesweep_storage::ids::LeaseToken {
+            sweep: sweep.parse().unwrap(),
+            shard: shard.parse().unwrap(),
+            attempt: at(n),
+        }
+    }
 
     const P: LeasePolicy = LeasePolicy {
         ttl_ms: 1_000,
@@ -1066,7 +1094,7 @@ mod tests {
             // A second completion by another attempt (duplicate publisher) is refused; the same
             // attempt retrying after a lost reply is answered and changes nothing.
             assert!(matches!(
-                l.complete(&lease.sweep, &lease.shard, lease.attempt + 1, 21),
+                l.complete(&lease.sweep, &lease.shard, lease.attempt.next(), 21),
                 Err(LedgerError::Refused(Refused::LeaseLost { .. }))
             ));
             l.complete(&lease.sweep, &lease.shard, lease.attempt, 21)
@@ -1088,10 +1116,10 @@ mod tests {
         assert_eq!(l.expire_leases(999).unwrap().len(), 0);
         assert_eq!(
             l.expire_leases(1_000).unwrap(),
-            vec![("sw".into(), "s0".into(), 1)]
+            vec![("sw".into(), "s0".into(), at(1))]
         );
         let second = l.lease("w2", 1_001).unwrap().unwrap();
-        assert_eq!(second.attempt, 2);
+        assert_eq!(second.attempt, at(2));
         assert!(matches!(
             l.heartbeat("sw", "s0", first.attempt, 1_002),
             Err(LedgerError::Refused(_))
@@ -1104,7 +1132,7 @@ mod tests {
         let s = l.shard("sw", "s0").unwrap();
         assert_eq!(
             (s.state, s.interruptions, s.failures),
-            (ShardState::Committed { attempt: 2 }, 1, 0)
+            (ShardState::Committed { attempt: at(2) }, 1, 0)
         );
         assert_eq!(l.events("sw", "s0", "committed").unwrap(), 1);
     }
@@ -1141,7 +1169,10 @@ mod tests {
         );
         assert_eq!(l.retry("sw", None, 4).unwrap(), 1);
         let again = l.lease("w", 5).unwrap().unwrap();
-        assert_eq!((again.shard.as_str(), again.attempt), (b.shard.as_str(), 3));
+        assert_eq!(
+            (again.shard.as_str(), again.attempt),
+            (b.shard.as_str(), at(3))
+        );
         assert!(matches!(
             l.retry("sw", Some(&["nope".into()]), 6),
             Err(LedgerError::UnknownShard { .. })
@@ -1201,9 +1232,9 @@ mod tests {
         }
         let mut l = Ledger::open(&path, P).unwrap();
         assert!(l.expire_leases(1_000_000).unwrap().is_empty());
-        assert_eq!(l.publishing().unwrap(), vec![("sw".into(), "s0".into(), 1)]);
+        assert_eq!(l.publishing().unwrap(), vec![token("sw", "s0", 1)]);
         assert_eq!(l.cancel("sw", true, 5).unwrap(), 0);
-        l.commit("sw", "s0", 1, 1_000_001).unwrap();
+        l.commit("sw", "s0", at(1), 1_000_001).unwrap();
         assert!(l.publishing().unwrap().is_empty());
         let st = l.status("sw").unwrap();
         assert_eq!(st.counts.get("committed"), Some(&1));
@@ -1227,7 +1258,7 @@ mod tests {
         // Down for 10 s: without the grace the lease would expire at once.
         assert_eq!(l.restart_grace(10_000).unwrap(), 1);
         assert!(l.expire_leases(10_500).unwrap().is_empty());
-        l.heartbeat("sw", "s0", 1, 10_900).unwrap();
+        l.heartbeat("sw", "s0", at(1), 10_900).unwrap();
         assert_eq!(l.counts("sw").unwrap().get("leased"), Some(&1));
     }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{LedgerError, ShardRow, SweepStatus};
-use crate::lease::{Millis, Shard, ShardState, StateKind};
+use crate::lease::{Attempt, Millis, Shard, ShardState, StateKind};
+use linesweep_storage::ids::{IdError, LeaseToken, ShardId, SweepName};
 
 /// At most this many failed shards are listed by [`Reads::status`] (the counts are exact): a
 /// sweep of a million failed shards must not become a reply of a million rows.
@@ -72,15 +73,26 @@ pub(super) fn decode_offset(
     let attempts: u32 = r.get(at + 2)?;
     let (worker, expires_at, committed): (Option<String>, Option<i64>, Option<u32>) =
         (r.get(at + 3)?, r.get(at + 4)?, r.get(at + 5)?);
-    let state = match (StateKind::parse(&state), worker, expires_at, committed) {
+    // A stored attempt number of 0 is as inconsistent as a missing one.
+    let leased = Attempt::new(attempts).ok();
+    let committed = committed.and_then(|a| Attempt::new(a).ok());
+    let state = match (
+        StateKind::parse(&state),
+        worker,
+        expires_at,
+        committed,
+        leased,
+    ) {
         (Some(StateKind::Pending), ..) => ShardState::Pending,
-        (Some(StateKind::Leased), Some(worker), Some(expires_at), _) => ShardState::Leased {
-            attempt: attempts,
-            worker,
-            expires_at,
-        },
-        (Some(StateKind::Publishing), _, _, Some(attempt)) => ShardState::Publishing { attempt },
-        (Some(StateKind::Committed), _, _, Some(attempt)) => ShardState::Committed { attempt },
+        (Some(StateKind::Leased), Some(worker), Some(expires_at), _, Some(attempt)) => {
+            ShardState::Leased {
+                attempt,
+                worker,
+                expires_at,
+            }
+        }
+        (Some(StateKind::Publishing), _, _, Some(attempt), _) => ShardState::Publishing { attempt },
+        (Some(StateKind::Committed), _, _, Some(attempt), _) => ShardState::Committed { attempt },
         (Some(StateKind::Failed), ..) => ShardState::Failed,
         (Some(StateKind::Cancelled), ..) => ShardState::Cancelled,
         _ => {
@@ -177,20 +189,35 @@ impl Reads<'_> {
     }
 
     /// Shards caught between intent and commit (after a crash): `(sweep, shard, attempt)`.
-    pub fn publishing(&self) -> Result<Vec<(String, String, u32)>, LedgerError> {
+    pub fn publishing(&self) -> Result<Vec<LeaseToken>, LedgerError> {
         let mut q = self.conn.prepare(
-            "select sweep, id, committed_attempt from shards where state = 'publishing' order by rowid",
+            "select sweep, id, committed_attempt from shards where state = ?1 order by rowid",
         )?;
-        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = q.query_map([StateKind::Publishing.name()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, u32>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sweep, shard, attempt): (String, String, u32) = row?;
+            let corrupt = |e: IdError| LedgerError::Corrupt {
+                path: self.path.to_owned(),
+                message: format!("shard {sweep}/{shard}: {e}"),
+            };
+            out.push(LeaseToken {
+                sweep: SweepName::parse(sweep.as_str()).map_err(corrupt)?,
+                shard: ShardId::parse(shard.as_str()).map_err(corrupt)?,
+                attempt: Attempt::new(attempt).map_err(corrupt)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Leased shards per worker, as `sweep/shard`.
     pub fn leases_by_worker(&self) -> Result<BTreeMap<String, Vec<String>>, LedgerError> {
-        let mut q = self.conn.prepare(
-            "select worker, sweep, id from shards where state = 'leased' order by rowid",
-        )?;
-        let rows = q.query_map([], |r| {
+        let mut q = self
+            .conn
+            .prepare("select worker, sweep, id from shards where state = ?1 order by rowid")?;
+        let rows = q.query_map([StateKind::Leased.name()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

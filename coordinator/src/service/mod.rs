@@ -15,13 +15,14 @@ use linesweep_storage::Storage;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::lease::{Failure, Millis, Publish, Shard, ShardState};
+use crate::lease::{Attempt, Failure, Millis, Publish, Shard, ShardState};
 use crate::ledger::{
     BULK_CHUNK, Bulk, Ledger, LedgerError, LedgerReader, Reads, ShardRow, SubmitMode, SweepMeta,
     SweepStatus,
 };
 use crate::publish::{self, PublishError};
 use linesweep_storage::attempt::AttemptManifest;
+use linesweep_storage::ids::{LeaseToken, ShardId, SweepName};
 
 mod commit;
 mod publisher;
@@ -50,9 +51,9 @@ pub fn system_clock() -> Clock {
 pub type ShardCheck = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
 
 /// Progress of a running attempt, from its heartbeats (memory only: it is advisory).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Progress {
-    attempt: u32,
+    attempt: Attempt,
     phase: String,
     done: u64,
     total: u64,

@@ -59,19 +59,22 @@ impl Coordinator {
     /// the attempt.
     pub(super) async fn finish_publish(
         &self,
-        sweep: &str,
-        shard: &str,
-        attempt: u32,
+        token: &LeaseToken,
         results: &str,
         verified: Option<AttemptManifest>,
         _gate: &Gate,
     ) -> Result<u64, Status> {
+        let LeaseToken {
+            sweep,
+            shard,
+            attempt,
+        } = token.clone();
+        let (sweep, shard, attempt) = (sweep.as_str(), shard.as_str(), attempt);
         let storage = self.storage(results).await?;
-        let (sw, sh) = (sweep.to_owned(), shard.to_owned());
-        let st = storage.clone();
+        let (st, t) = (storage.clone(), token.clone());
         let copied = tokio::task::spawn_blocking(move || match verified {
             Some(m) => publish::publish_verified(&st, &m),
-            None => publish::publish(&st, &sw, &sh, attempt),
+            None => publish::publish(&st, &t.sweep, &t.shard, t.attempt),
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -92,22 +95,24 @@ impl Coordinator {
                 lock(&self.live)
                     .progress
                     .remove(&(sweep.to_owned(), shard.to_owned()));
-                let (sw, sh) = (sweep.to_owned(), shard.to_owned());
+                let t = token.clone();
                 // Staging of every attempt of a committed shard is garbage; a failure here
                 // only leaves work for `gc`.
-                let cleaned =
-                    tokio::task::spawn_blocking(move || publish::clean(&storage, &sw, &sh)).await;
+                let cleaned = tokio::task::spawn_blocking(move || {
+                    publish::clean(&storage, &t.sweep, &t.shard)
+                })
+                .await;
                 if let Ok(Err(e)) = cleaned {
                     tracing::warn!(%sweep, %shard, error = %e, "could not remove staging; `linesweep gc` will");
                 }
                 Ok(n as u64)
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!(%sweep, %shard, attempt, error = %e, "publishing failed; it will be retried");
+                tracing::warn!(%sweep, %shard, %attempt, error = %e, "publishing failed; it will be retried");
                 Err(Status::unavailable(e.to_string()))
             }
             Err(e) => {
-                tracing::error!(%sweep, %shard, attempt, error = %e, "the attempt's results cannot be published");
+                tracing::error!(%sweep, %shard, %attempt, error = %e, "the attempt's results cannot be published");
                 // Other contents at a final key stay there whoever retries: the shard fails
                 // at once. An incomplete or invalid staging is this attempt's failure.
                 let kind = match e {
@@ -135,40 +140,41 @@ impl Coordinator {
             }
         };
         let mut done = 0;
-        for (sweep, shard, attempt) in pending {
+        for token in pending {
+            let (sweep, shard, attempt) =
+                (token.sweep.as_str(), token.shard.as_str(), token.attempt);
             // A completion is publishing it right now; it is not stuck.
-            let Some(gate) = self.try_publish_gate(&sweep, &shard) else {
+            let Some(gate) = self.try_publish_gate(sweep, shard) else {
                 continue;
             };
-            let Ok(results) = self.read_ledger(|l, _| l.results(&sweep)) else {
+            let Ok(results) = self.read_ledger(|l, _| l.results(sweep)) else {
                 continue;
             };
             // It may have been committed since the list was read.
             if self
-                .read_ledger(|l, _| l.shard(&sweep, &shard))
+                .read_ledger(|l, _| l.shard(sweep, shard))
                 .is_ok_and(|s| s.state != ShardState::Publishing { attempt })
             {
                 continue;
             }
             let outcome = if results.is_empty() {
                 match self
-                    .with_ledger(|l, now| l.commit(&sweep, &shard, attempt, now))
+                    .with_ledger(|l, now| l.commit(sweep, shard, attempt, now))
                     .await
                 {
                     Ok(r) => r.map(|()| 0).map_err(status),
                     Err(e) => Err(e),
                 }
             } else {
-                self.finish_publish(&sweep, &shard, attempt, &results, None, &gate)
-                    .await
+                self.finish_publish(&token, &results, None, &gate).await
             };
             match outcome {
                 Ok(_) => {
-                    tracing::info!(%sweep, %shard, attempt, "interrupted publish rolled forward");
+                    tracing::info!(%sweep, %shard, %attempt, "interrupted publish rolled forward");
                     done += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(%sweep, %shard, attempt, error = e.message(), "rolling a publish forward failed")
+                    tracing::warn!(%sweep, %shard, %attempt, error = e.message(), "rolling a publish forward failed")
                 }
             }
         }
@@ -177,20 +183,22 @@ impl Coordinator {
 
     /// Removes staging that no live attempt needs: shards that are committed or cancelled,
     /// and shards the ledger does not know. Returns how many objects were deleted.
-    pub async fn gc(&self, sweep: &str, include_failed: bool) -> Result<u64, Status> {
-        let results = self.read_ledger(|l, _| l.results(sweep)).map_err(status)?;
+    pub async fn gc(&self, sweep: &SweepName, include_failed: bool) -> Result<u64, Status> {
+        let results = self
+            .read_ledger(|l, _| l.results(sweep.as_str()))
+            .map_err(status)?;
         if results.is_empty() {
             return Ok(0);
         }
-        let sw = sweep.to_owned();
-        let rows = self.read_committed(move |r| r.shards(&sw)).await?;
+        let sw = sweep.clone();
+        let rows = self.read_committed(move |r| r.shards(sw.as_str())).await?;
         let states: HashMap<String, Shard> = rows.into_iter().map(|r| (r.id, r.shard)).collect();
         let storage = self.storage(&results).await?;
-        let sw = sweep.to_owned();
+        let sw = sweep.clone();
         tokio::task::spawn_blocking(move || {
             let mut deleted = 0;
             for id in publish::staged_shards(&storage, &sw)? {
-                let dead = states.get(&id).is_none_or(|s| match s.state {
+                let dead = states.get(id.as_str()).is_none_or(|s| match s.state {
                     ShardState::Committed { .. } | ShardState::Cancelled => true,
                     ShardState::Failed => include_failed,
                     _ => false,

@@ -12,7 +12,7 @@ impl Coordinator {
         let info = |r: &ShardRow| {
             let mut i = shard_info(r);
             if let Some(p) = live.progress.get(&(sweep.to_owned(), r.id.clone()))
-                && p.attempt == r.shard.attempts
+                && p.attempt.get() == r.shard.attempts
             {
                 i.phase = p.phase.clone();
                 i.done = p.done;
@@ -69,7 +69,7 @@ pub(super) fn shard_info(r: &ShardRow) -> pb::ShardInfo {
             _ => String::new(),
         },
         committed_attempt: match s.state {
-            ShardState::Committed { attempt } => attempt,
+            ShardState::Committed { attempt } => attempt.get(),
             _ => 0,
         },
         ..Default::default()

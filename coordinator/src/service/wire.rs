@@ -25,11 +25,15 @@ pub(super) fn check_version(v: u32) -> Result<(), Status> {
     }
 }
 
-pub(super) fn token(t: Option<pb::Token>) -> Result<pb::Token, Status> {
-    t.filter(|t| !t.sweep.is_empty() && !t.shard.is_empty() && t.attempt > 0)
-        .ok_or_else(|| {
-            Status::invalid_argument("missing or incomplete token (sweep, shard, attempt)")
-        })
+/// The request's lease token, validated: the edge where the wire's strings become ids.
+pub(super) fn token(t: Option<pb::Token>) -> Result<LeaseToken, Status> {
+    let t = t.ok_or_else(|| Status::invalid_argument("missing token (sweep, shard, attempt)"))?;
+    LeaseToken::try_from(t).map_err(Status::invalid_argument)
+}
+
+/// A request's sweep name, validated.
+pub(super) fn sweep_name(s: &str) -> Result<SweepName, Status> {
+    SweepName::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The one place ledger errors become gRPC answers: a refusal is a verdict, not an error.
@@ -138,7 +142,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             token: Some(pb::Token {
                 sweep: l.sweep,
                 shard: l.shard,
-                attempt: l.attempt,
+                attempt: l.attempt.get(),
             }),
             config_json: l.config_json,
             lease_ttl_ms: ttl as u64,
@@ -154,13 +158,13 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let t = token(req.token)?;
-        let v = verdict(
-            self.with_ledger_unsynced(|l, now| l.heartbeat(&t.sweep, &t.shard, t.attempt, now))?,
-        )?;
+        let v = verdict(self.with_ledger_unsynced(|l, now| {
+            l.heartbeat(t.sweep.as_str(), t.shard.as_str(), t.attempt, now)
+        })?)?;
         if v == LeaseVerdict::Ok {
             let mut live = lock(&self.live);
             live.progress.insert(
-                (t.sweep.clone(), t.shard.clone()),
+                (t.sweep.to_string(), t.shard.to_string()),
                 Progress {
                     attempt: t.attempt,
                     phase: req.phase,
@@ -203,11 +207,12 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let mut verified = None;
         if holds.map_err(status)? {
             let storage = self.storage(&results).await?;
-            let (sw, sh) = (sweep.to_owned(), shard.to_owned());
-            let check =
-                tokio::task::spawn_blocking(move || publish::verify(&storage, &sw, &sh, attempt))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+            let t = t.clone();
+            let check = tokio::task::spawn_blocking(move || {
+                publish::verify(&storage, &t.sweep, &t.shard, t.attempt)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
             match check {
                 Ok(m) => verified = Some(m),
                 Err(e @ PublishError::Storage(_)) => {
@@ -222,8 +227,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let published = match decision {
             Ok(Publish::AlreadyCommitted) => 0,
             Ok(Publish::Start(_) | Publish::Resume) => {
-                self.finish_publish(sweep, shard, attempt, &results, verified, &gate)
-                    .await?
+                self.finish_publish(&t, &results, verified, &gate).await?
             }
             Err(e) => {
                 let v = verdict(Err(e))?;
@@ -233,7 +237,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 }));
             }
         };
-        tracing::info!(%sweep, %shard, attempt, published, "shard committed");
+        tracing::info!(%sweep, %shard, %attempt, published, "shard committed");
         Ok(Response::new(pb::CompleteReply {
             verdict: LeaseVerdict::Ok.into(),
             published,
@@ -252,16 +256,22 @@ impl pb::worker_service_server::WorkerService for Coordinator {
         let result = self
             .with_ledger(|l, now| match kind {
                 None => l
-                    .preempt(&t.sweep, &t.shard, t.attempt, now)
+                    .preempt(t.sweep.as_str(), t.shard.as_str(), t.attempt, now)
                     .map(|()| ShardState::Pending),
-                Some(kind) => l.fail(&t.sweep, &t.shard, t.attempt, (kind, &req.error), now),
+                Some(kind) => l.fail(
+                    t.sweep.as_str(),
+                    t.shard.as_str(),
+                    t.attempt,
+                    (kind, &req.error),
+                    now,
+                ),
             })
             .await?;
         let (v, state) = match result {
             Ok(s) => {
                 lock(&self.live)
                     .progress
-                    .remove(&(t.sweep.clone(), t.shard.clone()));
+                    .remove(&(t.sweep.to_string(), t.shard.to_string()));
                 (LeaseVerdict::Ok, wire_state(s.kind()))
             }
             Err(e) => (verdict(Err(e))?, pb::ShardState::Unspecified),
@@ -288,20 +298,9 @@ impl pb::control_service_server::ControlService for Coordinator {
                 "a submission needs a sweep name and at least one shard",
             ));
         }
-        if !linesweep_storage::layout::valid_sweep_name(&req.sweep) {
-            return Err(Status::invalid_argument(format!(
-                "`{}` is not a sweep name: {}",
-                req.sweep.escape_debug(),
-                linesweep_storage::layout::SWEEP_NAME_RULE
-            )));
-        }
-        if let Some(bad) = req.shards.iter().find(|s| {
-            s.id.is_empty() || !s.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        }) {
-            return Err(Status::invalid_argument(format!(
-                "shard id `{}` is not a plain identifier",
-                bad.id
-            )));
+        let sweep = sweep_name(&req.sweep)?;
+        for s in &req.shards {
+            ShardId::parse(s.id.as_str()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         self.check_shards(&req.shards).await?;
         let results = if req.results.is_empty() {
@@ -331,7 +330,7 @@ impl pb::control_service_server::ControlService for Coordinator {
             .map(|s| (s.id, s.config_json))
             .collect();
         let r = self
-            .with_ledger(|l, now| l.submit_sweep(&req.sweep, &meta, mode, &shards, now))
+            .with_ledger(|l, now| l.submit_sweep(sweep.as_str(), &meta, mode, &shards, now))
             .await?
             .map_err(status)?;
         Ok(Response::new(pb::SubmitReply {
@@ -466,7 +465,7 @@ impl pb::control_service_server::ControlService for Coordinator {
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let deleted = Coordinator::gc(self, &req.sweep, req.include_failed).await?;
+        let deleted = Coordinator::gc(self, &sweep_name(&req.sweep)?, req.include_failed).await?;
         Ok(Response::new(pb::GcReply { deleted }))
     }
 }

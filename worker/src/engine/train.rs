@@ -368,9 +368,8 @@ pub fn train(
     }
     let steps_per_epoch = n.div_ceil(tc.batch_size) as u64;
     let total_steps = steps_per_epoch * tc.epochs as u64;
-    let (start_steps, mut start_models) =
+    let (start_steps, start_models) =
         line_starts(cfg, steps_per_epoch, total_steps, &init, resume.as_ref())?;
-    let is_start = |step: u64| start_steps.iter().any(|(_, s)| *s == step);
     let loss_at = |m: &Net| {
         train_eval.map(|set| {
             let m = m.autocast(precision);
@@ -383,8 +382,19 @@ pub fn train(
     } else {
         loss_at(&init)
     };
-    let (resumed_samples, mut last_snapshot_step, resumed_loss) = resumed_trajectory(resume);
+    let (resumed_samples, last_snapshot_step, resumed_loss) = resumed_trajectory(resume);
     let threads = cfg.data.loader_threads;
+    let steps = Steps {
+        cfg,
+        shape,
+        ad: &ad,
+        steps_per_epoch,
+        total_steps,
+        start_steps: &start_steps,
+        checkpoint_every,
+        resume_step,
+        loss_at: &loss_at,
+    };
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(SNAPSHOT_QUEUE);
         let writer =
@@ -393,183 +403,305 @@ pub fn train(
         // the batches before the checkpoint are skipped.
         let (btx, brx) = std::sync::mpsc::sync_channel::<Batch>(PREFETCH);
         scope.spawn(move || load_batches(train, cfg, resume_step, threads, &btx));
-        // The init snapshot waits for the first batch: its batch loss is that batch's loss.
-        let mut pending_init = (resume_step == 0).then(|| Pending {
-            model: init.clone(),
-            step: 0,
-            is_final: false,
-            batch_loss: f64::NAN,
-            train_loss: init_train_loss,
-        });
-        let mut writer_gone = false;
-        let mut send = |p: Pending, last: &mut Option<u64>| {
-            *last = Some(p.step);
-            writer_gone |= tx.send(ToWriter::Snapshot(p)).is_err();
-            !writer_gone
+        let mut queue = WriterQueue {
+            tx,
+            gone: false,
+            last_step: last_snapshot_step,
         };
-        let checkpoint = |model: &Net,
-                          optim: &burn::optim::ModuleOptimizer,
-                          step: u64,
-                          last_loss: f64,
-                          skipped| {
-            let job = PendingCheckpoint {
-                model: model.valid(),
-                optimizer: optim.to_record(),
-                param_ids: burn::module::list_param_ids(model)
-                    .iter()
-                    .map(|id| id.val())
-                    .collect(),
-                step,
-                last_loss,
-                skipped_images: skipped,
-            };
-            tx.send(ToWriter::Checkpoint(job)).is_ok()
+        let run = Loop {
+            model,
+            optim,
+            step: resume_step,
+            last_loss: resumed_loss,
+            // Images skipped before a resumed checkpoint were counted by the attempt that
+            // made it.
+            skipped_images: resumed_skipped,
+            diverged_at: None,
+            // The init snapshot waits for the first batch: its batch loss is that batch's loss.
+            pending_init: (resume_step == 0).then(|| Pending {
+                model: init.clone(),
+                step: 0,
+                is_final: false,
+                batch_loss: f64::NAN,
+                train_loss: init_train_loss,
+            }),
+            start_models,
+            warmup: Warmup::default(),
         };
-
         progress.start(Phase::Training, total_steps);
         progress.advance(resume_step, None);
-        let mut step: u64 = resume_step;
-        let mut diverged_at = None;
-        let mut last_loss = resumed_loss;
-        let mut interrupted = false;
-        // Images skipped before a resumed checkpoint were counted by the attempt that made it.
-        let mut skipped_images = resumed_skipped;
-        let mut warmup = Warmup::default();
-        while step < total_steps {
-            let Ok(batch) = brx.recv() else {
+        let (mut run, end) = run.run(&steps, &brx, &mut queue, progress)?;
+        drop(brx);
+        run.warmup.loss_read();
+        progress.finish();
+        if end == End::Interrupted {
+            drop(queue);
+            // The checkpoint must be stored before the attempt reports itself interrupted.
+            join(writer)?;
+            return Err(EngineError::Interrupted { step: run.step });
+        }
+        run.finish(&steps, queue, writer, init)
+    })
+}
+
+/// What stays fixed while the optimizer loop runs.
+struct Steps<'a> {
+    cfg: &'a ShardConfig,
+    shape: [usize; 3],
+    /// The autodiff device.
+    ad: &'a Device,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    /// The steps the lines start at, labelled.
+    start_steps: &'a [(String, u64)],
+    checkpoint_every: u64,
+    resume_step: u64,
+    /// The full-train-set loss of a network, when the config asks for it.
+    loss_at: &'a dyn Fn(&Net) -> Option<f64>,
+}
+
+/// The queue to the writer thread.
+struct WriterQueue {
+    tx: std::sync::mpsc::SyncSender<ToWriter>,
+    /// The writer stopped (its error surfaces when it is joined).
+    gone: bool,
+    /// The step of the last snapshot sent.
+    last_step: Option<u64>,
+}
+
+impl WriterQueue {
+    /// Sends a snapshot; false once the writer is gone.
+    fn snapshot(&mut self, p: Pending) -> bool {
+        self.last_step = Some(p.step);
+        self.gone |= self.tx.send(ToWriter::Snapshot(p)).is_err();
+        !self.gone
+    }
+
+    /// Sends a checkpoint of the loop's state; false once the writer is gone.
+    fn checkpoint(&self, run: &Loop) -> bool {
+        let job = PendingCheckpoint {
+            model: run.model.valid(),
+            optimizer: run.optim.to_record(),
+            param_ids: burn::module::list_param_ids(&run.model)
+                .iter()
+                .map(|id| id.val())
+                .collect(),
+            step: run.step,
+            last_loss: run.last_loss,
+            skipped_images: run.skipped_images,
+        };
+        self.tx.send(ToWriter::Checkpoint(job)).is_ok()
+    }
+}
+
+/// What the optimizer loop changes, step by step.
+struct Loop {
+    model: Net,
+    optim: burn::optim::ModuleOptimizer,
+    /// Optimizer steps taken.
+    step: u64,
+    /// The last step's mini-batch loss.
+    last_loss: f64,
+    skipped_images: u64,
+    diverged_at: Option<u64>,
+    /// θ_i's snapshot until the first batch gives it its batch loss.
+    pending_init: Option<Pending>,
+    /// The line starts taken so far: `(label, step, weights)`.
+    start_models: Vec<(String, u64, Net)>,
+    warmup: Warmup,
+}
+
+/// How the optimizer loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Every step was taken.
+    Finished,
+    /// The loss was not finite, or the writer stopped.
+    Stopped,
+    /// Asked to stop (a preemption); the checkpoint is on its way to the writer.
+    Interrupted,
+}
+
+impl Loop {
+    /// Takes steps until training ends, diverges, is interrupted or the writer stops.
+    fn run(
+        mut self,
+        s: &Steps<'_>,
+        batches: &std::sync::mpsc::Receiver<Batch>,
+        queue: &mut WriterQueue,
+        progress: &dyn Progress,
+    ) -> Result<(Self, End), EngineError> {
+        while self.step < s.total_steps {
+            let Ok(batch) = batches.recv() else {
                 return Err(EngineError::Data(crate::data::DataError {
                     file: "training data".into(),
                     problem: "the batch loader stopped early".into(),
                 }));
             };
-            warmup.batch_arrived();
-            // Counted once the step is taken: an interrupted attempt's last batch is loaded
-            // again by the attempt that resumes it.
-            let batch_skipped = batch.skipped;
-            // A batch whose every image failed to decode trains nothing but still counts as a
-            // step, so that step numbers (and the data order) stay those of the config.
-            let loss_value = if batch.labels.is_empty() {
-                None
-            } else {
-                let (x, y) = batch_tensors(batch.features, &batch.labels, shape, &ad);
-                let loss = cross_entropy(model.autocast(precision).forward(x), y).mean();
-                let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-                warmup.loss_read();
-                if !loss_value.is_finite() {
-                    diverged_at = Some(step + 1);
-                    tracing::warn!(
-                        step = step + 1,
-                        loss = loss_value,
-                        "training loss is not finite; stopping the run as diverged"
-                    );
-                    break;
-                }
-                Some((loss, loss_value))
-            };
-            if let Some(mut p) = pending_init.take() {
-                p.batch_loss = loss_value.as_ref().map_or(f64::NAN, |(_, v)| *v);
-                if !send(p, &mut last_snapshot_step) {
-                    break;
-                }
-            }
-            if progress.interrupted() {
-                interrupted = true;
-                let stored = checkpoint_every > 0 && step.is_multiple_of(checkpoint_every);
-                if step > resume_step && !stored {
-                    // A failed send means the writer died; its error surfaces below.
-                    let _ = checkpoint(&model, &optim, step, last_loss, skipped_images);
-                }
-                break;
-            }
-            skipped_images += batch_skipped;
-            let step_loss = loss_value.as_ref().map_or(f64::NAN, |(_, v)| *v);
-            if let Some((loss, loss_value)) = loss_value {
-                let lr = learning_rate(tc, step, steps_per_epoch, total_steps);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(lr, model, grads);
-                last_loss = loss_value;
-            }
-            step += 1;
-            progress.advance(1, (step_loss.is_finite()).then_some(step_loss));
-            let periodic = cfg.snapshot.every > 0 && step.is_multiple_of(cfg.snapshot.every as u64);
-            if (periodic || is_start(step)) && step != total_steps {
-                let m = model.valid();
-                if let Some((label, _)) = start_steps.iter().find(|(_, s)| *s == step) {
-                    start_models.push((label.clone(), step, m.clone()));
-                }
-                let train_loss = loss_at(&m);
-                let p = Pending {
-                    model: m,
-                    step,
-                    is_final: false,
-                    batch_loss: last_loss,
-                    train_loss,
-                };
-                if !send(p, &mut last_snapshot_step) {
-                    break;
-                }
-            }
-            if checkpoint_every > 0
-                && step.is_multiple_of(checkpoint_every)
-                && step != total_steps
-                && !checkpoint(&model, &optim, step, last_loss, skipped_images)
-            {
-                break;
+            let end;
+            (self, end) = self.step_on(s, batch, queue, progress);
+            if let Some(end) = end {
+                return Ok((self, end));
             }
         }
-        drop(brx);
-        warmup.loss_read();
-        progress.finish();
-        if interrupted {
-            drop(tx);
-            // The checkpoint must be stored before the attempt reports itself interrupted.
-            writer
-                .join()
-                .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))??;
-            return Err(EngineError::Interrupted { step });
+        Ok((self, End::Finished))
+    }
+
+    /// One optimizer step on `batch`, then the snapshot and checkpoint due after it; `Some`
+    /// ends the loop. (By value: the optimizer consumes the model, and a model shared with
+    /// `self` would keep burn from updating its tensors in place.)
+    fn step_on(
+        mut self,
+        s: &Steps<'_>,
+        batch: Batch,
+        queue: &mut WriterQueue,
+        progress: &dyn Progress,
+    ) -> (Self, Option<End>) {
+        self.warmup.batch_arrived();
+        // Counted once the step is taken: an interrupted attempt's last batch is loaded again
+        // by the attempt that resumes it.
+        let batch_skipped = batch.skipped;
+        let Ok(loss) = self.batch_loss(s, batch) else {
+            return (self, Some(End::Stopped));
+        };
+        let step_loss = loss.as_ref().map_or(f64::NAN, |(_, v)| *v);
+        if let Some(mut p) = self.pending_init.take() {
+            p.batch_loss = step_loss;
+            if !queue.snapshot(p) {
+                return (self, Some(End::Stopped));
+            }
         }
-        if let Some(p) = pending_init.take() {
-            // Diverged on the very first batch.
-            send(p, &mut last_snapshot_step);
+        if progress.interrupted() {
+            let stored = s.checkpoint_every > 0 && self.step.is_multiple_of(s.checkpoint_every);
+            if self.step > s.resume_step && !stored {
+                // A failed send means the writer died; its error surfaces when it is joined.
+                let _ = queue.checkpoint(&self);
+            }
+            return (self, Some(End::Interrupted));
         }
-        let last = model.valid();
-        // θ_c is stored once; a run that diverged right after a periodic snapshot (or before
-        // its first step) already has its last finite weights on record.
-        if last_snapshot_step != Some(step) {
-            let train_loss = loss_at(&last);
+        self.skipped_images += batch_skipped;
+        if let Some((loss, loss_value)) = loss {
+            let lr = learning_rate(&s.cfg.train, self.step, s.steps_per_epoch, s.total_steps);
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            self.model = self.optim.step(lr, self.model, grads);
+            self.last_loss = loss_value;
+        }
+        self.step += 1;
+        progress.advance(1, (step_loss.is_finite()).then_some(step_loss));
+        let end = (!self.after_step(s, queue)).then_some(End::Stopped);
+        (self, end)
+    }
+
+    /// The training-mode loss of `batch` at the current weights, as a tensor and its value;
+    /// `None` for a batch whose every image failed to decode (it trains nothing but still
+    /// counts as a step, so that step numbers and the data order stay those of the config).
+    /// `Err` when the loss is not finite: the run diverged at the next step.
+    #[allow(clippy::type_complexity)]
+    fn batch_loss(&mut self, s: &Steps<'_>, batch: Batch) -> Result<Option<(Tensor<1>, f64)>, ()> {
+        if batch.labels.is_empty() {
+            return Ok(None);
+        }
+        let (x, y) = batch_tensors(batch.features, &batch.labels, s.shape, s.ad);
+        let precision = s.cfg.train.precision;
+        let loss = cross_entropy(self.model.autocast(precision).forward(x), y).mean();
+        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+        self.warmup.loss_read();
+        if !loss_value.is_finite() {
+            self.diverged_at = Some(self.step + 1);
+            tracing::warn!(
+                step = self.step + 1,
+                loss = loss_value,
+                "training loss is not finite; stopping the run as diverged"
+            );
+            return Err(());
+        }
+        Ok(Some((loss, loss_value)))
+    }
+
+    /// The periodic or line-start snapshot and the checkpoint due after a step (θ_c is taken
+    /// by [`Loop::finish`]); false when the writer stopped.
+    fn after_step(&mut self, s: &Steps<'_>, queue: &mut WriterQueue) -> bool {
+        let step = self.step;
+        let periodic = s.cfg.snapshot.every > 0 && step.is_multiple_of(s.cfg.snapshot.every as u64);
+        let is_start = s.start_steps.iter().find(|(_, at)| *at == step);
+        if (periodic || is_start.is_some()) && step != s.total_steps {
+            let m = self.model.valid();
+            if let Some((label, _)) = is_start {
+                self.start_models.push((label.clone(), step, m.clone()));
+            }
+            let train_loss = (s.loss_at)(&m);
             let p = Pending {
-                model: last.clone(),
+                model: m,
                 step,
-                is_final: true,
-                batch_loss: last_loss,
+                is_final: false,
+                batch_loss: self.last_loss,
                 train_loss,
             };
-            send(p, &mut last_snapshot_step);
+            if !queue.snapshot(p) {
+                return false;
+            }
         }
-        drop(tx);
-        let (samples, seconds) = writer
-            .join()
-            .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))??;
+        let due = s.checkpoint_every > 0
+            && step.is_multiple_of(s.checkpoint_every)
+            && step != s.total_steps;
+        !due || queue.checkpoint(self)
+    }
+
+    /// After the last step: θ_c's snapshot, the writer's samples, and what training produced.
+    fn finish(
+        mut self,
+        s: &Steps<'_>,
+        mut queue: WriterQueue,
+        writer: std::thread::ScopedJoinHandle<'_, WriterResult>,
+        init: Net,
+    ) -> Result<Trained, EngineError> {
+        if let Some(p) = self.pending_init.take() {
+            // Diverged on the very first batch.
+            queue.snapshot(p);
+        }
+        let last = self.model.valid();
+        // θ_c is stored once; a run that diverged right after a periodic snapshot (or before
+        // its first step) already has its last finite weights on record.
+        if queue.last_step != Some(self.step) {
+            let p = Pending {
+                model: last.clone(),
+                step: self.step,
+                is_final: true,
+                batch_loss: self.last_loss,
+                train_loss: (s.loss_at)(&last),
+            };
+            queue.snapshot(p);
+        }
+        drop(queue);
+        let (samples, seconds) = join(writer)?;
         let parameter_count = samples.first().map_or(0, |s| s.parameters.len());
         // Lines in the order the config lists their starts.
-        start_models.sort_by_key(|(label, _, _)| start_steps.iter().position(|(l, _)| l == label));
+        let mut starts = self.start_models;
+        starts.sort_by_key(|(label, _, _)| s.start_steps.iter().position(|(l, _)| l == label));
         Ok(Trained {
             init,
             last,
-            starts: start_models
-                .into_iter()
-                .map(|(label, _, m)| (label, m))
-                .collect(),
+            starts: starts.into_iter().map(|(label, _, m)| (label, m)).collect(),
             samples,
-            steps: step,
-            steps_per_epoch,
-            diverged_at,
+            steps: self.step,
+            steps_per_epoch: s.steps_per_epoch,
+            diverged_at: self.diverged_at,
             parameter_count,
             snapshot_seconds: seconds,
-            skipped_images,
-            warmup_seconds: warmup.seconds(),
+            skipped_images: self.skipped_images,
+            warmup_seconds: self.warmup.seconds(),
         })
-    })
+    }
+}
+
+/// What the writer thread returns: the trajectory samples and its seconds.
+type WriterResult = Result<(Vec<TrajectorySample>, f64), EngineError>;
+
+/// Waits for the writer thread.
+fn join(writer: std::thread::ScopedJoinHandle<'_, WriterResult>) -> WriterResult {
+    writer
+        .join()
+        .map_err(|_| EngineError::Sink("the snapshot writer thread panicked".into()))?
 }
 
 /// Loads a checkpoint's weights (with their parameter ids, which the optimizer state is keyed
@@ -701,7 +833,7 @@ fn write_snapshots(
     sink: &mut (dyn SnapshotSink + Send),
     steps_per_epoch: u64,
     resumed: Vec<TrajectorySample>,
-) -> Result<(Vec<TrajectorySample>, f64), EngineError> {
+) -> WriterResult {
     let mut samples = resumed;
     let mut seconds = 0.0;
     for job in rx {
