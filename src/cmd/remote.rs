@@ -40,6 +40,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ttl_ms: (args.lease_ttl * 1000) as i64,
         max_failures: args.max_failures,
     };
+    // A missing bucket, refused credentials or an unreachable store is one error now, not a
+    // failure of every shard later.
+    if let Some(results) = &args.results {
+        linesweep_worker::storage::Storage::open(results)
+            .with_context(|| "the default results location (--results)".to_string())?;
+    }
     let mut ledger = Ledger::open(&args.state, policy)?;
     if args.recover
         && let Some(results) = &args.results

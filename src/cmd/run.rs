@@ -104,6 +104,34 @@ impl AgentEvents for WorkerBar {
     }
 }
 
+/// Where `run` keeps its sweep state: beside local results (`<root>/.linesweep/`), so that
+/// moving the folder moves both; for an object store (SQLite needs a local file) under the
+/// user's state directory (`$XDG_STATE_HOME/linesweep/`, default `~/.local/state/linesweep/`),
+/// one folder per location.
+fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = storage.local_dir() {
+        return Ok(dir.join(".linesweep"));
+    }
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => std::env::home_dir()
+            .context("no home directory for the sweep state of an object-store location (set XDG_STATE_HOME)")?
+            .join(".local/state"),
+    };
+    let name: String = storage
+        .root()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(base.join("linesweep").join(name))
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
     device::parse(&args.device)?;
@@ -116,7 +144,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let storage = Storage::open(&location)?;
     let root = storage.root().to_owned();
-    let state_dir = PathBuf::from(&root).join(".linesweep");
+    let state_dir = state_dir(&storage)?;
+    if !args.json {
+        emit(&format!("results in {root}\n"))?;
+    }
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let state = state_dir.join("state.db");

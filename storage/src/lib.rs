@@ -1,8 +1,11 @@
 //! Where snapshots and results go: an `object_store` behind a location string, and the key
 //! layout ([`layout`]) that workers and the coordinator agree on.
 //!
-//! Locations are `file:///absolute/dir` or a plain directory path (created if missing);
-//! object-store URLs (`s3://…`) are refused with a clear message until that backend lands.
+//! Locations are `file:///absolute/dir`, a plain directory path (created if missing), or
+//! `s3://bucket/prefix` ([`s3`]: credentials, region and endpoint from the standard AWS
+//! environment variables and profile; path-style requests, so MinIO, Ceph and the like work).
+//! Every location is probed when it is opened, so that a missing bucket, wrong credentials or
+//! an unreachable endpoint is one clear error at start, not a failure per shard.
 //! Calls are blocking: the engine is synchronous and runs on its own thread, so this wraps a
 //! private current-thread runtime rather than making every caller async. Async callers (the
 //! coordinator) must call it from `spawn_blocking`.
@@ -10,6 +13,7 @@
 pub mod attempt;
 pub mod ids;
 pub mod layout;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +48,8 @@ pub enum StorageError {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     root: String,
+    /// The directory of a local root (`None`: an object store).
+    local: Option<PathBuf>,
     rt: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
 }
 
@@ -71,6 +77,7 @@ impl Storage {
             problem,
         };
         let dir: PathBuf = match location.split_once("://") {
+            Some(("s3", _)) => return Self::open_s3(location),
             Some(("file", rest)) => {
                 let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
                 if !rest.starts_with('/') {
@@ -81,7 +88,7 @@ impl Storage {
             }
             Some((scheme, _)) => {
                 return Err(bad(format!(
-                    "the `{scheme}` scheme is not supported by this build; use a directory or file:///dir"
+                    "the `{scheme}` scheme is not supported; use a directory, file:///dir or s3://bucket/prefix"
                 )));
             }
             None => PathBuf::from(location),
@@ -90,20 +97,64 @@ impl Storage {
             .map_err(|e| bad(format!("cannot create the directory: {e}")))?;
         probe_writable(&dir).map_err(|e| bad(format!("the directory is not writable: {e}")))?;
         let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
         Ok(Self {
             store: Arc::new(fs),
             root: dir.display().to_string(),
-            rt: std::mem::ManuallyDrop::new(rt),
+            local: Some(dir),
+            rt: std::mem::ManuallyDrop::new(io_runtime().map_err(bad)?),
         })
+    }
+
+    /// Opens `s3://bucket/prefix` and probes it: a conditional write (which exactly-once
+    /// publication relies on), its refusal the second time, and a delete.
+    fn open_s3(location: &str) -> Result<Self, StorageError> {
+        let bad = |problem: String| StorageError::Location {
+            location: location.to_owned(),
+            problem,
+        };
+        let store = s3::open(location).map_err(bad)?;
+        let storage = Self {
+            store,
+            root: location.trim_end_matches('/').to_owned(),
+            local: None,
+            rt: std::mem::ManuallyDrop::new(io_runtime().map_err(bad)?),
+        };
+        // A listing first: some stores create a missing bucket on a write.
+        storage
+            .rt
+            .block_on(storage.store.list_with_delimiter(None))
+            .map_err(|e| {
+                let e = storage.err("listing", "", e);
+                bad(format!("cannot list the bucket: {}", s3::explain(&e)))
+            })?;
+        let probe = probe_key();
+        storage
+            .put_create(&probe, b"probe".to_vec())
+            .map_err(|e| bad(format!("cannot write to the bucket: {}", s3::explain(&e))))?;
+        let second = storage.put_create(&probe, b"again".to_vec());
+        let _ = storage.delete(&probe);
+        match second {
+            Err(StorageError::AlreadyExists { .. }) => Ok(storage),
+            Ok(()) => Err(bad(
+                "the store accepted a second create-only write of one key: it ignores \
+                 `If-None-Match: *`, and linesweep's exactly-once publish needs it"
+                    .into(),
+            )),
+            Err(e) => Err(bad(format!(
+                "a conditional write failed: {}",
+                s3::explain(&e)
+            ))),
+        }
     }
 
     /// Human-readable root of the store.
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// The directory of a local root; `None` for an object store.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local.as_deref()
     }
 
     fn key(key: &str) -> Key {
@@ -172,14 +223,45 @@ impl Storage {
     }
 
     /// Copies `from` to `to` only if nothing is at `to` yet (a hard link on local disks, so the
-    /// destination appears complete or not at all).
+    /// destination appears complete or not at all). On S3 a server-side copy when the store is
+    /// configured for create-only copies (`AWS_COPY_IF_NOT_EXISTS`, e.g. `multipart` on AWS);
+    /// otherwise the object is read and written back with a conditional put, which every store
+    /// that linesweep accepts honours (the probe in [`Storage::open`] checks it).
     pub fn copy_create(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        self.rt
-            .block_on(
-                self.store
-                    .copy_if_not_exists(&Self::key(from), &Self::key(to)),
-            )
-            .map_err(|e| self.err("publishing", to, e))
+        let copied = self.rt.block_on(
+            self.store
+                .copy_if_not_exists(&Self::key(from), &Self::key(to)),
+        );
+        match copied {
+            Err(object_store::Error::NotSupported { .. })
+            | Err(object_store::Error::NotImplemented { .. }) => {
+                let bytes = self.get(from)?;
+                self.put_create(to, bytes.to_vec()).map_err(|e| match e {
+                    StorageError::AlreadyExists { .. } => e,
+                    StorageError::Store {
+                        op: _,
+                        key,
+                        root,
+                        message,
+                    } => StorageError::Store {
+                        op: "publishing",
+                        key,
+                        root,
+                        message,
+                    },
+                    other => other,
+                })
+            }
+            other => other.map_err(|e| self.err("publishing", to, e)),
+        }
+    }
+
+    /// Deletes the object at `key` (nothing there is not an error).
+    pub fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.rt.block_on(self.store.delete(&Self::key(key))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("deleting", key, e)),
+        }
     }
 
     /// Deletes every object under `prefix`; returns how many were removed.
@@ -191,15 +273,15 @@ impl Storage {
                 Err(e) => return Err(self.err("deleting", k, e)),
             }
         }
-        if let Some(dir) = self.local_dir(prefix) {
+        if let Some(dir) = self.local_subdir(prefix) {
             // object_store deletes files, not directories; empty ones would pile up.
             remove_empty_dirs(&dir);
         }
         Ok(keys.len())
     }
 
-    fn local_dir(&self, prefix: &str) -> Option<PathBuf> {
-        let p = Path::new(&self.root).join(prefix.trim_matches('/'));
+    fn local_subdir(&self, prefix: &str) -> Option<PathBuf> {
+        let p = self.local.as_ref()?.join(prefix.trim_matches('/'));
         p.is_dir().then_some(p)
     }
 
@@ -219,6 +301,24 @@ impl Storage {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// The private runtime that the blocking calls run on.
+fn io_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))
+}
+
+/// A key no other call uses: threads of one process open the same location at once.
+fn probe_key() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".linesweep-probe-{}-{nanos}-{n}", std::process::id())
 }
 
 /// Removes `dir` and the empty directories below it, bottom up; leaves anything non-empty.
@@ -279,8 +379,8 @@ mod tests {
         let url = format!("file://{}/sub", tmp.path().display());
         let s = Storage::open(&url).unwrap();
         assert!(s.root().ends_with("sub"));
-        let err = Storage::open("s3://bucket/x").unwrap_err().to_string();
-        assert!(err.contains("`s3` scheme is not supported"), "{err}");
+        let err = Storage::open("gs://bucket/x").unwrap_err().to_string();
+        assert!(err.contains("`gs` scheme is not supported"), "{err}");
         let err = Storage::open("file://relative/x").unwrap_err().to_string();
         assert!(err.contains("absolute path"), "{err}");
     }

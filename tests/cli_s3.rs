@@ -1,0 +1,287 @@
+//! Results on S3: the quickstart sweep, a distributed sweep with a kill -9 mid-shard that
+//! resumes from a checkpoint stored on S3, `gc`, and bad locations, all against a real
+//! S3-protocol server (`s3s-fs`) on loopback. Results are read back over the S3 protocol and
+//! queried with DuckDB.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::s3::S3;
+use common::*;
+
+const TOKEN: &str = "s3-token";
+
+fn linesweep_s3(s3: &S3, dir: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).current_dir(dir);
+    s3.command(&mut cmd, dir);
+    run_with_deadline(cmd, limit)
+}
+
+/// `check_s3.py`: every shard of `sweep` exactly once in every table, read over S3.
+fn check_s3(s3: &S3, prefix: &str, sweep: &str, shards: usize) -> String {
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("tests/python/check_s3.py"))
+        .args([&s3.endpoint, "bucket", prefix, sweep, &shards.to_string()])
+        .envs(s3.env());
+    let out = run_with_deadline(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "S3 result check failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn the_quickstart_sweep_runs_with_its_results_on_s3() {
+    let s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = repo().join("examples/mnist-mli.toml");
+    let args = [
+        "run",
+        spec.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--out",
+        "s3://bucket/qs",
+    ];
+    let out = linesweep_s3(&s3, dir, &args, Duration::from_secs(600));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("results in s3://bucket/qs"), "{stdout}");
+    assert!(stdout.contains("6 committed"), "{stdout}");
+    let report = check_s3(&s3, "qs", "mnist-mli", 6);
+    assert!(report.starts_with("ok: 6 runs"), "{report}");
+    // Run again: the state (under XDG_STATE_HOME, since S3 holds no SQLite file) knows
+    // every shard is done; nothing is trained or published twice.
+    let again = linesweep_s3(&s3, dir, &args, Duration::from_secs(120));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("6 committed"));
+    assert!(check_s3(&s3, "qs", "mnist-mli", 6).starts_with("ok: 6 runs"));
+}
+
+fn spec(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("s3sweep.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "s3sweep"
+
+[grid]
+seed = [0, 1, 2]
+
+[model]
+hidden = [128]
+
+[data]
+max_train_examples = 4000
+
+[train]
+epochs = 30
+
+[snapshot]
+every = 64
+
+[eval]
+max_examples = 400
+alpha_points = 11
+alpha_start = 0.0
+alpha_stop = 1.0
+"#,
+    )
+    .unwrap();
+    path
+}
+
+fn worker(s3: &S3, dir: &Path, url: &str, name: &str) -> Proc {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "worker",
+        "--coordinator",
+        url,
+        "--token",
+        TOKEN,
+        "--name",
+        name,
+    ])
+    .args(["--max-backoff", "0.5", "--idle-poll", "0.2"])
+    .args(["--checkpoint-every", "50"])
+    .env("RAYON_NUM_THREADS", "1")
+    // The children log at info (they inherit it), and the agent passes their lines on.
+    .env("LINESWEEP_LOG", "info,linesweep_worker::agent=debug")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    s3.command(&mut cmd, dir);
+    Proc(cmd.spawn().expect("spawn worker"))
+}
+
+fn status(s3: &S3, dir: &Path, url: &str) -> Option<serde_json::Value> {
+    let args = [
+        "status",
+        "s3sweep",
+        "--json",
+        "--coordinator",
+        url,
+        "--token",
+        TOKEN,
+    ];
+    let o = linesweep_s3(s3, dir, &args, Duration::from_secs(30));
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+fn wait_for(
+    s3: &S3,
+    dir: &Path,
+    url: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(st) = status(s3, dir, url) {
+            if done(&st) {
+                return st;
+            }
+            last = Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not reached within 300 s; last status {last:#?}");
+}
+
+#[test]
+fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
+    let s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cmd = Command::new(bin());
+    cmd.args(["-q", "serve", "--token", TOKEN, "--lease-ttl", "2"])
+        .args(["--listen", "127.0.0.1:0", "--results", "s3://bucket/dist"])
+        .arg("--state")
+        .arg(dir.join("state.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    s3.command(&mut cmd, dir);
+    let mut child = cmd.spawn().expect("spawn serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _server = Proc(child);
+    let url = format!(
+        "http://{}",
+        line.trim()
+            .strip_prefix("coordinator on ")
+            .expect("address line")
+    );
+    let spec = spec(dir);
+    let submit = [
+        "submit",
+        spec.to_str().unwrap(),
+        "--coordinator",
+        &url,
+        "--token",
+        TOKEN,
+    ];
+    let o = linesweep_s3(&s3, dir, &submit, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let victim = worker(&s3, dir, &url, "victim");
+    // Past its first checkpoint (step 50) and well before the end (about 950 steps).
+    wait_for(&s3, dir, &url, "victim past a checkpoint", |s| {
+        s["running"].as_array().is_some_and(|r| {
+            r.iter().any(|x| {
+                let done = x["done"].as_u64().unwrap_or(0);
+                x["worker"] == "victim" && x["phase"] == "train" && (120..400).contains(&done)
+            })
+        })
+    });
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    let _rescuer = worker(&s3, dir, &url, "rescuer");
+    let st = wait_for(&s3, dir, &url, "3 commits", |s| {
+        s["counts"]["committed"].as_u64() == Some(3)
+    });
+    assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
+    assert_eq!(st["failures"], 0, "{st:#}");
+    let log = std::fs::read_to_string(dir.join("rescuer.log")).unwrap();
+    assert!(
+        log.contains("resuming from a verified checkpoint"),
+        "the rescuer did not resume from the S3 checkpoint:\n{log}"
+    );
+    let gc = ["gc", "s3sweep", "--coordinator", &url, "--token", TOKEN];
+    let o = linesweep_s3(&s3, dir, &gc, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report = check_s3(&s3, "dist", "s3sweep", 3);
+    assert!(report.starts_with("ok: 3 runs"), "{report}");
+}
+
+#[test]
+fn bad_s3_locations_are_one_clear_error_at_start() {
+    let s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = repo().join("examples/mnist-mli.toml");
+    let run = |out: &str, fix: &dyn Fn(&mut Command)| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", spec.to_str().unwrap(), "--out", out])
+            .current_dir(dir);
+        s3.command(&mut cmd, dir);
+        fix(&mut cmd);
+        let started = Instant::now();
+        let o = run_with_deadline(cmd, Duration::from_secs(60));
+        assert!(!o.status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "{out}: slow refusal"
+        );
+        text(&o.stderr)
+    };
+    let err = run("s3://nobucket/x", &|_| {});
+    assert!(err.contains("the bucket does not exist"), "{err}");
+    let err = run("s3://bucket/x", &|c| {
+        c.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    });
+    assert!(err.contains("the credentials were refused"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = run("s3://bucket/x", &|c| {
+        c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"));
+    });
+    assert!(err.contains("the endpoint cannot be reached"), "{err}");
+    // `serve` checks its default results location before it listens.
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--results",
+        "s3://nobucket/r",
+    ])
+    .arg("--state")
+    .arg(dir.join("serve.db"));
+    s3.command(&mut cmd, dir);
+    let o = run_with_deadline(cmd, Duration::from_secs(60));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("--results") && err.contains("bucket does not exist"),
+        "{err}"
+    );
+}
