@@ -11,7 +11,19 @@ use common::*;
 fn submit_is_idempotent_status_counts_and_the_token_is_required() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state.db");
-    let (_server, url) = serve(&["--listen", "127.0.0.1:0", "--token", "tok"], &state);
+    let results = tmp.path().join("results");
+    let results = results.to_str().unwrap();
+    let (_server, url) = serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "tok",
+            "--results",
+            results,
+        ],
+        &state,
+    );
     let spec = repo().join("examples/mnist-mli.toml");
     let spec = spec.to_str().unwrap();
     let run = |args: &[&str]| linesweep(args, tmp.path(), Duration::from_secs(60));
@@ -20,12 +32,12 @@ fn submit_is_idempotent_status_counts_and_the_token_is_required() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep mnist-mli: 6 shards, 6 added, 0 already known"
+        format!("sweep mnist-mli: 6 shards, 6 added, 0 already known; results in {results}")
     );
     let o = run(&["submit", spec, "--coordinator", &url, "--token", "tok"]);
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep mnist-mli: 6 shards, 0 added, 6 already known"
+        format!("sweep mnist-mli: 6 shards, 0 added, 6 already known; results in {results}")
     );
 
     let o = run(&[
@@ -253,4 +265,58 @@ exit $code"#;
         text(&o.stdout),
         text(&o.stderr)
     );
+}
+
+/// One results location, one owner: a second ledger's submission of a sweep into a location
+/// that another ledger publishes is refused at once, naming the owner; `serve --recover`
+/// (the owner was lost) takes it over.
+#[test]
+fn a_second_ledger_cannot_publish_into_another_ledgers_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let results = results.to_str().unwrap();
+    let spec = repo().join("examples/mnist-mli.toml");
+    let spec = spec.to_str().unwrap();
+    let submit = |url: &str| {
+        linesweep(
+            &["submit", spec, "--coordinator", url, "--token", "tok"],
+            tmp.path(),
+            Duration::from_secs(60),
+        )
+    };
+    let args = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "tok",
+            "--results",
+            results,
+        ];
+        a.extend(extra);
+        a
+    };
+    let first = tmp.path().join("first.db");
+    let (_a, url_a) = serve(&args(&[]), &first);
+    let o = submit(&url_a);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (_b, url_b) = serve(&args(&[]), &tmp.path().join("second.db"));
+    let started = std::time::Instant::now();
+    let o = submit(&url_b);
+    assert!(!o.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("belongs to another ledger") && err.contains(first.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(err.contains("serve --recover"), "{err}");
+    // The first ledger still owns it and submits again.
+    assert!(submit(&url_a).status.success());
+    let (_c, url_c) = serve(&args(&["--recover"]), &tmp.path().join("third.db"));
+    let o = submit(&url_c);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let marker =
+        std::fs::read_to_string(tmp.path().join("results/owners/sweep=mnist-mli.json")).unwrap();
+    assert!(marker.contains("third.db"), "{marker}");
 }

@@ -235,7 +235,10 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep grid: 12 shards, 12 added, 0 already known",
+        format!(
+            "sweep grid: 12 shards, 12 added, 0 already known; results in {}",
+            dir.join("results").display()
+        ),
         "{}",
         text(&o.stderr)
     );
@@ -274,7 +277,10 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep grid: 12 shards, 0 added, 12 already known"
+        format!(
+            "sweep grid: 12 shards, 0 added, 12 already known; results in {}",
+            dir.join("results").display()
+        )
     );
     // A changed shared setting under the same name is refused with the diff …
     let changed = std::fs::read_to_string(&spec)
@@ -293,7 +299,10 @@ fn a_twelve_shards_three_workers_exactly_once_then_resubmit_and_gc() {
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap(), "--new"]);
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep grid: 12 shards, 12 added, 0 already known"
+        format!(
+            "sweep grid: 12 shards, 12 added, 0 already known; results in {}",
+            dir.join("results").display()
+        )
     );
     // Cancelling stops what has not started; what runs finishes; nothing is lost.
     let o = cli(dir, &url, &["cancel", "grid"]);
@@ -1088,7 +1097,10 @@ fn i_a_lost_ledger_is_rebuilt_from_the_results_root() {
     let o = cli(dir, &url, &["submit", spec]);
     assert_eq!(
         text(&o.stdout).trim(),
-        "sweep lost: 12 shards, 0 added, 12 already known",
+        format!(
+            "sweep lost: 12 shards, 0 added, 12 already known; results in {}",
+            dir.join("results").display()
+        ),
         "{}",
         text(&o.stderr)
     );

@@ -87,3 +87,27 @@ fn every_example_is_named_by_a_test() {
         );
     }
 }
+
+/// The README's quickstart command, exactly as it reads there: six shards, results in
+/// `./linesweep-results` (where users look, not under /tmp where they vanish on reboot).
+#[test]
+fn the_readme_quickstart_runs_into_linesweep_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = repo().join("examples/mnist-mli.toml");
+    let o = linesweep(
+        &["run", spec.to_str().unwrap(), "--workers", "2"],
+        tmp.path(),
+        Duration::from_secs(600),
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    let root = tmp.path().join("linesweep-results");
+    assert!(
+        out.contains(&format!("results in {}", root.display())),
+        "{out}"
+    );
+    assert!(out.contains("6 committed"), "{out}");
+    let runs = root.join("results/runs/sweep=mnist-mli");
+    assert_eq!(std::fs::read_dir(runs).unwrap().count(), 6);
+    assert!(root.join("owners/sweep=mnist-mli.json").is_file());
+}

@@ -233,6 +233,70 @@ pub fn publish_verified(
     Ok(published)
 }
 
+/// The ledger that publishes a sweep in a results location, as its owner marker records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    /// The ledger's id ([`crate::ledger::Ledger::id`]).
+    pub ledger: String,
+    /// Its state file, for the error that names it.
+    pub state: String,
+}
+
+/// Why a sweep's results location cannot be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    /// Another ledger publishes this sweep here.
+    #[error(
+        "sweep `{sweep}` in {root} belongs to another ledger (state file {}, id {}): submit it to \
+         that coordinator, or use another sweep name or results location; if that ledger is \
+         lost, start this coordinator with `serve --recover --results {root}`",
+        .owner.state, .owner.ledger
+    )]
+    Taken {
+        sweep: SweepName,
+        root: String,
+        owner: Owner,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Makes `me` the owner of `sweep` in `storage`: a create-only marker, so that two ledgers
+/// never publish one sweep into one location (each would refuse the other's results as
+/// conflicts, after training them). The marker is `me`'s already when it names `me`'s id, or
+/// `me`'s state file (a ledger recreated where it was); `take_over` (a ledger rebuilt with
+/// `--recover`) replaces any other.
+pub fn claim_owner(
+    storage: &Storage,
+    sweep: &SweepName,
+    me: &Owner,
+    take_over: bool,
+) -> Result<(), OwnerError> {
+    let key = linesweep_storage::layout::owner_key(sweep);
+    let mine = serde_json::to_vec_pretty(me).unwrap_or_default();
+    match storage.put_create(&key, mine.clone()) {
+        Ok(()) => return Ok(()),
+        Err(StorageError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // An unreadable marker is nobody's: it is replaced.
+    let current: Option<Owner> = serde_json::from_slice(&storage.get(&key)?).ok();
+    match current {
+        Some(o) if o.ledger == me.ledger => Ok(()),
+        Some(o) if o.state != me.state && !take_over => Err(OwnerError::Taken {
+            sweep: sweep.clone(),
+            root: storage.root().to_owned(),
+            owner: o,
+        }),
+        previous => {
+            tracing::warn!(%sweep, root = storage.root(), ?previous, "this ledger takes over the sweep's results location");
+            storage.put(&key, mine)?;
+            Ok(())
+        }
+    }
+}
+
 /// Removes every attempt's staging of a shard (after its commit, or by `gc`).
 pub fn clean(storage: &Storage, sweep: &SweepName, shard: &ShardId) -> Result<usize, StorageError> {
     storage.delete_prefix(&shard_staging(sweep, shard))

@@ -27,6 +27,9 @@ pub struct ServeConfig {
     /// Checks each submitted shard (id, canonical config JSON) with the planner's rules; the
     /// coordinator cannot itself, since shard configs are opaque to it. `None`: accept any.
     pub check_shard: Option<ShardCheck>,
+    /// Take over the results locations of sweeps that another ledger owned (a ledger rebuilt
+    /// with `--recover`); otherwise a submission into another ledger's location is refused.
+    pub take_over: bool,
 }
 
 /// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
@@ -86,7 +89,8 @@ pub async fn serve(
         );
     }
     let coordinator = Coordinator::new(ledger, config.clock.clone(), config.default_results)
-        .with_shard_check(config.check_shard);
+        .with_shard_check(config.check_shard)
+        .with_take_over(config.take_over);
     coordinator.roll_forward().await;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {

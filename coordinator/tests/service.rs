@@ -105,6 +105,7 @@ async fn start(ttl_ms: i64) -> Running {
         clock: Arc::new(move || c.load(Ordering::SeqCst)),
         default_results: results.path().display().to_string(),
         check_shard: None,
+        take_over: false,
     };
     let ledger = Ledger::in_memory(LeasePolicy {
         ttl_ms,

@@ -234,6 +234,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             clock: system_clock(),
             default_results: dir.path().join("results").display().to_string(),
             check_shard: Some(super::remote::shard_check()),
+            take_over: false,
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = stopped.await;
@@ -278,7 +279,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             let t = Instant::now();
             let mut control = connect(&url).await?;
             let results = dir.path().join("results").display().to_string();
-            let (added, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
+            let (added, _, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
             let submit_s = t.elapsed().as_secs_f64();
             let ledger_bytes = ledger_bytes(&state);
             let under_load = ops_under_load(&mut control, channels, args.workers, args.rate).await?;

@@ -72,6 +72,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             clock: system_clock(),
             default_results: args.results.clone().unwrap_or_default(),
             check_shard: Some(shard_check()),
+            take_over: args.recover,
         };
         let shutdown = async {
             shutdown_signal().await;
@@ -153,15 +154,15 @@ fn rpc_error(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator: {} ({:?})", e.message(), e.code())
 }
 
-/// Submits a plan in chunks; returns (added, existing).
+/// Submits a plan in chunks; returns (added, existing, where the results go).
 pub(crate) async fn submit_plan(
     c: &mut ControlServiceClient<Channel>,
     token: Option<&str>,
     plan: &SweepPlan,
     results: &str,
     allow_changed: bool,
-) -> anyhow::Result<(u64, u64)> {
-    let (mut added, mut existing) = (0, 0);
+) -> anyhow::Result<(u64, u64, String)> {
+    let (mut added, mut existing, mut location) = (0, 0, String::new());
     for (i, chunk) in plan.shards.chunks(SUBMIT_CHUNK).enumerate() {
         let msg = pb::SubmitRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -185,8 +186,9 @@ pub(crate) async fn submit_plan(
             .into_inner();
         added += r.added;
         existing += r.existing;
+        location = r.results;
     }
-    Ok((added, existing))
+    Ok((added, existing, location))
 }
 
 /// A `file://` URL or path made absolute, so that workers started elsewhere agree on it.
@@ -207,12 +209,12 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let token = args.client.token.as_deref();
-    let (added, existing) = runtime()?.block_on(async {
+    let (added, existing, location) = runtime()?.block_on(async {
         let mut c = connect(&args.client.coordinator).await?;
         submit_plan(&mut c, token, &plan, &results, args.new).await
     })?;
     emit(&format!(
-        "sweep {}: {} shards, {added} added, {existing} already known\n",
+        "sweep {}: {} shards, {added} added, {existing} already known; results in {location}\n",
         plan.name,
         plan.shards.len(),
     ))

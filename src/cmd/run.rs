@@ -193,12 +193,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             clock: system_clock(),
             default_results: root.clone(),
             check_shard: Some(super::remote::shard_check()),
+            // The same state file owns the location again, however it was lost.
+            take_over: false,
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = server_stopped.await;
         }));
         let mut control = connect_retrying(&url).await?;
-        let (added, existing) =
+        let (added, existing, _) =
             submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
         let first = fetch_status(&mut control, Some(&token), plan.name.as_str()).await?;
         let committed = count(&first, StateKind::Committed);

@@ -114,6 +114,12 @@ pub fn snapshot_manifest_key(shard: &ShardId) -> String {
     format!("{}/manifest.json", snapshot_dir(shard))
 }
 
+/// The owner marker of a sweep in a results location: which ledger publishes it (written
+/// create-only at its first submission; see the coordinator's `publish::claim_owner`).
+pub fn owner_key(sweep: &SweepName) -> String {
+    format!("owners/sweep={sweep}.json")
+}
+
 /// The `runs` file is the commit marker: it is published last.
 pub const COMMIT_TABLE: &str = "runs";
 

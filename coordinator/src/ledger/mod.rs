@@ -147,6 +147,11 @@ pub struct Submitted {
 }
 
 const SCHEMA: &str = "
+-- `id`: this ledger's identity, random at creation; it names the owner of a sweep's results
+create table if not exists ledger_meta (
+    key text primary key,
+    value text not null
+);
 create table if not exists sweeps (
     name text primary key,
     created_ms integer not null,
@@ -227,6 +232,26 @@ impl Ledger {
         let mut ledger = Self::init(conn, policy, name)?;
         ledger._lock = Some(lock);
         Ok(ledger)
+    }
+
+    /// This ledger's identity (random, created with the file): the owner that a results
+    /// location's owner marker names.
+    pub fn id(&self) -> Result<String, LedgerError> {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        self.conn.execute(
+            "insert or ignore into ledger_meta(key, value) values ('id', ?1)",
+            [fresh],
+        )?;
+        Ok(self
+            .conn
+            .query_row("select value from ledger_meta where key = 'id'", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The state file's path, as given.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Takes the exclusive lock of the ledger at `path` (held until the file is closed).

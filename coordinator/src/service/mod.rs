@@ -95,6 +95,9 @@ pub struct Coordinator {
     clock: Clock,
     default_results: String,
     check_shard: Option<ShardCheck>,
+    /// This ledger, as the owner markers of its sweeps' results locations name it.
+    owner: publish::Owner,
+    take_over: bool,
     heartbeat_interval_ms: u64,
     watch_interval: Duration,
 }
@@ -107,6 +110,11 @@ impl Coordinator {
     /// Wraps a ledger and starts its group committer (needs a tokio runtime).
     /// `default_results` is the storage root of sweeps submitted without one.
     pub fn new(ledger: Ledger, clock: Clock, default_results: String) -> Self {
+        let owner = publish::Owner {
+            // An id that cannot be read (a failing disk) is caught by the first commit.
+            ledger: ledger.id().unwrap_or_default(),
+            state: ledger.path().to_owned(),
+        };
         let ttl = ledger.policy().ttl_ms.max(1) as u64;
         let reader = match ledger.reader() {
             Ok(r) => r.map(|r| Arc::new(Mutex::new(r))),
@@ -138,10 +146,33 @@ impl Coordinator {
             clock,
             default_results,
             check_shard: None,
+            owner,
+            take_over: false,
             // Six heartbeats per TTL: a lease survives a few lost ones.
             heartbeat_interval_ms: (ttl / 6).max(50),
             watch_interval: Duration::from_millis(500),
         }
+    }
+
+    /// Takes over the results locations that other ledgers owned (see [`publish::claim_owner`]).
+    pub fn with_take_over(mut self, take_over: bool) -> Self {
+        self.take_over = take_over;
+        self
+    }
+
+    /// Makes this ledger the owner of `sweep` in `results`, off the async threads.
+    async fn claim_owner(&self, sweep: &SweepName, results: &str) -> Result<(), Status> {
+        let storage = self.storage(results).await?;
+        let (sweep, owner, take_over) = (sweep.clone(), self.owner.clone(), self.take_over);
+        tokio::task::spawn_blocking(move || {
+            publish::claim_owner(&storage, &sweep, &owner, take_over)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            publish::OwnerError::Taken { .. } => Status::failed_precondition(e.to_string()),
+            publish::OwnerError::Storage(_) => Status::unavailable(e.to_string()),
+        })
     }
 
     /// Refuses submitted shards that `check` refuses.

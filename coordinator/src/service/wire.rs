@@ -313,8 +313,17 @@ impl pb::control_service_server::ControlService for Coordinator {
                 "the sweep names no results location ([storage] results) and the coordinator has no default (serve --results)",
             ));
         }
+        if !req.results.is_empty()
+            && !self.default_results.is_empty()
+            && req.results != self.default_results
+        {
+            tracing::warn!(%sweep, spec = %req.results, serve = %self.default_results, "the spec's [storage] results wins over serve --results");
+        }
+        if !req.continuation {
+            self.claim_owner(&sweep, &results).await?;
+        }
         let meta = SweepMeta {
-            results,
+            results: results.clone(),
             base_json: req.base_json,
         };
         let mode = if req.continuation {
@@ -336,6 +345,7 @@ impl pb::control_service_server::ControlService for Coordinator {
         Ok(Response::new(pb::SubmitReply {
             added: r.added as u64,
             existing: r.existing as u64,
+            results,
         }))
     }
 
