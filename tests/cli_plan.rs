@@ -17,9 +17,15 @@ fn example_sweep_plans_six_shards() {
     let out = text(&o.stdout);
     assert!(
         out.lines()
+            .any(|l| l.starts_with("sweep mnist-mli: 6 shards")),
+        "{out}"
+    );
+    // MLP 784-512-512-10 (669,706 parameters), 2.7 MB a snapshot, 191 steps × 3 epochs.
+    assert!(
+        out.lines()
             .last()
             .unwrap_or_default()
-            .starts_with("sweep mnist-mli: 6 shards"),
+            .starts_with("snapshots: "),
         "{out}"
     );
     assert_eq!(
@@ -110,4 +116,77 @@ fn architecture_examples_plan_with_normalised_configs() {
             assert!(p["config"]["model"]["norm"].is_string(), "{p}");
         }
     }
+}
+
+/// `snapshot.keep = "lines"` keeps θ_i, θ_c and the line starts, after the trajectory used
+/// every snapshot; `plan` says what a sweep will store either way.
+#[test]
+fn keep_lines_stores_only_what_the_lines_need_and_plan_says_how_much() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = |keep: &str| {
+        format!(
+            "name = \"keep\"\n[model]\nhidden = [64]\n[data]\nmax_train_examples = 1000\n\
+             [train]\nepochs = 2\n[snapshot]\nevery = 5\nkeep = \"{keep}\"\n\
+             [eval]\nmax_examples = 200\nstarts = [\"init\", \"epoch:1\"]\n"
+        )
+    };
+    std::fs::write(tmp.path().join("lines.toml"), cfg("lines")).unwrap();
+    std::fs::write(tmp.path().join("all.toml"), cfg("all")).unwrap();
+    let plan = |f: &str| text(&linesweep(&["plan", f], tmp.path(), Duration::from_secs(60)).stdout);
+    // 8 steps per epoch (batch 128) × 2; 64·(784+1)+(64+1)·10 = 50,890 f32 parameters,
+    // 203.6 KB a snapshot: θ_i, steps 5, 8 (the start), 10, 15 and θ_c; or θ_i, 8 and θ_c.
+    let all = plan("all.toml");
+    assert!(all.contains("snapshots: 1.2 MB per shard"), "{all}");
+    let lines = plan("lines.toml");
+    assert!(lines.contains("snapshots: 610.7 KB per shard"), "{lines}");
+    for (file, out) in [("lines.toml", "lines"), ("all.toml", "all")] {
+        let o = linesweep(
+            &["exec", "--config", file, "--out", out],
+            tmp.path(),
+            Duration::from_secs(300),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let snapshots = |out: &str| -> Vec<String> {
+        let dir = std::fs::read_dir(tmp.path().join(out).join("snapshots"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        snapshots("lines"),
+        [
+            "step-00000000.safetensors",
+            "step-00000008.safetensors",
+            "step-00000016.safetensors"
+        ]
+    );
+    assert_eq!(snapshots("all").len(), 6);
+    // The results are the same: every snapshot went into the trajectory before it was dropped.
+    let query = |out: &str| {
+        let sql = format!(
+            "select count(*), sum(alpha_raw), sum(beta) from read_parquet('{}/results/trajectory/**/*.parquet')",
+            tmp.path().join(out).display()
+        );
+        let o = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!("import duckdb; print(duckdb.connect().execute(\"{sql}\").fetchall())"),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    assert_eq!(query("lines"), query("all"));
+    assert!(query("lines").starts_with("[(6,"), "{}", query("lines"));
 }

@@ -4,6 +4,36 @@ use linesweep_worker::sweep;
 
 use crate::cli::PlanArgs;
 
+/// The snapshot storage the sweep will leave, where every shard's training length is known.
+fn storage_line(plan: &sweep::SweepPlan) -> String {
+    let sizes: Option<Vec<u128>> = plan
+        .shards
+        .iter()
+        .map(|s| s.config.snapshot_bytes_at_least())
+        .collect();
+    let Some(sizes) = sizes else {
+        return "snapshots: size unknown until the datasets are read (set data.max_train_examples to estimate)\n".into();
+    };
+    let total: u128 = sizes.iter().sum();
+    let per = total / sizes.len().max(1) as u128;
+    format!(
+        "snapshots: {} per shard, {} in all (snapshot.keep = \"lines\" keeps only θ_i, θ_c and the line starts)\n",
+        human(per),
+        human(total)
+    )
+}
+
+fn human(bytes: u128) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
     if args.json {
@@ -51,13 +81,14 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         crate::render::emit(&format!("{}\n", row.trim_end()))?;
     }
     crate::render::emit(&format!(
-        "sweep {}: {} shards{}\n",
+        "sweep {}: {} shards{}\n{}",
         plan.name,
         plan.shards.len(),
         plan.results
             .as_deref()
             .map(|r| format!(", results in {r}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        storage_line(&plan)
     ))?;
     Ok(())
 }

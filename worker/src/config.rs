@@ -386,6 +386,27 @@ pub struct TrainConfig {
 pub struct SnapshotConfig {
     /// Keep θ_t every this many optimizer steps (θ_i and θ_c are always kept); 0 = never.
     pub every: usize,
+    /// Which snapshot files stay in storage once the trajectory is computed.
+    #[serde(skip_serializing_if = "Keep::is_all")]
+    pub keep: Keep,
+}
+
+impl Keep {
+    fn is_all(&self) -> bool {
+        *self == Keep::All
+    }
+}
+
+/// `snapshot.keep`: the storage budget of a shard's snapshots. The trajectory is computed
+/// from every snapshot either way; this only decides which files outlive the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// Every snapshot (θ_i, each θ_t, θ_c).
+    #[default]
+    All,
+    /// Only what a line needs: θ_i, θ_c and each line start (`eval.starts`).
+    Lines,
 }
 
 /// `[eval]`.
@@ -461,7 +482,10 @@ impl Default for TrainConfig {
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        Self { every: 10 }
+        Self {
+            every: 10,
+            keep: Keep::All,
+        }
     }
 }
 
@@ -787,6 +811,31 @@ impl ShardConfig {
 
     /// A lower bound on the network's parameter count where widths are configurable (MLP,
     /// CNN), computed without building it; `None` for the residual networks (fixed sizes).
+    /// Bytes of snapshot files one shard leaves in storage, where the training-set size is
+    /// known (the built-in sample, or `max_train_examples`): f32 weights per snapshot, times
+    /// the snapshots `snapshot.every` and `snapshot.keep` make.
+    pub fn snapshot_bytes_at_least(&self) -> Option<u128> {
+        let per_epoch =
+            (self.train_examples_at_most()? as u64).div_ceil(self.train.batch_size.max(1) as u64);
+        let total = per_epoch * self.train.epochs as u64;
+        // Line starts strictly inside training (θ_i and θ_c are counted on their own).
+        let starts: std::collections::BTreeSet<u64> = self
+            .start_points()
+            .into_iter()
+            .map(|(_, p)| p.step(per_epoch))
+            .filter(|s| (1..total).contains(s))
+            .collect();
+        let every = self.snapshot.every as u64;
+        let count = match self.snapshot.keep {
+            Keep::All if every > 0 => {
+                let off_grid = starts.iter().filter(|s| !s.is_multiple_of(every)).count();
+                2 + total.saturating_sub(1) / every + off_grid as u64
+            }
+            Keep::All | Keep::Lines => 2 + starts.len() as u64,
+        };
+        Some(self.parameters_at_least()? * 4 * u128::from(count))
+    }
+
     pub fn parameters_at_least(&self) -> Option<u128> {
         let (channels, side, classes): (u128, u128, u128) = match self.data.dataset {
             DatasetName::Mnist10k | DatasetName::Mnist => (1, 28, 10),
@@ -837,6 +886,10 @@ impl ShardConfig {
         let mut experiment = self.clone();
         experiment.data.dir = None;
         experiment.data.loader_threads = DataConfig::default().loader_threads;
+        // Which files outlive the shard is a storage budget, not part of the experiment: the
+        // results are the same (and the default is not even serialized, so ids of configs
+        // written before it existed are unchanged).
+        experiment.snapshot.keep = Keep::All;
         let mut h = Sha256::new();
         h.update(experiment.canonical_json().as_bytes());
         h.update(format!("|schema={SCHEMA_VERSION}").as_bytes());

@@ -14,7 +14,7 @@
 use crate::device::ComputeDevice;
 use serde::Serialize;
 
-use crate::config::ShardConfig;
+use crate::config::{Keep, ShardConfig};
 use crate::engine::{
     self, Checkpoint, EngineError, Progress, Resume, SampleMeta, ShardOutcome, SnapshotSink,
 };
@@ -252,6 +252,26 @@ impl SnapshotSink for StorageSink<'_> {
     }
 }
 
+impl StorageSink<'_> {
+    /// `snapshot.keep = "lines"`: removes the snapshots no line needs, now that the trajectory
+    /// (which every snapshot contributed to) is computed; the manifests list what is left.
+    fn keep_only(&mut self, steps: &[u64]) -> Result<(), StorageError> {
+        let dropped: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| !steps.contains(&e.step))
+            .map(|e| snapshot_key(self.shard, e.step))
+            .collect();
+        for key in &dropped {
+            self.storage.delete(&layout::placed(self.staging, key))?;
+        }
+        self.entries.retain(|e| steps.contains(&e.step));
+        self.files.retain(|f| !dropped.contains(&f.key));
+        self.written.retain(|k| !dropped.contains(k));
+        Ok(())
+    }
+}
+
 /// A checkpoint read back and verified, not yet adopted by this attempt.
 struct Loaded {
     state: CheckpointState,
@@ -415,6 +435,9 @@ pub fn run(
         last_checkpoint: None,
     };
     let outcome = engine::run_shard(cfg, device, &mut sink, progress)?;
+    if cfg.snapshot.keep == Keep::Lines {
+        sink.keep_only(&outcome.line_steps)?;
+    }
     let manifest_rel = layout::snapshot_manifest_key(&shard);
     let manifest = Manifest {
         shard: shard.as_str(),

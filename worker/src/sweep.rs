@@ -458,7 +458,11 @@ fn shard_of(
 /// Resolves a grid key to a dotted shard-config path: `train.lr` stays, `lr` becomes
 /// `train.lr`, `seed` stays; a short name found in two sections is ambiguous.
 fn resolve(key: &str) -> Result<String, String> {
-    let catalog = serde_json::to_value(ShardConfig::default()).unwrap_or_default();
+    // Fields left out of the JSON at their default (which keeps older ids unchanged) are set
+    // to something else here, so that the catalog names every field.
+    let mut every_field = ShardConfig::default();
+    every_field.snapshot.keep = crate::config::Keep::Lines;
+    let catalog = serde_json::to_value(every_field).unwrap_or_default();
     let obj = catalog.as_object().cloned().unwrap_or_default();
     if let Some((section, field)) = key.split_once('.') {
         return match obj.get(section).and_then(|s| s.as_object()) {

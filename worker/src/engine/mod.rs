@@ -172,6 +172,8 @@ pub struct ShardOutcome {
     pub trajectory: Vec<TrajectoryRow>,
     /// Name of the device the shard ran on.
     pub device: String,
+    /// The steps of the snapshots the lines use: θ_i, θ_c and each start.
+    pub line_steps: Vec<u64>,
 }
 
 /// Runs one shard on `device`.
@@ -308,11 +310,18 @@ pub fn run_shard(
     };
     timings.total = t_all.elapsed().as_secs_f64();
     metrics.timings = timings;
+    let mut line_steps = vec![0, trained.steps];
+    line_steps.extend(
+        cfg.start_points()
+            .into_iter()
+            .map(|(_, p)| p.step(trained.steps_per_epoch)),
+    );
     Ok(ShardOutcome {
         metrics,
         line,
         trajectory,
         device: target.name.clone(),
+        line_steps,
     })
 }
 
