@@ -115,18 +115,7 @@ fn wait_for(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(st) = status(dir, url, sweep) {
-            if done(&st) {
-                return st;
-            }
-            last = Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not reached within {limit:?}; last status {last:#?}");
+    poll_until(limit, what, || status(dir, url, sweep), done)
 }
 
 /// A running shard in its first third of training: there is time left to interfere.

@@ -147,18 +147,12 @@ fn wait_for(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(st) = status(s3, dir, url) {
-            if done(&st) {
-                return st;
-            }
-            last = Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not reached within 300 s; last status {last:#?}");
+    poll_until(
+        Duration::from_secs(300),
+        what,
+        || status(s3, dir, url),
+        done,
+    )
 }
 
 #[test]

@@ -187,14 +187,19 @@ impl Storage {
 
     /// Writes `bytes` at `key` only if nothing is there yet.
     pub fn put_create(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-        let payload = PutPayload::from(Bytes::from(bytes));
+        self.create("creating", key, Bytes::from(bytes))
+    }
+
+    /// A create-only write of `bytes` at `key`; `op` names it in errors.
+    fn create(&self, op: &'static str, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         self.rt
-            .block_on(
-                self.store
-                    .put_opts(&Self::key(key), payload, PutMode::Create.into()),
-            )
+            .block_on(self.store.put_opts(
+                &Self::key(key),
+                PutPayload::from(bytes),
+                PutMode::Create.into(),
+            ))
             .map(|_| ())
-            .map_err(|e| self.err("creating", key, e))
+            .map_err(|e| self.err(op, key, e))
     }
 
     /// Reads the object at `key`.
@@ -236,21 +241,7 @@ impl Storage {
             Err(object_store::Error::NotSupported { .. })
             | Err(object_store::Error::NotImplemented { .. }) => {
                 let bytes = self.get(from)?;
-                self.put_create(to, bytes.to_vec()).map_err(|e| match e {
-                    StorageError::AlreadyExists { .. } => e,
-                    StorageError::Store {
-                        op: _,
-                        key,
-                        root,
-                        message,
-                    } => StorageError::Store {
-                        op: "publishing",
-                        key,
-                        root,
-                        message,
-                    },
-                    other => other,
-                })
+                self.create("publishing", to, bytes)
             }
             other => other.map_err(|e| self.err("publishing", to, e)),
         }

@@ -65,6 +65,28 @@ pub fn linesweep(args: &[&str], cwd: &Path, limit: Duration) -> Output {
     run_with_deadline(cmd, limit)
 }
 
+/// Calls `probe` every 100 ms until `done` holds for what it returns; panics after `limit`
+/// with the last value it saw.
+pub fn poll_until<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    probe: impl Fn() -> Option<T>,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(v) = probe() {
+            if done(&v) {
+                return v;
+            }
+            last = Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not reached within {limit:?}; last seen {last:#?}");
+}
+
 /// Text of an output stream.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

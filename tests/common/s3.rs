@@ -58,6 +58,11 @@ impl S3 {
         }
     }
 
+    /// The folder it serves (bucket `bucket` is its subfolder).
+    pub fn root(&self) -> &Path {
+        self._root.path()
+    }
+
     /// The environment a linesweep process needs to use the server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

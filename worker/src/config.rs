@@ -783,14 +783,19 @@ impl ShardConfig {
         }
     }
 
+    /// Steps per epoch and in all, when the training set's size is known before it is read.
+    fn steps_at_most(&self) -> Option<(u64, u64)> {
+        let per_epoch =
+            (self.train_examples_at_most()? as u64).div_ceil(self.train.batch_size.max(1) as u64);
+        Some((per_epoch, per_epoch * self.train.epochs as u64))
+    }
+
     /// Every start must come before θ_c. `epoch:E` is checked against `train.epochs` always;
     /// `step:N` wherever the training set's size is known (the engine checks the rest once it
     /// has read the data), so that a plan or a submission refuses it before anything runs.
     fn starts_fit_training(&self) -> Result<(), String> {
         let epochs = self.train.epochs as u64;
-        let max_steps = self
-            .train_examples_at_most()
-            .map(|n| n.div_ceil(self.train.batch_size.max(1)) as u64 * epochs);
+        let max_steps = self.steps_at_most().map(|(_, total)| total);
         for (label, point) in self.start_points() {
             let too_late = match point {
                 StartPoint::Init => false,
@@ -815,9 +820,7 @@ impl ShardConfig {
     /// known (the built-in sample, or `max_train_examples`): f32 weights per snapshot, times
     /// the snapshots `snapshot.every` and `snapshot.keep` make.
     pub fn snapshot_bytes_at_least(&self) -> Option<u128> {
-        let per_epoch =
-            (self.train_examples_at_most()? as u64).div_ceil(self.train.batch_size.max(1) as u64);
-        let total = per_epoch * self.train.epochs as u64;
+        let (per_epoch, total) = self.steps_at_most()?;
         // Line starts strictly inside training (θ_i and θ_c are counted on their own).
         let starts: std::collections::BTreeSet<u64> = self
             .start_points()
