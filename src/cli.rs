@@ -45,6 +45,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Expand a sweep spec into its shards and print them, without running anything.
     Plan(PlanArgs),
+    /// Rewrite a sweep's summary files from its committed results (the coordinator does this
+    /// as the sweep goes; this is for results it did not summarize, e.g. after `--recover`).
+    Summarize(SummarizeArgs),
     /// Print the default shard config (every field, with its default) as TOML.
     DefaultConfig,
     /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
@@ -55,6 +58,16 @@ pub enum Command {
     /// training steps of an MLP and a batch-norm ResNet-20, and the line's α = 0 and α = 1
     /// rows, compared within a tolerance. Exits non-zero when they disagree.
     CheckDevice(CheckDeviceArgs),
+}
+
+/// `linesweep summarize`.
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    /// Sweep name.
+    pub sweep: String,
+    /// The results location (a directory, `file://` or `s3://` URL).
+    #[arg(long)]
+    pub results: String,
 }
 
 /// `linesweep check-device`.
@@ -191,6 +204,20 @@ pub struct ServeArgs {
     /// resubmission then reruns only what is missing.
     #[arg(long, requires = "results")]
     pub recover: bool,
+    /// Serve TLS with this certificate chain (PEM); clients then use an `https://` URL and
+    /// `--tls-ca` (or the system's roots). The token is still required.
+    #[arg(long, requires = "tls_key", env = "LINESWEEP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert", env = "LINESWEEP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Rewrite a sweep's summary files (`summaries/<table>/sweep=<name>/all.parquet`) at most
+    /// this many seconds after a commit they lack (0: no summaries). Always at a sweep's end.
+    #[arg(long, default_value_t = 60)]
+    pub summary_every: u64,
+    /// ... and as soon as this many commits are not in them yet.
+    #[arg(long, default_value_t = 1000)]
+    pub summary_commits: u64,
 }
 
 /// `linesweep worker`.
@@ -257,6 +284,19 @@ pub struct ClientArgs {
     /// Bearer token (as printed by `linesweep serve`).
     #[arg(long, env = "LINESWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that signed an `https://` coordinator's certificate (default: the
+    /// system's roots).
+    #[arg(long, env = "LINESWEEP_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// How this client trusts an `https://` coordinator.
+    pub fn tls(&self) -> linesweep_proto::tls::ClientTls {
+        linesweep_proto::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+        }
+    }
 }
 
 /// `linesweep submit`.

@@ -196,12 +196,11 @@ exit $code"#;
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = format!(
-        "http://{}",
-        line.trim()
-            .strip_prefix("coordinator on ")
-            .unwrap_or_else(|| panic!("no address: {line:?}"))
-    );
+    let url = line
+        .trim()
+        .strip_prefix("coordinator on ")
+        .unwrap_or_else(|| panic!("no address: {line:?}"))
+        .to_owned();
     let proc = Proc(child);
     let run = |args: &[&str]| {
         let mut all = args.to_vec();

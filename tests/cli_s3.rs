@@ -155,14 +155,17 @@ fn wait_for(
     )
 }
 
-#[test]
-fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
-    let s3 = S3::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// `serve` with results under `s3://bucket/PREFIX` and the 3-shard spec submitted to it;
+/// returns the server and its URL.
+fn serve_and_submit(s3: &S3, dir: &Path, prefix: &str) -> (Proc, String) {
     let mut cmd = Command::new(bin());
     cmd.args(["-q", "serve", "--token", TOKEN, "--lease-ttl", "2"])
-        .args(["--listen", "127.0.0.1:0", "--results", "s3://bucket/dist"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--results",
+            &format!("s3://bucket/{prefix}"),
+        ])
         .arg("--state")
         .arg(dir.join("state.db"))
         .stdout(Stdio::piped())
@@ -175,13 +178,12 @@ fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
         &mut line,
     )
     .unwrap();
-    let _server = Proc(child);
-    let url = format!(
-        "http://{}",
-        line.trim()
-            .strip_prefix("coordinator on ")
-            .expect("address line")
-    );
+    let server = Proc(child);
+    let url = line
+        .trim()
+        .strip_prefix("coordinator on ")
+        .expect("address line")
+        .to_owned();
     let spec = spec(dir);
     let submit = [
         "submit",
@@ -191,17 +193,31 @@ fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
         "--token",
         TOKEN,
     ];
-    let o = linesweep_s3(&s3, dir, &submit, Duration::from_secs(30));
+    let o = linesweep_s3(s3, dir, &submit, Duration::from_secs(30));
     assert!(o.status.success(), "{}", text(&o.stderr));
+    (server, url)
+}
+
+/// Whether a shard of `worker` is training and between `steps` done.
+fn training(s: &serde_json::Value, worker: &str, steps: std::ops::Range<u64>) -> bool {
+    s["running"].as_array().is_some_and(|r| {
+        r.iter().any(|x| {
+            let done = x["done"].as_u64().unwrap_or(0);
+            x["worker"] == worker && x["phase"] == "train" && steps.contains(&done)
+        })
+    })
+}
+
+#[test]
+fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
+    let s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, url) = serve_and_submit(&s3, dir, "dist");
     let victim = worker(&s3, dir, &url, "victim");
     // Past its first checkpoint (step 50) and well before the end (about 950 steps).
     wait_for(&s3, dir, &url, "victim past a checkpoint", |s| {
-        s["running"].as_array().is_some_and(|r| {
-            r.iter().any(|x| {
-                let done = x["done"].as_u64().unwrap_or(0);
-                x["worker"] == "victim" && x["phase"] == "train" && (120..400).contains(&done)
-            })
-        })
+        training(s, "victim", 120..400)
     });
     victim.signal(libc::SIGKILL);
     drop(victim);
@@ -220,6 +236,31 @@ fn a_worker_killed_mid_shard_resumes_from_its_checkpoint_on_s3() {
     let o = linesweep_s3(&s3, dir, &gc, Duration::from_secs(60));
     assert!(o.status.success(), "{}", text(&o.stderr));
     let report = check_s3(&s3, "dist", "s3sweep", 3);
+    assert!(report.starts_with("ok: 3 runs"), "{report}");
+}
+
+#[test]
+fn an_s3_outage_mid_sweep_spends_no_failure_budget() {
+    let mut s3 = S3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_server, url) = serve_and_submit(&s3, dir, "outage");
+    let _worker = worker(&s3, dir, &url, "w");
+    wait_for(&s3, dir, &url, "a shard mid-training", |s| {
+        training(s, "w", 60..400)
+    });
+    // Snapshots and checkpoints are written every few hundred milliseconds: several writes
+    // fail, past object_store's own retries.
+    s3.outage(Duration::from_secs(5));
+    let st = wait_for(&s3, dir, &url, "3 commits", |s| {
+        s["counts"]["committed"].as_u64() == Some(3)
+    });
+    assert_eq!(st["failures"], 0, "an outage spent failure budget: {st:#}");
+    assert!(
+        st["interruptions"].as_u64() >= Some(1),
+        "the outage went unnoticed: {st:#}"
+    );
+    let report = check_s3(&s3, "outage", "s3sweep", 3);
     assert!(report.starts_with("ok: 3 runs"), "{report}");
 }
 

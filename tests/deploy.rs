@@ -1,7 +1,9 @@
 //! `deploy/`: the Dockerfiles lint clean (hadolint) and copy only files that exist, including
 //! everything the build reads; the Kubernetes manifests validate against the Kubernetes 1.30
 //! schemas (kubernetes-validate, strict), and the validator does refuse a broken manifest.
-//! CI cannot run Docker or a cluster; these are the checks it can make.
+//! The Slurm scripts and the setup scripts pass shellcheck (`tests/deploy_slurm.rs` runs the
+//! array script on a real cluster). CI cannot run Docker or Kubernetes; these are the checks
+//! it can make.
 
 mod common;
 
@@ -115,4 +117,42 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     let coordinator = std::fs::read_to_string(dir.join("coordinator.yaml")).unwrap();
     std::fs::write(&broken, coordinator.replace("replicas: 1", "replicas: one")).unwrap();
     assert!(!validate(&[&broken]).status.success());
+}
+
+#[test]
+fn the_slurm_and_setup_scripts_pass_shellcheck() {
+    let mut scripts = vec![repo().join(".ci/run")];
+    for dir in ["deploy/slurm", "scripts"] {
+        for e in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "sh" || x == "sbatch") {
+                scripts.push(p);
+            }
+        }
+    }
+    assert!(scripts.len() >= 5, "{scripts:?}");
+    let mut cmd = Command::new(tool("LINESWEEP_SHELLCHECK", "shellcheck"));
+    cmd.args(&scripts);
+    let o = run_with_deadline(cmd, Duration::from_secs(60));
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    // Not a rubber stamp either: an unquoted expansion in a test is flagged.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.sh");
+    std::fs::write(&bad, "#!/bin/bash\nif [ -n $1 ]; then echo $1; fi\n").unwrap();
+    let mut cmd = Command::new(tool("LINESWEEP_SHELLCHECK", "shellcheck"));
+    cmd.arg(&bad);
+    assert!(
+        !run_with_deadline(cmd, Duration::from_secs(60))
+            .status
+            .success()
+    );
+    // The array script asks Slurm for the signal it traps, and is requeueable.
+    let worker = std::fs::read_to_string(repo().join("deploy/slurm/worker.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --gres=gpu:1",
+    ] {
+        assert!(worker.contains(line), "{line}");
+    }
 }

@@ -110,4 +110,18 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
     let runs = root.join("results/runs/sweep=mnist-mli");
     assert_eq!(std::fs::read_dir(runs).unwrap().count(), 6);
     assert!(root.join("owners/sweep=mnist-mli.json").is_file());
+    // The sweep ended, so its summary files hold every shard, once.
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut check = std::process::Command::new(python);
+    check
+        .arg(repo().join("tests/python/check_summaries.py"))
+        .arg(&root)
+        .args(["mnist-mli", "6"]);
+    let o = run_with_deadline(check, Duration::from_secs(120));
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("ok: runs 6 rows"),
+        "{}",
+        text(&o.stdout)
+    );
 }

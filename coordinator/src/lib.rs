@@ -10,6 +10,8 @@
 //!   module here that touches storage).
 //! - [`recover`]: rebuilds committed state from the results root (`serve --recover`): a
 //!   `runs` file at its final key means committed.
+//! - [`summary`]: per-sweep summary files, one Parquet object per table holding every
+//!   committed shard's rows, rewritten whole (the per-shard files stay the truth).
 //! - [`service`]: the gRPC `WorkerService` and `ControlService` over the ledger: version
 //!   check, wire ↔ domain, the publish protocol, live progress and the workers registry.
 //! - [`server`]: bearer-token check, health service, lease reaper and publish roll-forward,
@@ -24,3 +26,4 @@ pub mod publish;
 pub mod recover;
 pub mod server;
 pub mod service;
+pub mod summary;

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Status};
 
 use crate::ledger::Ledger;
-use crate::service::{Clock, Coordinator, ShardCheck};
+use crate::service::{Clock, Coordinator, ShardCheck, SummaryPolicy};
 
 /// What `serve` needs besides the ledger; durations come from here, never from `cfg!(test)`.
 #[derive(Clone)]
@@ -30,6 +30,11 @@ pub struct ServeConfig {
     /// Take over the results locations of sweeps that another ledger owned (a ledger rebuilt
     /// with `--recover`); otherwise a submission into another ledger's location is refused.
     pub take_over: bool,
+    /// Serve TLS with this certificate (`linesweep_proto::tls::server_config`); `None`: plain
+    /// text (loopback, or behind a TLS-terminating proxy).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// When per-sweep summary files are rewritten ([`SummaryPolicy::OFF`]: never).
+    pub summaries: SummaryPolicy,
 }
 
 /// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
@@ -90,7 +95,8 @@ pub async fn serve(
     }
     let coordinator = Coordinator::new(ledger, config.clock.clone(), config.default_results)
         .with_shard_check(config.check_shard)
-        .with_take_over(config.take_over);
+        .with_take_over(config.take_over)
+        .with_summaries(config.summaries);
     coordinator.roll_forward().await;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let reaper = {
@@ -112,12 +118,14 @@ pub async fn serve(
                             Err(e) => tracing::error!(error = e.message(), "lease reaper failed"),
                         }
                         c.roll_forward().await;
+                        c.tick_summaries().await;
                     }
                     _ = stop_rx.changed() => break,
                 }
             }
         })
     };
+    let flusher = coordinator.clone();
     let token = config.token.clone();
     let t1 = token.clone();
     let worker =
@@ -146,7 +154,11 @@ pub async fn serve(
         .set_serving::<ControlServiceServer<Coordinator>>()
         .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .add_service(health_service)
         .add_service(worker)
         .add_service(control)
@@ -154,6 +166,8 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = reaper.await;
+    // What committed since the last rewrite reaches the summaries before the process ends.
+    flusher.flush_summaries().await;
     result?;
     match fatal_rx.await {
         Ok(why) => Err(format!("the ledger cannot commit ({why}); the coordinator stopped. Nothing acknowledged was lost: free space or fix the disk, then start it again").into()),

@@ -106,6 +106,8 @@ async fn start(ttl_ms: i64) -> Running {
         default_results: results.path().display().to_string(),
         check_shard: None,
         take_over: false,
+        tls: None,
+        summaries: linesweep_coordinator::service::SummaryPolicy::OFF,
     };
     let ledger = Ledger::in_memory(LeasePolicy {
         ttl_ms,

@@ -1,11 +1,13 @@
 //! The wire contract: generated gRPC types and the protocol version.
 //!
 //! **Architecture invariant:** no logic lives here, beyond [`client`] (how a caller attaches
-//! its token and deadline to a request) and the one conversion of the wire's lease token to
+//! its token and deadline to a request), [`tls`] (the coordinator's certificate, and how a
+//! caller reaches it over `http://` or `https://`) and the one conversion of the wire's lease token to
 //! the validated [`LeaseToken`]. Only the coordinator's service, the worker
 //! agent and the CLI's client import [`pb`]; everything else works on domain types.
 
 pub mod client;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for `linesweep.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -235,6 +235,8 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             default_results: dir.path().join("results").display().to_string(),
             check_shard: Some(super::remote::shard_check()),
             take_over: false,
+            tls: None,
+            summaries: linesweep_coordinator::service::SummaryPolicy::OFF,
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = stopped.await;
@@ -277,7 +279,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             let plan = sweep::plan(&spec, "generated spec")?;
             let plan_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let mut control = connect(&url).await?;
+            let mut control = connect(&url, &linesweep_proto::tls::ClientTls::default()).await?;
             let results = dir.path().join("results").display().to_string();
             let (added, _, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
             let submit_s = t.elapsed().as_secs_f64();

@@ -47,6 +47,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => remote::cancel(args),
         Command::Workers(args) => remote::workers(args),
         Command::Gc(args) => remote::gc(args),
+        Command::Summarize(args) => remote::summarize(args),
         Command::Data(args) => data::run(args),
         Command::CheckDevice(args) => check_device::run(args),
     }

@@ -11,13 +11,14 @@ use linesweep_coordinator::service::{is_finished, system_clock};
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::pb;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
+use linesweep_proto::tls::ClientTls;
 use linesweep_worker::sweep::{self, SweepPlan};
 use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::cli::{
-    CancelArgs, ClientArgs, GcArgs, RetryArgs, ServeArgs, StatusArgs, SubmitArgs, WatchArgs,
-    WorkersArgs,
+    CancelArgs, ClientArgs, GcArgs, RetryArgs, ServeArgs, StatusArgs, SubmitArgs, SummarizeArgs,
+    WatchArgs, WorkersArgs,
 };
 use crate::render::{self, emit};
 
@@ -46,6 +47,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         linesweep_worker::storage::Storage::open(results)
             .with_context(|| "the default results location (--results)".to_string())?;
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(linesweep_proto::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ledger = Ledger::open(&args.state, policy)?;
     if args.recover
         && let Some(results) = &args.results
@@ -57,14 +63,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, state = %args.state.display(), "coordinator listening");
+        tracing::info!(%addr, state = %args.state.display(), scheme, "coordinator listening");
         // The first stdout line names the bound address (useful with --listen 127.0.0.1:0).
         if args.token.is_none() {
             emit(&format!(
-                "coordinator on {addr}; clients need --token {token} (or LINESWEEP_TOKEN)\n"
+                "coordinator on {scheme}://{addr}; clients need --token {token} (or LINESWEEP_TOKEN)\n"
             ))?;
         } else {
-            emit(&format!("coordinator on {addr}\n"))?;
+            emit(&format!("coordinator on {scheme}://{addr}\n"))?;
         }
         let config = ServeConfig {
             token: Some(token),
@@ -73,6 +79,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             default_results: args.results.clone().unwrap_or_default(),
             check_shard: Some(shard_check()),
             take_over: args.recover,
+            tls,
+            summaries: linesweep_coordinator::service::SummaryPolicy {
+                every_commits: args.summary_commits,
+                every: Duration::from_secs(args.summary_every),
+            },
         };
         let shutdown = async {
             shutdown_signal().await;
@@ -139,15 +150,32 @@ pub(crate) fn request<T>(msg: T, token: Option<&str>) -> anyhow::Result<Request<
     Ok(credentials.request(msg, Duration::from_secs(60)))
 }
 
-pub(crate) async fn connect(url: &str) -> anyhow::Result<ControlServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("bad coordinator URL {url}"))?
-        .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+/// A control-service client of the coordinator at `url`, over TLS for `https://`
+/// (`linesweep_proto::tls`: the same rules as the worker agent's).
+pub(crate) async fn connect(
+    url: &str,
+    tls: &ClientTls,
+) -> anyhow::Result<ControlServiceClient<Channel>> {
+    let endpoint = linesweep_proto::tls::endpoint(url, tls, Duration::from_secs(10))?;
+    let unreachable = |e: &(dyn std::error::Error + 'static)| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: {}",
+            linesweep_proto::tls::explain(url, e)
+        )
+    };
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    // HTTP/2 is set up lazily: a plain-text client of a TLS server only finds out at its first
+    // call, as "operation was canceled". Make that first call the health check.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut check = Request::new(tonic_health::pb::HealthCheckRequest::default());
+    check.set_timeout(Duration::from_secs(10));
+    health.check(check).await.map_err(|e| unreachable(&e))?;
     Ok(ControlServiceClient::new(channel))
+}
+
+/// [`connect`] with a client command's flags.
+async fn open(client: &ClientArgs) -> anyhow::Result<ControlServiceClient<Channel>> {
+    connect(&client.coordinator, &client.tls()).await
 }
 
 fn rpc_error(e: tonic::Status) -> anyhow::Error {
@@ -210,7 +238,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     let token = args.client.token.as_deref();
     let (added, existing, location) = runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         submit_plan(&mut c, token, &plan, &results, args.new).await
     })?;
     emit(&format!(
@@ -237,7 +265,7 @@ pub(crate) async fn fetch_status(
 }
 
 async fn status_of(client: &ClientArgs, sweep: &str) -> anyhow::Result<pb::StatusReply> {
-    let mut c = connect(&client.coordinator).await?;
+    let mut c = open(client).await?;
     fetch_status(&mut c, client.token.as_deref(), sweep).await
 }
 
@@ -246,7 +274,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let (st, shards) = runtime()?.block_on(async {
         let st = status_of(&args.client, &args.sweep).await?;
         let shards = if args.shards {
-            let mut c = connect(&args.client.coordinator).await?;
+            let mut c = open(&args.client).await?;
             let msg = pb::ListShardsRequest {
                 protocol_version: PROTOCOL_VERSION,
                 sweep: args.sweep.clone(),
@@ -277,7 +305,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         let msg = pb::StatusRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),
@@ -306,7 +334,7 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
 pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     let n = runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         let msg = pb::RetryRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),
@@ -329,7 +357,7 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
 pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     let n = runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         let msg = pb::CancelRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),
@@ -357,7 +385,7 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
 pub fn workers(args: WorkersArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     let list = runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         let msg = pb::ListWorkersRequest {
             protocol_version: PROTOCOL_VERSION,
         };
@@ -372,10 +400,27 @@ pub fn workers(args: WorkersArgs) -> anyhow::Result<()> {
     emit(&render::workers(&list))
 }
 
+pub fn summarize(args: SummarizeArgs) -> anyhow::Result<()> {
+    let sweep = linesweep_storage::ids::SweepName::parse(args.sweep.clone())?;
+    let storage = linesweep_worker::storage::Storage::open(&args.results)?;
+    let done = linesweep_coordinator::summary::rewrite(&storage, &sweep)
+        .with_context(|| format!("summarizing sweep {sweep} in {}", args.results))?;
+    let mut out = String::new();
+    for (table, total, added) in &done.tables {
+        out.push_str(&format!(
+            "{}: {total} shards ({added} added)\n",
+            storage.root().trim_end_matches('/').to_owned()
+                + "/"
+                + &linesweep_storage::layout::summary_key(table, &sweep)
+        ));
+    }
+    emit(&out)
+}
+
 pub fn gc(args: GcArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     let n = runtime()?.block_on(async {
-        let mut c = connect(&args.client.coordinator).await?;
+        let mut c = open(&args.client).await?;
         let msg = pb::GcRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),

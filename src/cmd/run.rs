@@ -195,6 +195,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             check_shard: Some(super::remote::shard_check()),
             // The same state file owns the location again, however it was lost.
             take_over: false,
+            tls: None,
+            summaries: Default::default(),
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = server_stopped.await;
@@ -219,6 +221,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let cfg = AgentConfig {
                 coordinator: url.clone(),
                 token: Some(token.clone()),
+                tls: Default::default(),
                 name: format!("local-{i}"),
                 device: args.device.clone(),
                 slots: 1,
@@ -352,7 +355,7 @@ async fn connect_retrying(
 ) -> anyhow::Result<pb::control_service_client::ControlServiceClient<tonic::transport::Channel>> {
     let mut last = None;
     for _ in 0..50 {
-        match connect(url).await {
+        match connect(url, &linesweep_proto::tls::ClientTls::default()).await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(e),
         }

@@ -32,6 +32,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let cfg = AgentConfig {
         coordinator: args.client.coordinator.clone(),
         token: args.client.token.clone(),
+        tls: args.client.tls(),
         name: args.name.clone().unwrap_or_else(default_name),
         device: args.device.clone(),
         slots: args.slots,

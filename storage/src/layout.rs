@@ -4,6 +4,9 @@
 //! ```text
 //! results/<table>/sweep=<sweep>/<shard>.parquet        published results (DuckDB reads these)
 //! snapshots/<shard>/step-<8 digits>.safetensors         published snapshots, manifest.json, config.json
+//! summaries/<table>/sweep=<sweep>/all.parquet          every committed shard's rows of a table in one
+//!                                                       file, rewritten as the sweep goes (faster
+//!                                                       to query, may lag the results/ files)
 //! staging/<sweep>/<shard>/attempt-<n>/…                 what attempt n wrote, same layout as above,
 //!                                                       plus checkpoints/ and attempt.json (the
 //!                                                       attempt manifest); never read by queries
@@ -118,6 +121,18 @@ pub fn snapshot_manifest_key(shard: &ShardId) -> String {
 /// create-only at its first submission; see the coordinator's `publish::claim_owner`).
 pub fn owner_key(sweep: &SweepName) -> String {
     format!("owners/sweep={sweep}.json")
+}
+
+/// The per-sweep summary of a result table: every committed shard's rows in one file, rewritten
+/// by the coordinator (see its `summary` module). A prefix of its own, so that no glob over
+/// `results/` sees a row twice.
+pub fn summary_key(table: &str, sweep: &SweepName) -> String {
+    format!("summaries/{table}/sweep={sweep}/all.parquet")
+}
+
+/// The folder of every result table's file of `sweep` (`results/<table>/sweep=<sweep>/`).
+pub fn result_sweep_prefix(table: &str, sweep: &SweepName) -> String {
+    format!("{}sweep={sweep}/", result_table_prefix(table))
 }
 
 /// The `runs` file is the commit marker: it is published last.

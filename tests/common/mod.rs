@@ -139,5 +139,5 @@ pub fn serve(args: &[&str], state: &Path) -> (Proc, String) {
         .strip_prefix("coordinator on ")
         .expect("address line")
         .to_owned();
-    (proc, format!("http://{addr}"))
+    (proc, addr)
 }

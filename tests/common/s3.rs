@@ -1,4 +1,4 @@
-//! A real S3-protocol server on loopback for the tests: `s3s-fs` (`.ci/run` installs it;
+//! A real S3-protocol server on loopback for the tests: `s3s-fs` (`scripts/test-deps.sh` installs it;
 //! `LINESWEEP_S3S_FS` names another binary) serving a temporary folder with SigV4 keys.
 
 use std::path::Path;
@@ -30,32 +30,20 @@ impl S3 {
             .local_addr()
             .unwrap()
             .port();
-        let program = std::env::var("LINESWEEP_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-        let log = std::fs::File::create(root.path().join("server.log")).unwrap();
-        let child = Command::new(&program)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} ({e}): `cargo install s3s-fs --version 0.14.1 --features binary` (.ci/run does)")
-            });
-        let proc = Proc(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         S3 {
-            _proc: proc,
+            _proc: spawn(root.path(), port),
             _root: root,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Kills the server, waits `outage`, and starts it again on the same port and folder.
+    pub fn outage(&mut self, outage: Duration) {
+        let _ = self._proc.0.kill();
+        let _ = self._proc.0.wait();
+        std::thread::sleep(outage);
+        let port = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        self._proc = spawn(self._root.path(), port);
     }
 
     /// The folder it serves (bucket `bucket` is its subfolder).
@@ -80,4 +68,34 @@ impl S3 {
             .env("XDG_STATE_HOME", dir.join("state"))
             .env_remove("AWS_PROFILE");
     }
+}
+
+/// `s3s-fs` serving `root` on `port`, once it accepts connections (at most 20 s).
+fn spawn(root: &Path, port: u16) -> Proc {
+    let program = std::env::var("LINESWEEP_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("server.log"))
+        .unwrap();
+    let child = Command::new(&program)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {program} ({e}): `cargo install s3s-fs --version 0.14.1 --features binary` (scripts/test-deps.sh does)")
+        });
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "s3s-fs did not listen within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
 }

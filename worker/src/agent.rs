@@ -47,6 +47,9 @@ pub enum AgentError {
     /// The coordinator refused the worker (token, version).
     #[error("the coordinator refused this worker: {0}")]
     Refused(String),
+    /// The coordinator's TLS certificate is not trusted (wrong CA, expired, another name).
+    #[error("this worker cannot trust the coordinator: {0}")]
+    Untrusted(String),
 }
 
 /// How an agent runs.
@@ -56,6 +59,8 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// Bearer token.
     pub token: Option<String>,
+    /// How an `https://` coordinator's certificate is trusted.
+    pub tls: linesweep_proto::tls::ClientTls,
     /// Worker name (unique per process).
     pub name: String,
     /// Device string passed to the children (`cpu`, `wgpu:0`, …).
@@ -142,6 +147,7 @@ struct Health {
 
 #[derive(Clone)]
 struct Client {
+    url: String,
     inner: WorkerServiceClient<Channel>,
     credentials: Credentials,
     max_backoff: Duration,
@@ -180,11 +186,16 @@ impl Client {
                     }
                     return Some(Ok(r.into_inner()));
                 }
+                // A certificate this worker does not trust stays untrusted: say why, once.
+                Err(s) if linesweep_proto::tls::is_certificate_error(&s) => {
+                    let why = linesweep_proto::tls::explain(&self.url, &s);
+                    return Some(Err(Status::unavailable(why)));
+                }
                 Err(s) if retryable(&s) => {
                     failures += 1;
                     tracing::warn!(
                         what,
-                        error = s.message(),
+                        error = linesweep_proto::tls::explain(&self.url, &s),
                         retry_in_ms = backoff.as_millis() as u64,
                         "coordinator unreachable; retrying (staged work is kept)"
                     );
@@ -207,16 +218,17 @@ pub async fn run(
     events: Arc<dyn AgentEvents>,
     stop: watch::Receiver<bool>,
 ) -> Result<AgentReport, AgentError> {
-    let channel = tonic::transport::Endpoint::from_shared(cfg.coordinator.clone())
-        .map_err(|e| AgentError::Url {
-            url: cfg.coordinator.clone(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let channel =
+        linesweep_proto::tls::endpoint(&cfg.coordinator, &cfg.tls, Duration::from_secs(5))
+            .map_err(|e| AgentError::Url {
+                url: cfg.coordinator.clone(),
+                message: e.to_string(),
+            })?
+            .connect_lazy();
     let credentials =
         Credentials::new(cfg.token.as_deref()).map_err(|e| AgentError::Refused(e.to_string()))?;
     let client = Client {
+        url: cfg.coordinator.clone(),
         inner: WorkerServiceClient::new(channel),
         credentials,
         max_backoff: cfg.max_backoff,
@@ -237,6 +249,10 @@ pub async fn run(
         .await
     {
         None => return Ok(AgentReport::default()),
+        // `retry` hands back an Unavailable only for a refused certificate.
+        Some(Err(s)) if s.code() == Code::Unavailable => {
+            return Err(AgentError::Untrusted(s.message().to_owned()));
+        }
         Some(Err(s)) => return Err(AgentError::Refused(s.message().to_owned())),
         Some(Ok(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50)),
     };

@@ -27,7 +27,10 @@ use linesweep_storage::ids::{LeaseToken, ShardId, SweepName};
 mod commit;
 mod publisher;
 mod status;
+mod summaries;
 mod wire;
+
+pub use summaries::SummaryPolicy;
 
 use commit::{Batched, Committed};
 use publisher::Gates;
@@ -100,6 +103,8 @@ pub struct Coordinator {
     take_over: bool,
     heartbeat_interval_ms: u64,
     watch_interval: Duration,
+    summaries: Arc<Mutex<summaries::Summaries>>,
+    summary_policy: SummaryPolicy,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,7 +156,16 @@ impl Coordinator {
             // Six heartbeats per TTL: a lease survives a few lost ones.
             heartbeat_interval_ms: (ttl / 6).max(50),
             watch_interval: Duration::from_millis(500),
+            summaries: Arc::default(),
+            summary_policy: SummaryPolicy::OFF,
         }
+    }
+
+    /// Rewrites per-sweep summary files as shards commit (see [`SummaryPolicy`]; off unless
+    /// set).
+    pub fn with_summaries(mut self, policy: SummaryPolicy) -> Self {
+        self.summary_policy = policy;
+        self
     }
 
     /// Takes over the results locations that other ledgers owned (see [`publish::claim_owner`]).

@@ -95,6 +95,7 @@ impl Coordinator {
                 lock(&self.live)
                     .progress
                     .remove(&(sweep.to_owned(), shard.to_owned()));
+                self.note_commit(&token.sweep, results);
                 let t = token.clone();
                 // Staging of every attempt of a committed shard is garbage; a failure here
                 // only leaves work for `gc`.

@@ -1,0 +1,296 @@
+//! Per-sweep summary files: one Parquet object per result table and sweep
+//! (`layout::summary_key`) holding the rows of every committed shard, so that a query over a
+//! 10,000-shard sweep opens one file instead of 10,000 (each of which is mostly footer).
+//!
+//! The per-shard files stay the exactly-once truth; a summary is derived from them and may lag
+//! them. It is rewritten whole, with one PUT (atomic on S3; a rename on local disks), so a
+//! reader sees the previous summary or the new one, never a partial file. Each shard's rows
+//! are in it at most once: a rewrite keeps the previous summary's rows and appends the rows of
+//! the committed shards it did not hold yet. A shard counts as committed when its `runs` file
+//! is published (it is published last). The coordinator knows Parquet only as files to
+//! concatenate: the columns are whatever the workers wrote.
+
+use std::collections::BTreeSet;
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use bytes::Bytes;
+use linesweep_storage::attempt::RESULT_TABLES;
+use linesweep_storage::ids::{ShardId, SweepName};
+use linesweep_storage::layout::{self, COMMIT_TABLE};
+use linesweep_storage::{Storage, StorageError};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// A summary could not be rewritten; the previous one (if any) is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    /// Listing, reading or writing storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A file that does not read as Parquet, or whose columns differ from the summary's.
+    #[error("{key}: {message}")]
+    Parquet { key: String, message: String },
+}
+
+/// What one rewrite did, per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// (table, shards now in its summary, shards added by this rewrite).
+    pub tables: Vec<(String, usize, usize)>,
+}
+
+impl Rewritten {
+    /// Shards added to the summary of the commit table (`runs`).
+    pub fn added(&self) -> usize {
+        self.tables
+            .iter()
+            .find(|(t, ..)| t == COMMIT_TABLE)
+            .map_or(0, |(_, _, added)| *added)
+    }
+}
+
+/// The shards of `sweep` whose file of `table` is published.
+fn published(
+    storage: &Storage,
+    table: &str,
+    sweep: &SweepName,
+) -> Result<BTreeSet<ShardId>, StorageError> {
+    Ok(storage
+        .list(&layout::result_sweep_prefix(table, sweep))?
+        .iter()
+        .filter_map(|k| layout::parse_result_key(table, k))
+        .filter(|(s, _)| s == sweep)
+        .map(|(_, shard)| shard)
+        .collect())
+}
+
+/// Rewrites the summary of every result table of `sweep` in `storage` (a summary that is
+/// already complete is left alone).
+pub fn rewrite(storage: &Storage, sweep: &SweepName) -> Result<Rewritten, SummaryError> {
+    let committed = published(storage, COMMIT_TABLE, sweep)?;
+    let mut out = Rewritten::default();
+    for table in RESULT_TABLES {
+        let present = published(storage, table, sweep)?;
+        let shards: BTreeSet<&ShardId> = present.intersection(&committed).collect();
+        let (total, added) = rewrite_table(storage, table, sweep, &shards)?;
+        out.tables.push((table.to_owned(), total, added));
+    }
+    Ok(out)
+}
+
+fn bad(key: &str, e: impl std::fmt::Display) -> SummaryError {
+    SummaryError::Parquet {
+        key: key.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Every batch of a Parquet file.
+fn read_batches(key: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, SummaryError> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| bad(key, e))?
+        .build()
+        .map_err(|e| bad(key, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(key, e))
+}
+
+/// The distinct values of the `shard` column.
+fn shards_in(key: &str, batches: &[RecordBatch]) -> Result<BTreeSet<String>, SummaryError> {
+    let mut out = BTreeSet::new();
+    for b in batches {
+        let col = b
+            .column_by_name("shard")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad(key, "no `shard` column of strings"))?;
+        out.extend(
+            (0..col.len())
+                .filter(|&i| col.is_valid(i))
+                .map(|i| col.value(i).to_owned()),
+        );
+    }
+    Ok(out)
+}
+
+/// Rewrites one table's summary to hold `shards`; returns (shards in it, shards added).
+fn rewrite_table(
+    storage: &Storage,
+    table: &str,
+    sweep: &SweepName,
+    shards: &BTreeSet<&ShardId>,
+) -> Result<(usize, usize), SummaryError> {
+    let key = layout::summary_key(table, sweep);
+    let mut batches = match storage.size(&key)? {
+        Some(_) => read_batches(&key, storage.get(&key)?)?,
+        None => Vec::new(),
+    };
+    let held = shards_in(&key, &batches)?;
+    let missing: Vec<&&ShardId> = shards
+        .iter()
+        .filter(|s| !held.contains(s.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok((held.len(), 0));
+    }
+    for shard in &missing {
+        let file = layout::result_key(table, sweep, shard);
+        let new = read_batches(&file, storage.get(&file)?)?;
+        if let (Some(first), Some(b)) = (batches.first(), new.first())
+            && first.schema().fields() != b.schema().fields()
+        {
+            return Err(bad(
+                &file,
+                format!(
+                    "its columns differ from the summary's ({key}); the summary keeps its previous contents"
+                ),
+            ));
+        }
+        batches.extend(new);
+    }
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Ok((0, 0));
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut bytes = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, schema.clone(), Some(props)).map_err(|e| bad(&key, e))?;
+    for b in &batches {
+        // One schema for every batch (files may differ in metadata only).
+        let b =
+            RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| bad(&key, e))?;
+        writer.write(&b).map_err(|e| bad(&key, e))?;
+    }
+    writer.close().map_err(|e| bad(&key, e))?;
+    storage.put(&key, bytes)?;
+    Ok((held.len() + missing.len(), missing.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array};
+
+    use super::*;
+
+    fn file(shard: &str, rows: i64, extra: bool) -> Vec<u8> {
+        let mut cols: Vec<(&str, ArrayRef)> = vec![
+            (
+                "shard",
+                Arc::new(StringArray::from(vec![shard; rows as usize])),
+            ),
+            (
+                "step",
+                Arc::new(Int64Array::from((0..rows).collect::<Vec<_>>())),
+            ),
+        ];
+        if extra {
+            cols.push(("other", Arc::new(Int64Array::from(vec![0; rows as usize]))));
+        }
+        let batch = RecordBatch::try_from_iter(cols).unwrap();
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    }
+
+    /// Publishes `shard` with `rows` rows in every table (`committed`: with its `runs` file).
+    fn publish(storage: &Storage, sweep: &SweepName, shard: &str, committed: bool) {
+        let id = ShardId::parse(shard).unwrap();
+        for table in RESULT_TABLES {
+            if table != COMMIT_TABLE || committed {
+                let rows = if table == COMMIT_TABLE { 1 } else { 3 };
+                let key = layout::result_key(table, sweep, &id);
+                storage.put(&key, file(shard, rows, false)).unwrap();
+            }
+        }
+    }
+
+    fn rows(storage: &Storage, table: &str, sweep: &SweepName) -> Vec<String> {
+        let key = layout::summary_key(table, sweep);
+        let batches = read_batches(&key, storage.get(&key).unwrap()).unwrap();
+        let mut out = Vec::new();
+        for b in &batches {
+            let c = b
+                .column_by_name("shard")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            out.extend((0..c.len()).map(|i| c.value(i).to_owned()));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_summary_holds_each_committed_shard_once_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap()).unwrap();
+        let sweep = SweepName::parse("s").unwrap();
+        let other = SweepName::parse("t").unwrap();
+        publish(&storage, &sweep, "a1", true);
+        publish(&storage, &sweep, "b2", true);
+        // Not committed yet: its other tables are published, its runs file is not.
+        publish(&storage, &sweep, "c3", false);
+        publish(&storage, &other, "d4", true);
+        let done = rewrite(&storage, &sweep).unwrap();
+        assert_eq!(done.added(), 2);
+        assert_eq!(rows(&storage, "runs", &sweep), ["a1", "b2"]);
+        assert_eq!(rows(&storage, "interpolation", &sweep).len(), 6);
+
+        // Nothing new: nothing rewritten, nothing doubled.
+        assert_eq!(rewrite(&storage, &sweep).unwrap().added(), 0);
+        publish(&storage, &sweep, "c3", true);
+        let done = rewrite(&storage, &sweep).unwrap();
+        assert_eq!(
+            done.tables,
+            [
+                ("interpolation".to_owned(), 3, 1),
+                ("trajectory".to_owned(), 3, 1),
+                ("runs".to_owned(), 3, 1),
+            ]
+        );
+        assert_eq!(rows(&storage, "runs", &sweep), ["a1", "b2", "c3"]);
+        let traj = rows(&storage, "trajectory", &sweep);
+        assert_eq!(traj.iter().filter(|s| *s == "c3").count(), 3, "{traj:?}");
+        assert!(!traj.contains(&"d4".to_owned()));
+    }
+
+    #[test]
+    fn a_shard_with_other_columns_leaves_the_summary_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap()).unwrap();
+        let sweep = SweepName::parse("s").unwrap();
+        publish(&storage, &sweep, "a1", true);
+        rewrite(&storage, &sweep).unwrap();
+        let id = ShardId::parse("b2").unwrap();
+        storage
+            .put(
+                &layout::result_key("runs", &sweep, &id),
+                file("b2", 1, true),
+            )
+            .unwrap();
+        let e = rewrite(&storage, &sweep).unwrap_err();
+        assert!(e.to_string().contains("columns differ"), "{e}");
+        assert_eq!(rows(&storage, "runs", &sweep), ["a1"]);
+        // A summary that is not Parquet is named.
+        storage
+            .put(
+                &layout::summary_key("interpolation", &sweep),
+                b"junk".to_vec(),
+            )
+            .unwrap();
+        let e = rewrite(&storage, &sweep).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("summaries/interpolation/sweep=s/all.parquet"),
+            "{e}"
+        );
+    }
+}
