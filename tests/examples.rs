@@ -124,4 +124,28 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
         "{}",
         text(&o.stdout)
     );
+    // By hand: nothing to add to a complete summary; a sweep with nothing committed is an error.
+    let results = root.to_str().unwrap();
+    let o = linesweep(
+        &["summarize", "mnist-mli", "--results", results],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("summaries/runs/sweep=mnist-mli/all.parquet: 6 shards (0 added)"),
+        "{out}"
+    );
+    let o = linesweep(
+        &["summarize", "no-such-sweep", "--results", results],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("no committed shard of sweep no-such-sweep"),
+        "{err}"
+    );
 }

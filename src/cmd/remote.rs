@@ -405,6 +405,15 @@ pub fn summarize(args: SummarizeArgs) -> anyhow::Result<()> {
     let storage = linesweep_worker::storage::Storage::open(&args.results)?;
     let done = linesweep_coordinator::summary::rewrite(&storage, &sweep)
         .with_context(|| format!("summarizing sweep {sweep} in {}", args.results))?;
+    anyhow::ensure!(
+        done.tables.iter().any(|(_, total, _)| *total > 0),
+        "no committed shard of sweep {sweep} in {} (nothing under {})",
+        args.results,
+        linesweep_storage::layout::result_sweep_prefix(
+            linesweep_storage::layout::COMMIT_TABLE,
+            &sweep
+        )
+    );
     let mut out = String::new();
     for (table, total, added) in &done.tables {
         out.push_str(&format!(
