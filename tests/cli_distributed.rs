@@ -1108,3 +1108,75 @@ fn i_a_lost_ledger_is_rebuilt_from_the_results_root() {
         text(&o.stderr)
     );
 }
+
+/// Distinct shards in the `runs` summary of `sweep` under `results` (`None`: no summary yet).
+fn summary_shards(results: &Path, sweep: &str) -> Option<u64> {
+    let file = results.join(format!("summaries/runs/sweep={sweep}/all.parquet"));
+    if !file.exists() {
+        return None;
+    }
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg("-c")
+        .arg("import duckdb, sys; print(duckdb.connect().execute(f\"select count(distinct shard) from read_parquet('{sys.argv[1]}')\").fetchone()[0])")
+        .arg(&file);
+    let o = run_with_deadline(cmd, Duration::from_secs(60));
+    text(&o.stdout).trim().parse().ok()
+}
+
+#[test]
+fn summaries_are_rewritten_after_n_commits_and_after_t_seconds() {
+    for (flags, why) in [
+        (
+            ["--summary-commits", "1", "--summary-every", "3600"],
+            "after 1 commit",
+        ),
+        (
+            ["--summary-commits", "1000", "--summary-every", "1"],
+            "after 1 s",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut args = vec![
+            "--token",
+            TOKEN,
+            "--lease-ttl",
+            "5",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(flags);
+        let (_server, url) = common::serve(&args, &dir.join("state.db"));
+        let spec = spec(dir, "summ", 10, "");
+        let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let w = worker(&url, "w", &dir.join("w.log"));
+        wait_for(
+            dir,
+            &url,
+            "summ",
+            Duration::from_secs(120),
+            "a commit",
+            |s| count(s, "committed") >= 1,
+        );
+        // With its only worker gone the sweep cannot end, so the end-of-sweep rewrite cannot
+        // be what writes the summary: only the trigger under test can.
+        w.signal(libc::SIGKILL);
+        drop(w);
+        let results = dir.join("results");
+        poll_until(
+            Duration::from_secs(30),
+            &format!("a summary {why} holding every committed shard"),
+            || {
+                let st = status(dir, &url, "summ")?;
+                Some((
+                    count(&st, "committed"),
+                    count(&st, "pending") + count(&st, "leased"),
+                    summary_shards(&results, "summ"),
+                ))
+            },
+            |(committed, unfinished, summary)| *unfinished > 0 && *summary == Some(*committed),
+        );
+    }
+}

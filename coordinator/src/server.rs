@@ -167,7 +167,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = reaper.await;
     // What committed since the last rewrite reaches the summaries before the process ends.
-    flusher.flush_summaries().await;
+    flusher.flush_summaries(Duration::from_secs(30)).await;
     result?;
     match fatal_rx.await {
         Ok(why) => Err(format!("the ledger cannot commit ({why}); the coordinator stopped. Nothing acknowledged was lost: free space or fix the disk, then start it again").into()),

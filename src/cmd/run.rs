@@ -290,7 +290,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             b.finish_and_clear();
         }
         let _ = stop_server.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        // The coordinator writes the sweep's summary files before it stops (at most 30 s).
+        let _ = tokio::time::timeout(Duration::from_secs(45), server).await;
         anyhow::Ok((last, interrupted, unhealthy))
     })?;
 

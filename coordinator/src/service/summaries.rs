@@ -99,14 +99,29 @@ impl Coordinator {
         }
     }
 
-    /// Rewrites every stale summary and waits for them (at shutdown).
-    pub async fn flush_summaries(&self) {
-        let keys: Vec<(SweepName, String)> = lock(&self.summaries).stale.keys().cloned().collect();
-        for (sweep, results) in keys {
-            if self.claim_summary(&sweep, &results).is_some() {
-                self.summarize(sweep, results).await;
+    /// Rewrites every stale summary and waits for them (at shutdown). A rewrite already
+    /// running may have listed the results before the last commits: it is waited for, and the
+    /// summary rewritten again if it is still stale. Gives up after `limit` (failing storage).
+    pub async fn flush_summaries(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let keys: Vec<(SweepName, String)> =
+                lock(&self.summaries).stale.keys().cloned().collect();
+            if keys.is_empty() {
+                return;
             }
+            for (sweep, results) in keys {
+                if self.claim_summary(&sweep, &results).is_some() {
+                    self.summarize(sweep, results).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let left = lock(&self.summaries).stale.len();
+        tracing::warn!(
+            sweeps = left,
+            "stopping with summaries that lack some commits; `linesweep summarize` brings them up to date"
+        );
     }
 
     async fn sweep_finished(&self, sweep: &SweepName) -> bool {
