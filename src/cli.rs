@@ -48,6 +48,9 @@ pub enum Command {
     /// Rewrite a sweep's summary files from its committed results (the coordinator does this
     /// as the sweep goes; this is for results it did not summarize, e.g. after `--recover`).
     Summarize(SummarizeArgs),
+    /// Draw a figure (PNG or SVG, by --out's extension) from a results location's Parquet:
+    /// the line, the trajectory, a heatmap over two grid axes, or the lines from every start.
+    Plot(PlotArgs),
     /// Print the default shard config (every field, with its default) as TOML.
     DefaultConfig,
     /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
@@ -58,6 +61,67 @@ pub enum Command {
     /// training steps of an MLP and a batch-norm ResNet-20, and the line's α = 0 and α = 1
     /// rows, compared within a tolerance. Exits non-zero when they disagree.
     CheckDevice(CheckDeviceArgs),
+}
+
+/// What `linesweep plot` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlotKind {
+    /// Loss (or `--metric accuracy`) against α, train and test, one curve per config group
+    /// with a min–max band over seeds; α = 0 and 1 marked, ln K as a reference.
+    Line,
+    /// β against α, one path per run, coloured by training step (Goodfellow et al.'s figure).
+    Trajectory,
+    /// A metric over two grid axes (`--x`, `--y`), averaged over seeds, values in the cells.
+    Heatmap,
+    /// One shard's lines from every `eval.starts` snapshot to θ_c (Frankle's figure).
+    Starts,
+    /// A contour of a 2-D plane (no plane data exists yet).
+    Plane,
+}
+
+/// `linesweep plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// What to draw.
+    #[arg(value_enum)]
+    pub kind: PlotKind,
+    /// The results location (a directory, `file://` or `s3://` URL).
+    #[arg(long, default_value = "linesweep-results")]
+    pub results: String,
+    /// The sweep (default: the only one in --results).
+    #[arg(long)]
+    pub sweep: Option<String>,
+    /// The figure: `.png` or `.svg`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// line/starts: `loss` (default) or `accuracy`; heatmap: `delta-min` (default),
+    /// `non-monotone`, `test-acc` or `distance`.
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// line: group runs by these config columns (default: the grid axes that vary, seed excepted).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// line/starts: the batch-norm mode of the lines (default: the first one recorded).
+    #[arg(long)]
+    pub bn_mode: Option<String>,
+    /// line: the line start (default: `init`).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// starts/trajectory: one shard (default: starts draws the first, trajectory every one).
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// heatmap: the column along x (default: the first varying grid axis).
+    #[arg(long)]
+    pub x: Option<String>,
+    /// heatmap: the column along y (default: the second varying grid axis).
+    #[arg(long)]
+    pub y: Option<String>,
+    /// Width in pixels.
+    #[arg(long, default_value_t = 900)]
+    pub width: u32,
+    /// Height in pixels.
+    #[arg(long, default_value_t = 560)]
+    pub height: u32,
 }
 
 /// `linesweep summarize`.

@@ -7,6 +7,7 @@ mod check_device;
 mod data;
 pub(crate) mod exec;
 mod plan;
+mod plot;
 mod remote;
 mod run;
 mod worker;
@@ -48,6 +49,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Workers(args) => remote::workers(args),
         Command::Gc(args) => remote::gc(args),
         Command::Summarize(args) => remote::summarize(args),
+        Command::Plot(args) => plot::run(args),
         Command::Data(args) => data::run(args),
         Command::CheckDevice(args) => check_device::run(args),
     }

@@ -6,6 +6,7 @@
 //! columns at the end, and every row carries [`SCHEMA_VERSION`]. Columns are documented in
 //! `docs/results.md` (a test keeps the two in step).
 
+pub mod read;
 pub mod schema;
 
 use std::sync::Arc;

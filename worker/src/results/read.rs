@@ -1,0 +1,203 @@
+//! Reading result tables back for figures: only the columns asked for (Parquet projection),
+//! as plain values, from a sweep's per-shard files or its summary file.
+
+use std::collections::BTreeMap;
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, ListArray, StringArray, UInt64Array,
+};
+use linesweep_storage::ids::SweepName;
+use linesweep_storage::layout;
+use linesweep_storage::{Storage, StorageError};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The config columns of `runs` that a grid can vary (the axes figures group by).
+pub const CONFIG_COLUMNS: [&str; 32] = [
+    "seed",
+    "dataset",
+    "max_train_examples",
+    "arch",
+    "hidden",
+    "activation",
+    "batch_norm",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "milestones",
+    "gamma",
+    "snapshot_every",
+    "alpha_points",
+    "eval_max_examples",
+    "channels",
+    "norm",
+    "augment",
+    "image_size",
+    "precision",
+    "eval_starts",
+    "bn_modes",
+    "bn_batches",
+    "trajectory_train_loss",
+];
+
+/// One cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A missing value (or a column the file does not have).
+    Null,
+    /// Text.
+    Str(String),
+    /// A number.
+    Num(f64),
+    /// A flag.
+    Bool(bool),
+    /// A list, as text (`[512, 512]`).
+    List(String),
+}
+
+impl Value {
+    /// The value as a number, if it is one.
+    pub fn num(&self) -> Option<f64> {
+        match self {
+            Value::Num(x) => Some(*x),
+            _ => None,
+        }
+    }
+
+    /// The value as text, as a label shows it.
+    pub fn label(&self) -> String {
+        match self {
+            Value::Null => "-".into(),
+            Value::Str(s) | Value::List(s) => s.clone(),
+            Value::Num(x) => format!("{x}"),
+            Value::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Rows of a table: column name → value.
+pub type Row = BTreeMap<String, Value>;
+
+/// A table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Listing or reading storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A file that is not Parquet.
+    #[error("{key}: {message}")]
+    Parquet { key: String, message: String },
+}
+
+fn cell(col: &ArrayRef, i: usize) -> Value {
+    if col.is_null(i) {
+        return Value::Null;
+    }
+    let any = col.as_any();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        Value::Str(a.value(i).to_owned())
+    } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+        Value::Num(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+        Value::Num(a.value(i) as f64)
+    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+        Value::Num(a.value(i) as f64)
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        Value::Bool(a.value(i))
+    } else if let Some(a) = any.downcast_ref::<ListArray>() {
+        let inner = a.value(i);
+        let items: Vec<String> = (0..inner.len()).map(|j| cell(&inner, j).label()).collect();
+        Value::List(format!("[{}]", items.join(", ")))
+    } else {
+        Value::Null
+    }
+}
+
+/// The rows of one Parquet file, only `columns` (absent ones read as `Null`).
+pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec<Row>, ReadError> {
+    let bad = |e: &dyn std::fmt::Display| ReadError::Parquet {
+        key: key.to_owned(),
+        message: e.to_string(),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(&e))?;
+    let present: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), present);
+    let reader = builder.with_projection(mask).build().map_err(|e| bad(&e))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        for i in 0..batch.num_rows() {
+            let row = columns
+                .iter()
+                .map(|c| {
+                    let v = batch.column_by_name(c).map_or(Value::Null, |a| cell(a, i));
+                    ((*c).to_owned(), v)
+                })
+                .collect();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// `columns` of every committed row of `table` in `sweep`: from the summary file when it
+/// holds every committed shard, else from the per-shard files.
+pub fn read_table(
+    storage: &Storage,
+    table: &str,
+    sweep: &SweepName,
+    columns: &[&str],
+) -> Result<Vec<Row>, ReadError> {
+    let committed: Vec<String> = storage
+        .list(&layout::result_sweep_prefix(layout::COMMIT_TABLE, sweep))?
+        .into_iter()
+        .filter(|k| layout::parse_result_key(layout::COMMIT_TABLE, k).is_some())
+        .collect();
+    let summary = layout::summary_key(table, sweep);
+    let mut with_shard: Vec<&str> = columns.to_vec();
+    if !with_shard.contains(&"shard") {
+        with_shard.push("shard");
+    }
+    if storage.size(&summary)?.is_some() {
+        let rows = read_rows(&summary, storage.get(&summary)?, &with_shard)?;
+        let shards: std::collections::BTreeSet<String> =
+            rows.iter().map(|r| r["shard"].label()).collect();
+        if shards.len() == committed.len() {
+            return Ok(rows);
+        }
+    }
+    let mut rows = Vec::new();
+    for key in storage.list(&layout::result_sweep_prefix(table, sweep))? {
+        if layout::parse_result_key(table, &key).is_some() {
+            rows.extend(read_rows(&key, storage.get(&key)?, &with_shard)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The sweeps with at least one committed shard in `storage`.
+pub fn sweeps(storage: &Storage) -> Result<Vec<SweepName>, ReadError> {
+    let mut out: Vec<SweepName> = storage
+        .list(&layout::result_table_prefix(layout::COMMIT_TABLE))?
+        .iter()
+        .filter_map(|k| layout::parse_result_key(layout::COMMIT_TABLE, k))
+        .map(|(s, _)| s)
+        .collect();
+    out.dedup();
+    Ok(out)
+}
