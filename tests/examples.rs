@@ -124,6 +124,15 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
         "{}",
         text(&o.stdout)
     );
+    // The README's figure command, in the same folder.
+    let o = linesweep(
+        &["plot", "line", "--out", "line.png"],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let png = std::fs::read(tmp.path().join("line.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000);
     // By hand: nothing to add to a complete summary; a sweep with nothing committed is an error.
     let results = root.to_str().unwrap();
     let o = linesweep(

@@ -93,7 +93,11 @@ pub fn render(figure: &Figure, out: &FsPath, width: u32, height: u32) -> anyhow:
         (200..=8000).contains(&width) && (150..=8000).contains(&height),
         "--width and --height: {width} × {height} pixels is outside 200–8000 × 150–8000"
     );
-    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let failed = |e: String| anyhow::anyhow!("drawing {}: {e}", out.display());
     match ext.as_str() {
         "png" => {
@@ -106,7 +110,10 @@ pub fn render(figure: &Figure, out: &FsPath, width: u32, height: u32) -> anyhow:
             draw(figure, &root).map_err(|e| failed(e.to_string()))?;
             root.present().map_err(|e| failed(e.to_string()))
         }
-        _ => anyhow::bail!("--out {}: the format comes from the extension, .png or .svg", out.display()),
+        _ => anyhow::bail!(
+            "--out {}: the format comes from the extension, .png or .svg",
+            out.display()
+        ),
     }
 }
 
@@ -127,9 +134,20 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
 
 fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
     let xs = f.curves.iter().flat_map(|c| c.points.iter().map(|p| p.x));
-    let (x0, x1) = (xs.clone().fold(f64::INFINITY, f64::min), xs.fold(f64::NEG_INFINITY, f64::max));
-    let mut lo = f.curves.iter().flat_map(|c| c.points.iter().map(|p| p.min)).fold(f64::INFINITY, f64::min);
-    let mut hi = f.curves.iter().flat_map(|c| c.points.iter().map(|p| p.max)).fold(f64::NEG_INFINITY, f64::max);
+    let (x0, x1) = (
+        xs.clone().fold(f64::INFINITY, f64::min),
+        xs.fold(f64::NEG_INFINITY, f64::max),
+    );
+    let mut lo = f
+        .curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.min))
+        .fold(f64::INFINITY, f64::min);
+    let mut hi = f
+        .curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.max))
+        .fold(f64::NEG_INFINITY, f64::max);
     if let Some((_, r)) = f.reference {
         (lo, hi) = (lo.min(r), hi.max(r));
     }
@@ -154,9 +172,18 @@ fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Dr
         g
     };
     for c in &f.curves {
-        let color = Palette99::pick(groups.iter().position(|g| *g == c.group).unwrap_or(0)).to_rgba();
-        let band: Vec<(f64, f64)> = c.points.iter().map(|p| (p.x, p.max)).chain(c.points.iter().rev().map(|p| (p.x, p.min))).collect();
-        chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))?;
+        let color =
+            Palette99::pick(groups.iter().position(|g| *g == c.group).unwrap_or(0)).to_rgba();
+        let band: Vec<(f64, f64)> = c
+            .points
+            .iter()
+            .map(|p| (p.x, p.max))
+            .chain(c.points.iter().rev().map(|p| (p.x, p.min)))
+            .collect();
+        chart.draw_series(std::iter::once(Polygon::new(
+            band,
+            color.mix(0.15).filled(),
+        )))?;
         let mean: Vec<(f64, f64)> = c.points.iter().map(|p| (p.x, p.mean)).collect();
         let style = color.stroke_width(2);
         let series = if c.dashed {
@@ -172,12 +199,26 @@ fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Dr
     }
     for m in &f.marks {
         let grey = BLACK.mix(0.35);
-        chart.draw_series(DashedLineSeries::new(vec![(*m, y0), (*m, y1)], 4, 4, grey.stroke_width(1)))?;
-        chart.draw_series(std::iter::once(Text::new(format!("α={m}"), (*m, y1), (FAMILY, 14).into_font().color(&grey))))?;
+        chart.draw_series(DashedLineSeries::new(
+            vec![(*m, y0), (*m, y1)],
+            4,
+            4,
+            grey.stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("α={m}"),
+            (*m, y1),
+            (FAMILY, 14).into_font().color(&grey),
+        )))?;
     }
     if let Some((label, r)) = &f.reference {
         chart
-            .draw_series(DashedLineSeries::new(vec![(x0, *r), (x1, *r)], 2, 4, BLACK.stroke_width(1)))?
+            .draw_series(DashedLineSeries::new(
+                vec![(x0, *r), (x1, *r)],
+                2,
+                4,
+                BLACK.stroke_width(1),
+            ))?
             .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK));
     }
@@ -193,8 +234,14 @@ fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Dr
 
 fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
     let all = || f.paths.iter().flat_map(|p| p.points.iter());
-    let (x0, x1) = padded(all().map(|p| p.1).fold(f64::INFINITY, f64::min), all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max));
-    let (y0, y1) = padded(all().map(|p| p.2).fold(f64::INFINITY, f64::min), all().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max));
+    let (x0, x1) = padded(
+        all().map(|p| p.1).fold(f64::INFINITY, f64::min),
+        all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (y0, y1) = padded(
+        all().map(|p| p.2).fold(f64::INFINITY, f64::min),
+        all().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max),
+    );
     let mut chart = ChartBuilder::on(root)
         .caption(&f.title, (FAMILY, 22))
         .margin(16)
@@ -211,19 +258,35 @@ fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>)
     for p in &f.paths {
         for w in p.points.windows(2) {
             let color = ViridisRGB::get_color(w[1].0 / f.max_step);
-            chart.draw_series(LineSeries::new(vec![(w[0].1, w[0].2), (w[1].1, w[1].2)], color.stroke_width(2)))?;
+            chart.draw_series(LineSeries::new(
+                vec![(w[0].1, w[0].2), (w[1].1, w[1].2)],
+                color.stroke_width(2),
+            ))?;
         }
         if let Some(last) = p.points.last() {
-            chart.draw_series(std::iter::once(Circle::new((last.1, last.2), 3, BLACK.filled())))?;
+            chart.draw_series(std::iter::once(Circle::new(
+                (last.1, last.2),
+                3,
+                BLACK.filled(),
+            )))?;
         }
     }
     // The colour key: step 0 to the last step.
     for (i, t) in [0.0, 0.5, 1.0].iter().enumerate() {
         let label = format!("step {:.0}", t * f.max_step);
         chart
-            .draw_series(std::iter::once(Circle::new((x0, y0), 0, ViridisRGB::get_color(*t).filled())))?
+            .draw_series(std::iter::once(Circle::new(
+                (x0, y0),
+                0,
+                ViridisRGB::get_color(*t).filled(),
+            )))?
             .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], ViridisRGB::get_color([0.0, 0.5, 1.0][i]).filled()));
+            .legend(move |(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 16, y + 5)],
+                    ViridisRGB::get_color([0.0, 0.5, 1.0][i]).filled(),
+                )
+            });
     }
     chart
         .configure_series_labels()
@@ -236,7 +299,12 @@ fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>)
 
 fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
     let (nx, ny) = (f.xs.len(), f.ys.len());
-    let (lo, hi) = f.cells.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), c| (l.min(c.value), h.max(c.value)));
+    let (lo, hi) = f
+        .cells
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), c| {
+            (l.min(c.value), h.max(c.value))
+        });
     let mut chart = ChartBuilder::on(root)
         .caption(&f.title, (FAMILY, 22))
         .margin(16)
@@ -257,21 +325,44 @@ fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Dr
         .axis_desc_style((FAMILY, 18))
         .draw()?;
     for c in &f.cells {
-        let t = if hi > lo { (c.value - lo) / (hi - lo) } else { 0.5 };
+        let t = if hi > lo {
+            (c.value - lo) / (hi - lo)
+        } else {
+            0.5
+        };
         let (x, y) = (c.x as f64, c.y as f64);
-        chart.draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], ViridisRGB::get_color(t).filled())))?;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x, y), (x + 1.0, y + 1.0)],
+            ViridisRGB::get_color(t).filled(),
+        )))?;
         let ink = if t > 0.6 { BLACK } else { WHITE };
         let text = format!("{}\n", format_value(c.value));
-        let style = (FAMILY, 18).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Center,
-        ));
-        chart.draw_series(std::iter::once(Text::new(text.trim().to_owned(), (x + 0.5, y + 0.55), style.clone())))?;
-        let small = (FAMILY, 13).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Center,
-        ));
-        chart.draw_series(std::iter::once(Text::new(format!("{} runs", c.runs), (x + 0.5, y + 0.3), small)))?;
+        let style =
+            (FAMILY, 18)
+                .into_font()
+                .color(&ink)
+                .pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
+        chart.draw_series(std::iter::once(Text::new(
+            text.trim().to_owned(),
+            (x + 0.5, y + 0.55),
+            style.clone(),
+        )))?;
+        let small =
+            (FAMILY, 13)
+                .into_font()
+                .color(&ink)
+                .pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{} runs", c.runs),
+            (x + 0.5, y + 0.3),
+            small,
+        )))?;
     }
     Ok(())
 }

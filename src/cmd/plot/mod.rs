@@ -74,7 +74,10 @@ fn pick_sweep(storage: &Storage, asked: Option<&str>, results: &str) -> anyhow::
         [] => anyhow::bail!("{results} holds no committed shard of any sweep: nothing to plot"),
         many => anyhow::bail!(
             "{results} holds several sweeps ({}): name one with --sweep",
-            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -105,7 +108,11 @@ fn group_axes(by: Option<&str>, varying: &[String]) -> anyhow::Result<Vec<String
     let Some(by) = by else {
         return Ok(varying.to_vec());
     };
-    let axes: Vec<String> = by.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    let axes: Vec<String> = by
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     for a in &axes {
         check_axis(a)?;
     }
@@ -132,13 +139,24 @@ fn metric_name(args: &PlotArgs) -> anyhow::Result<&'static str> {
 }
 
 /// Interpolation rows of the chosen start and batch-norm mode.
-fn line_rows(storage: &Storage, sweep: &SweepName, args: &PlotArgs, any_start: bool) -> anyhow::Result<Vec<Row>> {
-    let cols = ["shard", "start", "alpha", "split", "loss", "accuracy", "bn_mode"];
+fn line_rows(
+    storage: &Storage,
+    sweep: &SweepName,
+    args: &PlotArgs,
+    any_start: bool,
+) -> anyhow::Result<Vec<Row>> {
+    let cols = [
+        "shard", "start", "alpha", "split", "loss", "accuracy", "bn_mode",
+    ];
     let rows = read::read_table(storage, "interpolation", sweep, &cols)?;
     let modes: BTreeSet<String> = rows.iter().map(|r| r["bn_mode"].label()).collect();
     let mode = match &args.bn_mode {
         Some(m) => {
-            anyhow::ensure!(modes.contains(m), "--bn-mode {m}: the lines have {}", join(&modes));
+            anyhow::ensure!(
+                modes.contains(m),
+                "--bn-mode {m}: the lines have {}",
+                join(&modes)
+            );
             m.clone()
         }
         None => modes.iter().next().cloned().unwrap_or_default(),
@@ -189,12 +207,23 @@ fn alpha_key(r: &Row) -> Option<i64> {
     r["alpha"].num().map(|a| (a * 1e9).round() as i64)
 }
 
-fn line(storage: &Storage, sweep: &SweepName, runs: &[Row], by: &[String], args: &PlotArgs, title: String) -> anyhow::Result<LineFigure> {
+fn line(
+    storage: &Storage,
+    sweep: &SweepName,
+    runs: &[Row],
+    by: &[String],
+    args: &PlotArgs,
+    title: String,
+) -> anyhow::Result<LineFigure> {
     let metric = metric_name(args)?;
     let run_of: BTreeMap<String, &Row> = runs.iter().map(|r| (r["shard"].label(), r)).collect();
     let mut points = Points::new();
     for r in line_rows(storage, sweep, args, false)? {
-        let (Some(run), Some(a), Some(v)) = (run_of.get(&r["shard"].label()), alpha_key(&r), r[metric].num()) else {
+        let (Some(run), Some(a), Some(v)) = (
+            run_of.get(&r["shard"].label()),
+            alpha_key(&r),
+            r[metric].num(),
+        ) else {
             continue;
         };
         if v.is_finite() {
@@ -202,8 +231,14 @@ fn line(storage: &Storage, sweep: &SweepName, runs: &[Row], by: &[String], args:
             points.entry(key).or_default().entry(a).or_default().push(v);
         }
     }
-    anyhow::ensure!(!points.is_empty(), "sweep {sweep} has no finite {metric} on its lines (every run diverged?)");
-    let ln_k = runs.iter().find_map(|r| r["ln_k"].num()).filter(|_| metric == "loss");
+    anyhow::ensure!(
+        !points.is_empty(),
+        "sweep {sweep} has no finite {metric} on its lines (every run diverged?)"
+    );
+    let ln_k = runs
+        .iter()
+        .find_map(|r| r["ln_k"].num())
+        .filter(|_| metric == "loss");
     Ok(LineFigure {
         title,
         x_label: "α (θ_i → θ_c)".into(),
@@ -215,7 +250,12 @@ fn line(storage: &Storage, sweep: &SweepName, runs: &[Row], by: &[String], args:
 }
 
 /// The lines of one shard from every start to θ_c (Frankle's figure).
-fn starts(storage: &Storage, sweep: &SweepName, runs: &[Row], args: &PlotArgs) -> anyhow::Result<LineFigure> {
+fn starts(
+    storage: &Storage,
+    sweep: &SweepName,
+    runs: &[Row],
+    args: &PlotArgs,
+) -> anyhow::Result<LineFigure> {
     let metric = metric_name(args)?;
     let shard = match &args.shard {
         Some(s) => s.clone(),
@@ -231,7 +271,10 @@ fn starts(storage: &Storage, sweep: &SweepName, runs: &[Row], args: &PlotArgs) -
             points.entry(key).or_default().entry(a).or_default().push(v);
         }
     }
-    anyhow::ensure!(!points.is_empty(), "shard {shard} has no lines in sweep {sweep}");
+    anyhow::ensure!(
+        !points.is_empty(),
+        "shard {shard} has no lines in sweep {sweep}"
+    );
     Ok(LineFigure {
         title: format!("{sweep}: {metric} from each start to θ_c, shard {shard}"),
         x_label: "α (start → θ_c)".into(),
@@ -251,18 +294,28 @@ fn trajectory(storage: &Storage, sweep: &SweepName, args: &PlotArgs) -> anyhow::
         if args.shard.as_ref().is_some_and(|s| *s != shard) {
             continue;
         }
-        if let (Some(s), Some(a), Some(b)) = (r["step"].num(), r["alpha_frac"].num(), r["beta"].num()) {
+        if let (Some(s), Some(a), Some(b)) =
+            (r["step"].num(), r["alpha_frac"].num(), r["beta"].num())
+        {
             paths.entry(shard).or_default().push((s, a, b));
         }
     }
     anyhow::ensure!(!paths.is_empty(), "sweep {sweep} has no trajectory rows");
-    let max_step = paths.values().flatten().map(|p| p.0).fold(0.0, f64::max).max(1.0);
+    let max_step = paths
+        .values()
+        .flatten()
+        .map(|p| p.0)
+        .fold(0.0, f64::max)
+        .max(1.0);
     Ok(Trajectory {
-        title: format!("{sweep}: trajectory projected on the line ({} runs)", paths.len()),
+        title: format!(
+            "{sweep}: trajectory projected on the line ({} runs)",
+            paths.len()
+        ),
         max_step,
         paths: paths
-            .into_iter()
-            .map(|(_, mut p)| {
+            .into_values()
+            .map(|mut p| {
                 p.sort_by(|a, b| a.0.total_cmp(&b.0));
                 Path { points: p }
             })
@@ -276,11 +329,18 @@ fn heatmap_metric(args: &PlotArgs) -> anyhow::Result<(&'static str, &'static str
         "non-monotone" => ("train_monotone", "non-monotone fraction (train)"),
         "test-acc" => ("final_test_acc", "final test accuracy"),
         "distance" => ("dist_init_final", "‖θ_c − θ_i‖"),
-        other => anyhow::bail!("--metric {other}: a heatmap shows delta-min, non-monotone, test-acc or distance"),
+        other => anyhow::bail!(
+            "--metric {other}: a heatmap shows delta-min, non-monotone, test-acc or distance"
+        ),
     })
 }
 
-fn heatmap(runs: &[Row], axes: &[String], args: &PlotArgs, sweep: &SweepName) -> anyhow::Result<Heatmap> {
+fn heatmap(
+    runs: &[Row],
+    axes: &[String],
+    args: &PlotArgs,
+    sweep: &SweepName,
+) -> anyhow::Result<Heatmap> {
     let (column, what) = heatmap_metric(args)?;
     let pick = |given: &Option<String>, n: usize, flag: &str| -> anyhow::Result<String> {
         match given {
@@ -298,7 +358,10 @@ fn heatmap(runs: &[Row], axes: &[String], args: &PlotArgs, sweep: &SweepName) ->
             v => v.num(),
         };
         if let Some(v) = v {
-            cells.entry((r[&x].label(), r[&y].label())).or_default().push(v);
+            cells
+                .entry((r[&x].label(), r[&y].label()))
+                .or_default()
+                .push(v);
         }
     }
     anyhow::ensure!(!cells.is_empty(), "no run of sweep {sweep} has a {what}");
