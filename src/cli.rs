@@ -51,6 +51,9 @@ pub enum Command {
     /// Draw a figure (PNG or SVG, by --out's extension) from a results location's Parquet:
     /// the line, the trajectory, a heatmap over two grid axes, or the lines from every start.
     Plot(PlotArgs),
+    /// One self-contained HTML page of a sweep: status, a summary per config group, the
+    /// figures, every run, and the DuckDB and Polars queries behind the tables.
+    Report(ReportArgs),
     /// Print the default shard config (every field, with its default) as TOML.
     DefaultConfig,
     /// Measure the engine on the default shard (no timed tests; see docs/performance.md).
@@ -122,6 +125,23 @@ pub struct PlotArgs {
     /// Height in pixels.
     #[arg(long, default_value_t = 560)]
     pub height: u32,
+}
+
+/// `linesweep report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The sweep (default: the only one in --results).
+    pub sweep: Option<String>,
+    /// The results location (a directory, `file://` or `s3://` URL).
+    #[arg(long, default_value = "linesweep-results")]
+    pub results: String,
+    /// The ledger to read the status from (default: the one `linesweep run` keeps beside
+    /// local results, if there is one).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// The page to write.
+    #[arg(long, default_value = "report.html")]
+    pub out: PathBuf,
 }
 
 /// `linesweep summarize`.
@@ -337,6 +357,9 @@ pub struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// When the sweep ends, write its HTML report here (see `linesweep report`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// Connection options shared by client commands.

@@ -9,6 +9,7 @@ pub(crate) mod exec;
 mod plan;
 mod plot;
 mod remote;
+mod report;
 mod run;
 mod worker;
 
@@ -50,6 +51,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(args) => remote::gc(args),
         Command::Summarize(args) => remote::summarize(args),
         Command::Plot(args) => plot::run(args),
+        Command::Report(args) => report::run(args),
         Command::Data(args) => data::run(args),
         Command::CheckDevice(args) => check_device::run(args),
     }

@@ -332,6 +332,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "query: duckdb -c \"select optimizer, lr, seed, train_monotone, train_delta_min, final_test_acc from read_parquet('{root}/results/runs/sweep={}/*.parquet') order by all\"\n",
         plan.name
     ));
+    match &args.report {
+        Some(page) => {
+            let html = super::report::page(&root, Some(plan.name.as_str()), Some(&state))?;
+            std::fs::write(page, html).with_context(|| format!("writing {}", page.display()))?;
+            out.push_str(&format!("report: {}\n", page.display()));
+        }
+        None => out.push_str(&format!(
+            "report: linesweep report {} --results {root} --out report.html\n",
+            plan.name
+        )),
+    }
     emit(&out)
 }
 

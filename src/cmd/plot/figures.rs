@@ -117,6 +117,14 @@ pub fn render(figure: &Figure, out: &FsPath, width: u32, height: u32) -> anyhow:
     }
 }
 
+/// `figure` as PNG bytes (for pages that inline their images).
+pub fn png_bytes(figure: &Figure, width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("figure.png");
+    render(figure, &path, width, height)?;
+    Ok(std::fs::read(&path)?)
+}
+
 fn draw<DB: DrawingBackend>(figure: &Figure, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
     root.fill(&WHITE)?;
     match figure {

@@ -2,7 +2,7 @@
 //! never needs the coordinator). The data side (which rows, which groups, which aggregates)
 //! lives here; the drawing lives in [`figures`].
 
-mod figures;
+pub(crate) mod figures;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,19 +12,37 @@ use linesweep_worker::results::read::{self, CONFIG_COLUMNS, Row, Value};
 use linesweep_worker::storage::Storage;
 
 use crate::cli::{PlotArgs, PlotKind};
-use figures::{Band, Cell, Curve, Figure, Heatmap, LineFigure, Path, Trajectory};
+pub(crate) use figures::Figure;
+use figures::{Band, Cell, Curve, Heatmap, LineFigure, Path, Trajectory};
 
 /// Figures of `args`.
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
     let storage = Storage::open(&args.results)?;
     let sweep = pick_sweep(&storage, args.sweep.as_deref(), &args.results)?;
-    let runs = read::read_table(&storage, "runs", &sweep, &run_columns())?;
+    let runs = read_runs(&storage, &sweep)?;
     anyhow::ensure!(
         !runs.is_empty(),
         "sweep {sweep} has no committed shard in {} yet: nothing to plot",
         args.results
     );
-    let axes = varying_axes(&runs);
+    let figure = figure(&storage, &sweep, &runs, &args)?;
+    figures::render(&figure, &args.out, args.width, args.height)?;
+    crate::render::emit(&format!("{}\n", args.out.display()))
+}
+
+/// Every committed `runs` row of `sweep`, with the columns figures and reports use.
+pub(crate) fn read_runs(storage: &Storage, sweep: &SweepName) -> anyhow::Result<Vec<Row>> {
+    Ok(read::read_table(storage, "runs", sweep, &run_columns())?)
+}
+
+/// The figure `args.kind` of `sweep`, whose committed runs are `runs` (not empty).
+pub(crate) fn figure(
+    storage: &Storage,
+    sweep: &SweepName,
+    runs: &[Row],
+    args: &PlotArgs,
+) -> anyhow::Result<Figure> {
+    let axes = varying_axes(runs);
     let title_axes = |by: &[String]| {
         if by.is_empty() {
             String::new()
@@ -32,21 +50,19 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
             format!(" by {}", by.join(", "))
         }
     };
-    let figure: Figure = match args.kind {
+    Ok(match args.kind {
         PlotKind::Line => {
             let by = group_axes(args.by.as_deref(), &axes)?;
-            let title = format!("{sweep}: {}(α){}", metric_name(&args)?, title_axes(&by));
-            Figure::Line(line(&storage, &sweep, &runs, &by, &args, title)?)
+            let title = format!("{sweep}: {}(α){}", metric_name(args)?, title_axes(&by));
+            Figure::Line(line(storage, sweep, runs, &by, args, title)?)
         }
-        PlotKind::Starts => Figure::Line(starts(&storage, &sweep, &runs, &args)?),
-        PlotKind::Trajectory => Figure::Trajectory(trajectory(&storage, &sweep, &args)?),
-        PlotKind::Heatmap => Figure::Heatmap(heatmap(&runs, &axes, &args, &sweep)?),
+        PlotKind::Starts => Figure::Line(starts(storage, sweep, runs, args)?),
+        PlotKind::Trajectory => Figure::Trajectory(trajectory(storage, sweep, args)?),
+        PlotKind::Heatmap => Figure::Heatmap(heatmap(runs, &axes, args, sweep)?),
         PlotKind::Plane => anyhow::bail!(
             "sweep {sweep} has no plane data: 2-D planes ([eval.plane]) are not measured yet, so there is nothing to draw a contour of"
         ),
-    };
-    figures::render(&figure, &args.out, args.width, args.height)?;
-    crate::render::emit(&format!("{}\n", args.out.display()))
+    })
 }
 
 fn run_columns() -> Vec<&'static str> {
@@ -64,7 +80,11 @@ fn run_columns() -> Vec<&'static str> {
     c
 }
 
-fn pick_sweep(storage: &Storage, asked: Option<&str>, results: &str) -> anyhow::Result<SweepName> {
+pub(crate) fn pick_sweep(
+    storage: &Storage,
+    asked: Option<&str>,
+    results: &str,
+) -> anyhow::Result<SweepName> {
     if let Some(s) = asked {
         return Ok(SweepName::parse(s.to_owned())?);
     }
@@ -83,7 +103,7 @@ fn pick_sweep(storage: &Storage, asked: Option<&str>, results: &str) -> anyhow::
 }
 
 /// The config columns whose values differ between runs, seed excepted.
-fn varying_axes(runs: &[Row]) -> Vec<String> {
+pub(crate) fn varying_axes(runs: &[Row]) -> Vec<String> {
     CONFIG_COLUMNS
         .iter()
         .filter(|c| **c != "seed")
@@ -120,7 +140,7 @@ fn group_axes(by: Option<&str>, varying: &[String]) -> anyhow::Result<Vec<String
 }
 
 /// `axis=value …` of a run for the axes `by` (`all runs` when there are none).
-fn group_label(run: &Row, by: &[String]) -> String {
+pub(crate) fn group_label(run: &Row, by: &[String]) -> String {
     if by.is_empty() {
         return "all runs".into();
     }

@@ -1,0 +1,209 @@
+//! `linesweep report` (and `run --report`), checked in real headless Chromium (Debian's
+//! `chromium`, installed by `scripts/test-deps.sh`): the page's DOM has every figure and a row
+//! per run, its screenshot is not blank; a sweep whose shards all failed gets a page that says
+//! so, with their errors; an empty results folder is a clear error.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn spec(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+name = "{name}"
+
+[grid]
+optimizer = ["sgd", "adam"]
+lr = [0.01, 0.001]
+seed = [0, 1]
+
+[model]
+hidden = [32]
+
+[data]
+max_train_examples = 1000
+{extra}
+
+[train]
+epochs = 1
+
+[eval]
+max_examples = 200
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Headless Chromium on `page`: `--dump-dom` and a screenshot `shot` of `width` × `height`.
+fn chromium(page: &Path, shot: &Path, width: u32, height: u32) -> String {
+    let program = std::env::var("LINESWEEP_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", page.display());
+    let base = |cmd: &mut Command| {
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+    };
+    let mut dom = Command::new(&program);
+    base(&mut dom);
+    dom.args(["--dump-dom", &url]);
+    let o = run_with_deadline(dom, Duration::from_secs(120));
+    assert!(
+        o.status.success(),
+        "{program} --dump-dom: {}",
+        text(&o.stderr)
+    );
+    let mut snap = Command::new(&program);
+    base(&mut snap);
+    snap.arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url);
+    let s = run_with_deadline(snap, Duration::from_secs(120));
+    assert!(
+        s.status.success(),
+        "{program} --screenshot: {}",
+        text(&s.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// (width, height, distinct colours) of a PNG.
+fn png_stats(path: &Path) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    (info.width, info.height, colours.len())
+}
+
+#[test]
+fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "report", "");
+    let o = linesweep(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--report",
+            "page.html",
+        ],
+        dir,
+        Duration::from_secs(300),
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(out.contains("report: page.html"), "{out}");
+    let page = dir.join("page.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page needs no network"
+    );
+    let dom = chromium(&page, &dir.join("shot.png"), 1200, 2400);
+    // Loss and accuracy lines, the trajectory, two heatmaps, the starts.
+    assert_eq!(dom.matches("<figure>").count(), 6, "{dom}");
+    assert_eq!(dom.matches("<img alt=").count(), 6);
+    assert_eq!(
+        dom.matches("<tr class=\"run\">").count(),
+        8,
+        "a row per run"
+    );
+    assert!(dom.contains("No failed shards."));
+    assert!(dom.contains("optimizer=adam lr=0.001"), "the groups table");
+    assert!(dom.contains("read_parquet("), "the DuckDB snippet");
+    let (w, h, colours) = png_stats(&dir.join("shot.png"));
+    assert_eq!((w, h), (1200, 2400));
+    assert!(colours > 200, "a blank page? {colours} colours");
+
+    // `linesweep report` writes the same page on its own.
+    let o = linesweep(
+        &["report", "--out", "again.html"],
+        dir,
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again = std::fs::read_to_string(dir.join("again.html")).unwrap();
+    assert_eq!(again.matches("<figure>").count(), 6);
+}
+
+#[test]
+fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(
+        dir,
+        "broken",
+        "dataset = \"mnist\"\ndir = \"/nonexistent/mnist\"",
+    );
+    let o = linesweep(
+        &["run", spec.to_str().unwrap(), "--workers", "2"],
+        dir,
+        Duration::from_secs(300),
+    );
+    assert!(
+        text(&o.stdout).contains("8 failed"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    // No sweep has a committed shard: naming none is an error that says so.
+    let o = linesweep(&["report"], dir, Duration::from_secs(60));
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("no committed shard of any sweep"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = linesweep(
+        &["report", "broken", "--out", "broken.html"],
+        dir,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let page = dir.join("broken.html");
+    let dom = chromium(&page, &dir.join("broken.png"), 1000, 800);
+    assert!(
+        dom.contains("No shard of this sweep is committed yet"),
+        "{dom}"
+    );
+    assert!(
+        dom.matches("/nonexistent/mnist").count() >= 8,
+        "every failure with its error: {dom}"
+    );
+    assert_eq!(dom.matches("<figure>").count(), 0);
+    // An empty results folder.
+    let empty = tempfile::tempdir().unwrap();
+    let o = linesweep(
+        &["report", "--results", empty.path().to_str().unwrap()],
+        dir,
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("no committed shard of any sweep"),
+        "{}",
+        text(&o.stderr)
+    );
+}
