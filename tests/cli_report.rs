@@ -137,6 +137,31 @@ fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
     assert_eq!((w, h), (1200, 2400));
     assert!(colours > 200, "a blank page? {colours} colours");
 
+    // The page's DuckDB and Polars snippets run as they are shown.
+    let snippets: Vec<String> = html
+        .split("<pre>")
+        .skip(1)
+        .map(|p| {
+            p.split("</pre>")
+                .next()
+                .unwrap()
+                .replace("&#39;", "'")
+                .replace("&quot;", "\"")
+                .replace("&gt;", ">")
+                .replace("&lt;", "<")
+                .replace("&amp;", "&")
+        })
+        .collect();
+    assert_eq!(snippets.len(), 2, "a DuckDB and a Polars snippet");
+    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let duckdb = "import duckdb, sys\ncon = duckdb.connect()\nfor q in sys.argv[1].split(';'):\n    q = '\\n'.join(l for l in q.splitlines() if not l.startswith('--')).strip()\n    if q:\n        print(len(con.execute(q).fetchall()))";
+    for (code, arg) in [(duckdb, snippets[0].as_str()), (snippets[1].as_str(), "")] {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", code, arg]).current_dir(dir);
+        let o = run_with_deadline(cmd, Duration::from_secs(120));
+        assert!(o.status.success(), "{code}\n{}", text(&o.stderr));
+    }
+
     // `linesweep report` writes the same page on its own.
     let o = linesweep(
         &["report", "--out", "again.html"],
