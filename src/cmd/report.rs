@@ -45,6 +45,8 @@ pub(crate) fn page(
     sweep: Option<&str>,
     state: Option<&Path>,
 ) -> anyhow::Result<String> {
+    // Absolute, so that the page's paths and queries work from anywhere.
+    let results = &super::remote::absolute_location(results)?;
     let storage = Storage::open(results)?;
     let state = state
         .map(Path::to_owned)
