@@ -63,17 +63,6 @@ fn out(name: &str) -> PathBuf {
     sweep().join(name)
 }
 
-/// (width, height, distinct colours) of a PNG.
-fn png_stats(path: &Path) -> (u32, u32, usize) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples();
-    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    (info.width, info.height, colours.len())
-}
-
 #[test]
 fn every_kind_is_a_png_or_svg_of_the_requested_size_and_not_blank() {
     for kind in ["line", "trajectory", "heatmap", "starts"] {

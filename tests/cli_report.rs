@@ -84,17 +84,6 @@ fn chromium(page: &Path, shot: &Path, width: u32, height: u32) -> String {
     text(&o.stdout)
 }
 
-/// (width, height, distinct colours) of a PNG.
-fn png_stats(path: &Path) -> (u32, u32, usize) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples();
-    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    (info.width, info.height, colours.len())
-}
-
 #[test]
 fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
     let tmp = tempfile::tempdir().unwrap();

@@ -141,3 +141,14 @@ pub fn serve(args: &[&str], state: &Path) -> (Proc, String) {
         .to_owned();
     (proc, addr)
 }
+
+/// (width, height, distinct colours) of a PNG.
+pub fn png_stats(path: &Path) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    (info.width, info.height, colours.len())
+}
