@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{linesweep, repo, run_with_deadline, text};
+use common::{linesweep, python, repo, run_with_deadline, text};
 use linesweep_worker::data::cifar;
 
 #[test]
@@ -85,8 +84,7 @@ results = "{}"
         "{stdout}"
     );
 
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(python);
+    let mut cmd = python();
     cmd.arg(repo().join("tests/python/check_archs.py"))
         .arg(dir.join("results"))
         .arg("archs");

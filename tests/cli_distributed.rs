@@ -135,19 +135,7 @@ fn finished(st: &serde_json::Value) -> bool {
 
 /// DuckDB over results/**: exactly `shards` runs and no duplicate rows in any table.
 fn check_results(root: &Path, sweep: &str, shards: usize) -> String {
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(python);
-    cmd.arg(repo().join("tests/python/check_sweep.py"))
-        .arg(root)
-        .args([sweep, &shards.to_string(), "11"]);
-    let out = run_with_deadline(cmd, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "result check failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    check_sweep(root, sweep, shards, 11)
 }
 
 /// Every published file, with its bytes (to prove that a fenced attempt changed nothing).
@@ -1115,13 +1103,11 @@ fn summary_shards(results: &Path, sweep: &str) -> Option<u64> {
     if !file.exists() {
         return None;
     }
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(python);
-    cmd.arg("-c")
-        .arg("import duckdb, sys; print(duckdb.connect().execute(f\"select count(distinct shard) from read_parquet('{sys.argv[1]}')\").fetchone()[0])")
-        .arg(&file);
-    let o = run_with_deadline(cmd, Duration::from_secs(60));
-    text(&o.stdout).trim().parse().ok()
+    let sql = format!(
+        "select count(distinct shard) from read_parquet('{}')",
+        file.display()
+    );
+    duckdb_value(&sql).parse().ok()
 }
 
 #[test]

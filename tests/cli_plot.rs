@@ -16,31 +16,7 @@ fn sweep() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let spec = dir.path().join("plots.toml");
-        std::fs::write(
-            &spec,
-            r#"
-name = "plots"
-
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.01, 0.001]
-seed = [0, 1]
-
-[model]
-hidden = [32]
-
-[data]
-max_train_examples = 1000
-
-[train]
-epochs = 1
-
-[eval]
-max_examples = 200
-"#,
-        )
-        .unwrap();
+        let spec = tiny_grid_spec(dir.path(), "plots", "");
         let o = linesweep(
             &["run", spec.to_str().unwrap(), "--workers", "2"],
             dir.path(),
@@ -130,23 +106,12 @@ fn mapping(t: &[(f64, f64)]) -> impl Fn(f64) -> f64 + use<> {
 
 /// The mean loss at α of the train lines from `init`, by DuckDB.
 fn recorded(alpha: f64) -> f64 {
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
     let sql = format!(
         "select avg(loss) from read_parquet('{}/linesweep-results/results/interpolation/sweep=plots/*.parquet') \
          where split = 'train' and start = 'init' and abs(alpha - {alpha}) < 1e-9",
         sweep().display()
     );
-    let mut cmd = std::process::Command::new(python);
-    cmd.args([
-        "-c",
-        "import duckdb, sys; print(duckdb.connect().execute(sys.argv[1]).fetchone()[0])",
-        &sql,
-    ]);
-    let o = run_with_deadline(cmd, Duration::from_secs(60));
-    text(&o.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}", text(&o.stderr)))
+    duckdb_value(&sql).parse().unwrap()
 }
 
 #[test]

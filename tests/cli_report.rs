@@ -11,38 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn spec(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-name = "{name}"
-
-[grid]
-optimizer = ["sgd", "adam"]
-lr = [0.01, 0.001]
-seed = [0, 1]
-
-[model]
-hidden = [32]
-
-[data]
-max_train_examples = 1000
-{extra}
-
-[train]
-epochs = 1
-
-[eval]
-max_examples = 200
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// Headless Chromium on `page`: `--dump-dom` and a screenshot `shot` of `width` × `height`.
 fn chromium(page: &Path, shot: &Path, width: u32, height: u32) -> String {
     let program = std::env::var("LINESWEEP_CHROMIUM").unwrap_or_else(|_| "chromium".into());
@@ -88,7 +56,7 @@ fn chromium(page: &Path, shot: &Path, width: u32, height: u32) -> String {
 fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let spec = spec(dir, "report", "");
+    let spec = tiny_grid_spec(dir, "report", "");
     let o = linesweep(
         &[
             "run",
@@ -142,10 +110,9 @@ fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
         })
         .collect();
     assert_eq!(snippets.len(), 2, "a DuckDB and a Polars snippet");
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
     let duckdb = "import duckdb, sys\ncon = duckdb.connect()\nfor q in sys.argv[1].split(';'):\n    q = '\\n'.join(l for l in q.splitlines() if not l.startswith('--')).strip()\n    if q:\n        print(len(con.execute(q).fetchall()))";
     for (code, arg) in [(duckdb, snippets[0].as_str()), (snippets[1].as_str(), "")] {
-        let mut cmd = Command::new(&python);
+        let mut cmd = python();
         cmd.args(["-c", code, arg]).current_dir(dir);
         let o = run_with_deadline(cmd, Duration::from_secs(120));
         assert!(o.status.success(), "{code}\n{}", text(&o.stderr));
@@ -166,7 +133,7 @@ fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
 fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let spec = spec(
+    let spec = tiny_grid_spec(
         dir,
         "broken",
         "dataset = \"mnist\"\ndir = \"/nonexistent/mnist\"",

@@ -23,8 +23,7 @@ fn linesweep_s3(s3: &S3, dir: &Path, args: &[&str], limit: Duration) -> Output {
 
 /// `check_s3.py` once: (passed, stdout and stderr).
 fn try_check_s3(s3: &S3, prefix: &str, sweep: &str, shards: usize) -> (bool, String) {
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(python);
+    let mut cmd = python();
     cmd.arg(repo().join("tests/python/check_s3.py"))
         .args([&s3.endpoint, "bucket", prefix, sweep, &shards.to_string()])
         .envs(s3.env());

@@ -113,12 +113,9 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn a_sweep_runs_over_tls_and_the_token_is_still_required() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let pki = pki(dir);
-    let (_server, url) = serve(
+/// `serve` with the token and the PKI's server certificate, on any loopback port.
+fn serve_tls(pki: &Pki, state: &Path) -> (Proc, String) {
+    serve(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -129,8 +126,16 @@ fn a_sweep_runs_over_tls_and_the_token_is_still_required() {
             "--tls-key",
             path(&pki.key),
         ],
-        &dir.join("state.db"),
-    );
+        state,
+    )
+}
+
+#[test]
+fn a_sweep_runs_over_tls_and_the_token_is_still_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = pki(dir);
+    let (_server, url) = serve_tls(&pki, &dir.join("state.db"));
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let trusted = ["--token", TOKEN, "--tls-ca", path(&pki.ca)];
     let spec = spec(dir);
@@ -171,19 +176,7 @@ fn a_wrong_ca_or_a_plain_text_client_is_told_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let pki = pki(dir);
-    let (_tls, url) = serve(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-            "--tls-cert",
-            path(&pki.cert),
-            "--tls-key",
-            path(&pki.key),
-        ],
-        &dir.join("tls.db"),
-    );
+    let (_tls, url) = serve_tls(&pki, &dir.join("tls.db"));
     let status = ["status", "any"];
 
     let wrong = ["--token", TOKEN, "--tls-ca", path(&pki.other_ca)];

@@ -372,18 +372,6 @@ fn a_job_array_of_workers_survives_a_requeue_mid_shard() {
     );
 
     // DuckDB: every shard exactly once, no duplicate rows in any table.
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut check = Command::new(python);
-    check
-        .arg(repo().join("tests/python/check_sweep.py"))
-        .arg(&results)
-        .args(["slurm", &SHARDS.to_string(), "11"]);
-    let out = run_with_deadline(check, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    check_sweep(&results, "slurm", SHARDS, 11);
     drop(cluster);
 }

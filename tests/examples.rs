@@ -111,8 +111,7 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
     assert_eq!(std::fs::read_dir(runs).unwrap().count(), 6);
     assert!(root.join("owners/sweep=mnist-mli.json").is_file());
     // The sweep ended, so its summary files hold every shard, once.
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut check = std::process::Command::new(python);
+    let mut check = python();
     check
         .arg(repo().join("tests/python/check_summaries.py"))
         .arg(&root)

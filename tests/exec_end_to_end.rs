@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -51,8 +50,7 @@ fn one_epoch_shard_lands_in_duckdb_and_polars() {
     );
 
     // 8,000 / 128 → 63 steps; snapshots at 0, 20, 40, 60 and the final 63.
-    let python = std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = Command::new(python);
+    let mut cmd = python();
     cmd.arg(repo().join("tests/python/check_results.py"))
         .args(["--root", tmp.path().to_str().unwrap()])
         .args(["--data", repo().join("data/mnist-10k").to_str().unwrap()])

@@ -51,28 +51,13 @@ impl Rewritten {
     }
 }
 
-/// The shards of `sweep` whose file of `table` is published.
-fn published(
-    storage: &Storage,
-    table: &str,
-    sweep: &SweepName,
-) -> Result<BTreeSet<ShardId>, StorageError> {
-    Ok(storage
-        .list(&layout::result_sweep_prefix(table, sweep))?
-        .iter()
-        .filter_map(|k| layout::parse_result_key(table, k))
-        .filter(|(s, _)| s == sweep)
-        .map(|(_, shard)| shard)
-        .collect())
-}
-
 /// Rewrites the summary of every result table of `sweep` in `storage` (a summary that is
 /// already complete is left alone).
 pub fn rewrite(storage: &Storage, sweep: &SweepName) -> Result<Rewritten, SummaryError> {
-    let committed = published(storage, COMMIT_TABLE, sweep)?;
+    let committed = storage.published_shards(COMMIT_TABLE, sweep)?;
     let mut out = Rewritten::default();
     for table in RESULT_TABLES {
-        let present = published(storage, table, sweep)?;
+        let present = storage.published_shards(table, sweep)?;
         let shards: BTreeSet<&ShardId> = present.intersection(&committed).collect();
         let (total, added) = rewrite_table(storage, table, sweep, &shards)?;
         out.tables.push((table.to_owned(), total, added));

@@ -32,6 +32,9 @@ pub enum TlsError {
         what: &'static str,
         hint: &'static str,
     },
+    /// The first certificate is PEM but not a certificate that parses.
+    #[error("--tls-cert {}: the first certificate cannot be parsed: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
     /// The certificate is outside its validity period.
     #[error(
         "--tls-cert {}: the certificate {when}; issue a new one (the coordinator's clients would refuse it)",
@@ -78,10 +81,9 @@ fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Vec<u
 /// Refuses a leaf certificate that has expired or is not valid yet: the coordinator would start
 /// and every caller would then fail its handshake.
 fn check_validity(path: &Path, der: &[u8]) -> Result<(), TlsError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Identity {
-        cert: path.to_owned(),
-        key: PathBuf::new(),
-        message: format!("the first certificate cannot be parsed: {e}"),
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
     })?;
     let validity = cert.validity();
     let now = x509_parser::time::ASN1Time::now();

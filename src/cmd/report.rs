@@ -24,9 +24,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     crate::render::emit(&format!("{}\n", args.out.display()))
 }
 
-/// The ledger `run` keeps beside local results, if it is there.
-pub(crate) fn default_state(storage: &Storage) -> Option<PathBuf> {
-    let p = storage.local_dir()?.join(".linesweep/state.db");
+/// The ledger `linesweep run` keeps for `storage` (`run::state_dir`), if it is there.
+fn default_state(storage: &Storage) -> Option<PathBuf> {
+    let p = super::run::state_dir(storage)
+        .ok()?
+        .join(super::run::STATE_FILE);
     p.exists().then_some(p)
 }
 
@@ -57,9 +59,9 @@ pub(crate) fn page(
         }
         None => None,
     };
-    let sweep = match (sweep, &ledger) {
-        (Some(s), _) => SweepName::parse(s.to_owned())?,
-        (None, _) => plot::pick_sweep(&storage, None, results)?,
+    let sweep = match sweep {
+        Some(s) => SweepName::parse(s.to_owned())?,
+        None => plot::pick_sweep(&storage, None, results)?,
     };
     let status = match &ledger {
         Some(l) => Some(
@@ -69,7 +71,8 @@ pub(crate) fn page(
         ),
         None => None,
     };
-    let runs = plot::read_runs(&storage, &sweep)?;
+    let data = plot::SweepData::read(&storage, sweep.clone())?;
+    let runs = &data.runs;
     let mut html = String::new();
     let _ = write!(
         html,
@@ -81,9 +84,9 @@ pub(crate) fn page(
     if runs.is_empty() {
         html.push_str("<p class=\"empty\">No shard of this sweep is committed yet: there is nothing to summarise or draw.</p>");
     } else {
-        groups_section(&mut html, &runs);
-        figures_section(&mut html, &storage, &sweep, &runs, results);
-        runs_section(&mut html, &runs, &storage, &sweep);
+        groups_section(&mut html, runs);
+        figures_section(&mut html, &data, results);
+        runs_section(&mut html, runs, &storage, &sweep);
     }
     queries_section(&mut html, storage.root(), &sweep);
     html.push_str("</body></html>\n");
@@ -191,13 +194,8 @@ fn groups_section(html: &mut String, runs: &[Row]) {
 }
 
 /// The figures of the grid's natural groupings; one that cannot be drawn says why instead.
-fn figures_section(
-    html: &mut String,
-    storage: &Storage,
-    sweep: &SweepName,
-    runs: &[Row],
-    results: &str,
-) {
+fn figures_section(html: &mut String, data: &plot::SweepData<'_>, results: &str) {
+    let (sweep, runs) = (&data.sweep, &data.runs);
     html.push_str("<section id=\"figures\"><h2>Figures</h2>");
     let axes = plot::varying_axes(runs);
     let mut kinds = vec![
@@ -246,9 +244,7 @@ fn figures_section(
             width: 900,
             height: 560,
         };
-        match plot::figure(storage, sweep, runs, &args)
-            .and_then(|f| figures::png_bytes(&f, 900, 560))
-        {
+        match plot::figure(data, &args).and_then(|f| figures::png_bytes(&f, 900, 560)) {
             Ok(png) => {
                 let data = base64::engine::general_purpose::STANDARD.encode(png);
                 let _ = write!(

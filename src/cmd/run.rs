@@ -104,11 +104,14 @@ impl AgentEvents for WorkerBar {
     }
 }
 
+/// The ledger's file name in [`state_dir`].
+pub(crate) const STATE_FILE: &str = "state.db";
+
 /// Where `run` keeps its sweep state: beside local results (`<root>/.linesweep/`), so that
 /// moving the folder moves both; for an object store (SQLite needs a local file) under the
 /// user's state directory (`$XDG_STATE_HOME/linesweep/`, default `~/.local/state/linesweep/`),
 /// one folder per location.
-fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
+pub(crate) fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
     if let Some(dir) = storage.local_dir() {
         return Ok(dir.join(".linesweep"));
     }
@@ -150,7 +153,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let state = state_dir.join("state.db");
+    let state = state_dir.join(STATE_FILE);
     let policy = LeasePolicy::default();
     let new_ledger = !state.exists();
     let mut ledger = Ledger::open(&state, policy).with_context(|| {

@@ -276,6 +276,22 @@ impl Storage {
         p.is_dir().then_some(p)
     }
 
+    /// The shards of `sweep` whose file of result table `table` is published (for the
+    /// commit table, `runs`: the committed shards).
+    pub fn published_shards(
+        &self,
+        table: &str,
+        sweep: &ids::SweepName,
+    ) -> Result<std::collections::BTreeSet<ids::ShardId>, StorageError> {
+        Ok(self
+            .list(&layout::result_sweep_prefix(table, sweep))?
+            .iter()
+            .filter_map(|k| layout::parse_result_key(table, k))
+            .filter(|(s, _)| s == sweep)
+            .map(|(_, shard)| shard)
+            .collect())
+    }
+
     /// Keys under `prefix`, sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         use futures_util::TryStreamExt;

@@ -152,3 +152,72 @@ pub fn png_stats(path: &Path) -> (u32, u32, usize) {
     let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
     (info.width, info.height, colours.len())
 }
+
+/// The Python with DuckDB, Polars and NumPy (`LINESWEEP_PYTHON`, default `python3`).
+pub fn python() -> Command {
+    Command::new(std::env::var("LINESWEEP_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+/// The first value of one DuckDB query, as text (panics with Python's error otherwise).
+pub fn duckdb_value(sql: &str) -> String {
+    let mut cmd = python();
+    cmd.args([
+        "-c",
+        "import duckdb, sys; print(duckdb.connect().execute(sys.argv[1]).fetchone()[0])",
+        sql,
+    ]);
+    let o = run_with_deadline(cmd, Duration::from_secs(60));
+    assert!(o.status.success(), "{sql}: {}", text(&o.stderr));
+    text(&o.stdout).trim().to_owned()
+}
+
+/// `tests/python/check_sweep.py` over the results location `root`: exactly `shards` runs of
+/// `sweep` and no duplicate row in any table (lines of `points` α each). Returns its report.
+pub fn check_sweep(root: &Path, sweep: &str, shards: usize, points: usize) -> String {
+    let mut cmd = python();
+    cmd.arg(repo().join("tests/python/check_sweep.py"))
+        .arg(root)
+        .args([sweep, &shards.to_string(), &points.to_string()]);
+    let out = run_with_deadline(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "result check failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A tiny 8-shard sweep spec, `NAME.toml` in `dir`: optimizer × lr × 2 seeds of a 32-unit
+/// MLP, a second or so per shard; `extra` goes into its `[data]` table.
+pub fn tiny_grid_spec(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+name = "{name}"
+
+[grid]
+optimizer = ["sgd", "adam"]
+lr = [0.01, 0.001]
+seed = [0, 1]
+
+[model]
+hidden = [32]
+
+[data]
+max_train_examples = 1000
+{extra}
+
+[train]
+epochs = 1
+
+[eval]
+max_examples = 200
+"#
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -153,11 +153,13 @@ struct Client {
     max_backoff: Duration,
 }
 
+/// Transient: the coordinator may answer next time. A refused TLS certificate arrives as
+/// Unavailable too, but stays refused.
 fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    ) && !linesweep_proto::tls::is_certificate_error(s)
 }
 
 impl Client {
@@ -185,11 +187,6 @@ impl Client {
                         tracing::info!(what, "coordinator reachable again");
                     }
                     return Some(Ok(r.into_inner()));
-                }
-                // A certificate this worker does not trust stays untrusted: say why, once.
-                Err(s) if linesweep_proto::tls::is_certificate_error(&s) => {
-                    let why = linesweep_proto::tls::explain(&self.url, &s);
-                    return Some(Err(Status::unavailable(why)));
                 }
                 Err(s) if retryable(&s) => {
                     failures += 1;
@@ -249,9 +246,10 @@ pub async fn run(
         .await
     {
         None => return Ok(AgentReport::default()),
-        // `retry` hands back an Unavailable only for a refused certificate.
-        Some(Err(s)) if s.code() == Code::Unavailable => {
-            return Err(AgentError::Untrusted(s.message().to_owned()));
+        // A certificate this worker does not trust stays untrusted (`retry` does not retry it).
+        Some(Err(s)) if linesweep_proto::tls::is_certificate_error(&s) => {
+            let why = linesweep_proto::tls::explain(&client.url, &s);
+            return Err(AgentError::Untrusted(why));
         }
         Some(Err(s)) => return Err(AgentError::Refused(s.message().to_owned())),
         Some(Ok(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50)),

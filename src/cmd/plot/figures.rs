@@ -5,6 +5,7 @@
 use std::path::Path as FsPath;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
@@ -86,6 +87,47 @@ pub enum Figure {
 
 type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The frame every figure shares: its title, margins and axis areas.
+fn chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    y_label_area: u32,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    ChartBuilder::on(root)
+        .caption(title, (FAMILY, 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(x, y)
+}
+
+/// The legend of the labelled series, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    position: SeriesLabelPosition,
+) -> Drawn<DB> {
+    chart
+        .configure_series_labels()
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(position)
+        .draw()
+}
+
+/// Text of `size` in `ink`, centred on its anchor.
+fn centered(size: u32, ink: RGBColor) -> TextStyle<'static> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    (FAMILY, size)
+        .into_font()
+        .color(&ink)
+        .pos(Pos::new(HPos::Center, VPos::Center))
+}
+
 /// Writes `figure` to `out` (`.png` or `.svg`) at `width` × `height` pixels.
 pub fn render(figure: &Figure, out: &FsPath, width: u32, height: u32) -> anyhow::Result<()> {
     register_font();
@@ -160,12 +202,7 @@ fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Dr
         (lo, hi) = (lo.min(r), hi.max(r));
     }
     let (y0, y1) = padded(lo, hi);
-    let mut chart = ChartBuilder::on(root)
-        .caption(&f.title, (FAMILY, 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let mut chart = chart(root, &f.title, 64, x0..x1, y0..y1)?;
     chart
         .configure_mesh()
         .x_desc(&f.x_label)
@@ -230,14 +267,8 @@ fn line<DB: DrawingBackend>(f: &LineFigure, root: &DrawingArea<DB, Shift>) -> Dr
             .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK));
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        // Losses fall and accuracies rise to the right: the middle of the right edge is free.
-        .position(SeriesLabelPosition::MiddleRight)
-        .draw()
+    // Losses fall and accuracies rise to the right: the middle of the right edge is free.
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)
 }
 
 fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
@@ -250,12 +281,7 @@ fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>)
         all().map(|p| p.2).fold(f64::INFINITY, f64::min),
         all().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max),
     );
-    let mut chart = ChartBuilder::on(root)
-        .caption(&f.title, (FAMILY, 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let mut chart = chart(root, &f.title, 64, x0..x1, y0..y1)?;
     chart
         .configure_mesh()
         .x_desc("α: progress along θ_i → θ_c (fraction)")
@@ -296,13 +322,7 @@ fn trajectory<DB: DrawingBackend>(f: &Trajectory, root: &DrawingArea<DB, Shift>)
                 )
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
@@ -313,12 +333,7 @@ fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Dr
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), c| {
             (l.min(c.value), h.max(c.value))
         });
-    let mut chart = ChartBuilder::on(root)
-        .caption(&f.title, (FAMILY, 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(90)
-        .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)?;
+    let mut chart = chart(root, &f.title, 90, 0f64..nx as f64, 0f64..ny as f64)?;
     let (xs, ys) = (f.xs.clone(), f.ys.clone());
     chart
         .configure_mesh()
@@ -344,33 +359,18 @@ fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Dr
             ViridisRGB::get_color(t).filled(),
         )))?;
         let ink = if t > 0.6 { BLACK } else { WHITE };
-        let text = format!("{}\n", format_value(c.value));
-        let style =
-            (FAMILY, 18)
-                .into_font()
-                .color(&ink)
-                .pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Center,
-                ));
-        chart.draw_series(std::iter::once(Text::new(
-            text.trim().to_owned(),
-            (x + 0.5, y + 0.55),
-            style.clone(),
-        )))?;
-        let small =
-            (FAMILY, 13)
-                .into_font()
-                .color(&ink)
-                .pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Center,
-                ));
-        chart.draw_series(std::iter::once(Text::new(
-            format!("{} runs", c.runs),
-            (x + 0.5, y + 0.3),
-            small,
-        )))?;
+        chart.draw_series([
+            Text::new(
+                format_value(c.value),
+                (x + 0.5, y + 0.55),
+                centered(18, ink),
+            ),
+            Text::new(
+                format!("{} runs", c.runs),
+                (x + 0.5, y + 0.3),
+                centered(13, ink),
+            ),
+        ])?;
     }
     Ok(())
 }

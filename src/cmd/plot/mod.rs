@@ -4,6 +4,7 @@
 
 pub(crate) mod figures;
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
@@ -19,29 +20,65 @@ use figures::{Band, Cell, Curve, Heatmap, LineFigure, Path, Trajectory};
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
     let storage = Storage::open(&args.results)?;
     let sweep = pick_sweep(&storage, args.sweep.as_deref(), &args.results)?;
-    let runs = read_runs(&storage, &sweep)?;
+    let data = SweepData::read(&storage, sweep)?;
     anyhow::ensure!(
-        !runs.is_empty(),
-        "sweep {sweep} has no committed shard in {} yet: nothing to plot",
+        !data.runs.is_empty(),
+        "sweep {} has no committed shard in {} yet: nothing to plot",
+        data.sweep,
         args.results
     );
-    let figure = figure(&storage, &sweep, &runs, &args)?;
+    let figure = figure(&data, &args)?;
     figures::render(&figure, &args.out, args.width, args.height)?;
     crate::render::emit(&format!("{}\n", args.out.display()))
 }
 
-/// Every committed `runs` row of `sweep`, with the columns figures and reports use.
-pub(crate) fn read_runs(storage: &Storage, sweep: &SweepName) -> anyhow::Result<Vec<Row>> {
-    Ok(read::read_table(storage, "runs", sweep, &run_columns())?)
+/// What the figures of one sweep read: its committed `runs` rows, and its lines and
+/// trajectories, each table read once, when a figure first needs it (a report draws six).
+pub(crate) struct SweepData<'a> {
+    storage: &'a Storage,
+    pub sweep: SweepName,
+    pub runs: Vec<Row>,
+    lines: OnceCell<Vec<Row>>,
+    trajectory: OnceCell<Vec<Row>>,
 }
 
-/// The figure `args.kind` of `sweep`, whose committed runs are `runs` (not empty).
-pub(crate) fn figure(
-    storage: &Storage,
-    sweep: &SweepName,
-    runs: &[Row],
-    args: &PlotArgs,
-) -> anyhow::Result<Figure> {
+impl<'a> SweepData<'a> {
+    /// Reads the `runs` rows of `sweep` (the other tables wait until a figure asks).
+    pub fn read(storage: &'a Storage, sweep: SweepName) -> anyhow::Result<Self> {
+        let runs = read::read_table(storage, "runs", &sweep, &run_columns())?;
+        Ok(Self {
+            storage,
+            sweep,
+            runs,
+            lines: OnceCell::new(),
+            trajectory: OnceCell::new(),
+        })
+    }
+
+    fn lines(&self) -> anyhow::Result<&[Row]> {
+        if let Some(rows) = self.lines.get() {
+            return Ok(rows);
+        }
+        let cols = [
+            "shard", "start", "alpha", "split", "loss", "accuracy", "bn_mode",
+        ];
+        let rows = read::read_table(self.storage, "interpolation", &self.sweep, &cols)?;
+        Ok(self.lines.get_or_init(|| rows))
+    }
+
+    fn trajectory(&self) -> anyhow::Result<&[Row]> {
+        if let Some(rows) = self.trajectory.get() {
+            return Ok(rows);
+        }
+        let cols = ["shard", "step", "alpha_frac", "beta"];
+        let rows = read::read_table(self.storage, "trajectory", &self.sweep, &cols)?;
+        Ok(self.trajectory.get_or_init(|| rows))
+    }
+}
+
+/// The figure `args.kind` of a sweep with at least one committed run.
+pub(crate) fn figure(data: &SweepData<'_>, args: &PlotArgs) -> anyhow::Result<Figure> {
+    let (runs, sweep) = (&data.runs, &data.sweep);
     let axes = varying_axes(runs);
     let title_axes = |by: &[String]| {
         if by.is_empty() {
@@ -54,10 +91,10 @@ pub(crate) fn figure(
         PlotKind::Line => {
             let by = group_axes(args.by.as_deref(), &axes)?;
             let title = format!("{sweep}: {}(α){}", metric_name(args)?, title_axes(&by));
-            Figure::Line(line(storage, sweep, runs, &by, args, title)?)
+            Figure::Line(line(data, &by, args, title)?)
         }
-        PlotKind::Starts => Figure::Line(starts(storage, sweep, runs, args)?),
-        PlotKind::Trajectory => Figure::Trajectory(trajectory(storage, sweep, args)?),
+        PlotKind::Starts => Figure::Line(starts(data, args)?),
+        PlotKind::Trajectory => Figure::Trajectory(trajectory(data, args)?),
         PlotKind::Heatmap => Figure::Heatmap(heatmap(runs, &axes, args, sweep)?),
         PlotKind::Plane => anyhow::bail!(
             "sweep {sweep} has no plane data: 2-D planes ([eval.plane]) are not measured yet, so there is nothing to draw a contour of"
@@ -145,7 +182,7 @@ pub(crate) fn group_label(run: &Row, by: &[String]) -> String {
         return "all runs".into();
     }
     by.iter()
-        .map(|a| format!("{a}={}", run[a].label()))
+        .map(|a| format!("{a}={}", run[a.as_str()].label()))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -159,16 +196,12 @@ fn metric_name(args: &PlotArgs) -> anyhow::Result<&'static str> {
 }
 
 /// Interpolation rows of the chosen start and batch-norm mode.
-fn line_rows(
-    storage: &Storage,
-    sweep: &SweepName,
+fn line_rows<'d>(
+    data: &'d SweepData<'_>,
     args: &PlotArgs,
     any_start: bool,
-) -> anyhow::Result<Vec<Row>> {
-    let cols = [
-        "shard", "start", "alpha", "split", "loss", "accuracy", "bn_mode",
-    ];
-    let rows = read::read_table(storage, "interpolation", sweep, &cols)?;
+) -> anyhow::Result<Vec<&'d Row>> {
+    let rows = data.lines()?;
     let modes: BTreeSet<String> = rows.iter().map(|r| r["bn_mode"].label()).collect();
     let mode = match &args.bn_mode {
         Some(m) => {
@@ -189,7 +222,7 @@ fn line_rows(
         join(&starts)
     );
     Ok(rows
-        .into_iter()
+        .iter()
         .filter(|r| r["bn_mode"].label() == mode && (any_start || r["start"].label() == start))
         .collect())
 }
@@ -228,20 +261,19 @@ fn alpha_key(r: &Row) -> Option<i64> {
 }
 
 fn line(
-    storage: &Storage,
-    sweep: &SweepName,
-    runs: &[Row],
+    data: &SweepData<'_>,
     by: &[String],
     args: &PlotArgs,
     title: String,
 ) -> anyhow::Result<LineFigure> {
+    let (runs, sweep) = (&data.runs, &data.sweep);
     let metric = metric_name(args)?;
     let run_of: BTreeMap<String, &Row> = runs.iter().map(|r| (r["shard"].label(), r)).collect();
     let mut points = Points::new();
-    for r in line_rows(storage, sweep, args, false)? {
+    for r in line_rows(data, args, false)? {
         let (Some(run), Some(a), Some(v)) = (
             run_of.get(&r["shard"].label()),
-            alpha_key(&r),
+            alpha_key(r),
             r[metric].num(),
         ) else {
             continue;
@@ -270,23 +302,20 @@ fn line(
 }
 
 /// The lines of one shard from every start to θ_c (Frankle's figure).
-fn starts(
-    storage: &Storage,
-    sweep: &SweepName,
-    runs: &[Row],
-    args: &PlotArgs,
-) -> anyhow::Result<LineFigure> {
+fn starts(data: &SweepData<'_>, args: &PlotArgs) -> anyhow::Result<LineFigure> {
+    let sweep = &data.sweep;
     let metric = metric_name(args)?;
-    let shard = match &args.shard {
-        Some(s) => s.clone(),
-        None => runs[0]["shard"].label(),
+    let shard = match (&args.shard, data.runs.first()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(first)) => first["shard"].label(),
+        (None, None) => anyhow::bail!("sweep {sweep} has no committed run to draw the starts of"),
     };
     let mut points = Points::new();
-    for r in line_rows(storage, sweep, args, true)? {
+    for r in line_rows(data, args, true)? {
         if r["shard"].label() != shard {
             continue;
         }
-        if let (Some(a), Some(v)) = (alpha_key(&r), r[metric].num()) {
+        if let (Some(a), Some(v)) = (alpha_key(r), r[metric].num()) {
             let key = (format!("from {}", r["start"].label()), r["split"].label());
             points.entry(key).or_default().entry(a).or_default().push(v);
         }
@@ -305,11 +334,10 @@ fn starts(
     })
 }
 
-fn trajectory(storage: &Storage, sweep: &SweepName, args: &PlotArgs) -> anyhow::Result<Trajectory> {
-    let cols = ["shard", "step", "alpha_frac", "beta"];
-    let rows = read::read_table(storage, "trajectory", sweep, &cols)?;
+fn trajectory(data: &SweepData<'_>, args: &PlotArgs) -> anyhow::Result<Trajectory> {
+    let sweep = &data.sweep;
     let mut paths: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for r in &rows {
+    for r in data.trajectory()? {
         let shard = r["shard"].label();
         if args.shard.as_ref().is_some_and(|s| *s != shard) {
             continue;
@@ -379,7 +407,7 @@ fn heatmap(
         };
         if let Some(v) = v {
             cells
-                .entry((r[&x].label(), r[&y].label()))
+                .entry((r[x.as_str()].label(), r[y.as_str()].label()))
                 .or_default()
                 .push(v);
         }

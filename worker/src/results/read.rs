@@ -1,7 +1,7 @@
 //! Reading result tables back for figures: only the columns asked for (Parquet projection),
 //! as plain values, from a sweep's per-shard files or its summary file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int32Array, ListArray, StringArray, UInt64Array,
@@ -83,8 +83,20 @@ impl Value {
     }
 }
 
-/// Rows of a table: column name → value.
-pub type Row = BTreeMap<String, Value>;
+/// One row of a table: column name → value. A column that was not read reads as
+/// [`Value::Null`] rather than panicking.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row(BTreeMap<String, Value>);
+
+static NULL: Value = Value::Null;
+
+impl std::ops::Index<&str> for Row {
+    type Output = Value;
+
+    fn index(&self, column: &str) -> &Value {
+        self.0.get(column).unwrap_or(&NULL)
+    }
+}
 
 /// A table could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +161,7 @@ pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec
                     ((*c).to_owned(), v)
                 })
                 .collect();
-            rows.push(row);
+            rows.push(Row(row));
         }
     }
     Ok(rows)
@@ -163,29 +175,26 @@ pub fn read_table(
     sweep: &SweepName,
     columns: &[&str],
 ) -> Result<Vec<Row>, ReadError> {
-    let committed: Vec<String> = storage
-        .list(&layout::result_sweep_prefix(layout::COMMIT_TABLE, sweep))?
-        .into_iter()
-        .filter(|k| layout::parse_result_key(layout::COMMIT_TABLE, k).is_some())
-        .collect();
-    let summary = layout::summary_key(table, sweep);
+    let committed = storage.published_shards(layout::COMMIT_TABLE, sweep)?;
     let mut with_shard: Vec<&str> = columns.to_vec();
     if !with_shard.contains(&"shard") {
         with_shard.push("shard");
     }
+    let summary = layout::summary_key(table, sweep);
     if storage.size(&summary)?.is_some() {
         let rows = read_rows(&summary, storage.get(&summary)?, &with_shard)?;
-        let shards: std::collections::BTreeSet<String> =
-            rows.iter().map(|r| r["shard"].label()).collect();
+        let shards: BTreeSet<String> = rows.iter().map(|r| r["shard"].label()).collect();
         if shards.len() == committed.len() {
             return Ok(rows);
         }
     }
     let mut rows = Vec::new();
-    for key in storage.list(&layout::result_sweep_prefix(table, sweep))? {
-        if layout::parse_result_key(table, &key).is_some() {
-            rows.extend(read_rows(&key, storage.get(&key)?, &with_shard)?);
-        }
+    for shard in storage
+        .published_shards(table, sweep)?
+        .intersection(&committed)
+    {
+        let key = layout::result_key(table, sweep, shard);
+        rows.extend(read_rows(&key, storage.get(&key)?, &with_shard)?);
     }
     Ok(rows)
 }
