@@ -26,6 +26,11 @@ every = 20
 alpha_start = -0.5
 alpha_stop = 1.5
 alpha_points = 21
+monotone_path = true
+
+[eval.plane]
+kinds = ["random", "init", "pca"]
+points = 5
 "#;
 
 #[test]
@@ -68,6 +73,26 @@ fn one_epoch_shard_lands_in_duckdb_and_polars() {
     assert!(
         last.starts_with("ok: 1 run, 42 line rows, 5 trajectory rows"),
         "{report}"
+    );
+
+    // The barriers, the planes (a point recomputed by hand from the saved directions) and the
+    // Safran–Shamir path, checked independently with NumPy.
+    let mut cmd = python();
+    cmd.arg(repo().join("tests/python/check_measurements.py"))
+        .args(["--root", tmp.path().to_str().unwrap()])
+        .args(["--data", repo().join("data/mnist-10k").to_str().unwrap()])
+        .args(["--plane-points", "5", "--layers", "3"]);
+    let check = run_with_deadline(cmd, Duration::from_secs(300));
+    assert!(
+        check.status.success(),
+        "measurement check failed:\n{}\n{}",
+        text(&check.stdout),
+        text(&check.stderr)
+    );
+    assert!(
+        text(&check.stdout).contains("ok: 2 lines, 150 plane rows, 11 path rows"),
+        "{}",
+        text(&check.stdout)
     );
 
     // Running the same shard again leaves the results untouched and says so.

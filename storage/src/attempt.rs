@@ -10,9 +10,19 @@ use crate::layout::{result_key, snapshot_dir};
 /// The manifest's key, relative to the attempt's staging prefix. Not published.
 pub const ATTEMPT_MANIFEST: &str = "attempt.json";
 
-/// The result tables every finished attempt stages, in publish order (`runs`, the commit
-/// marker, last).
-pub const RESULT_TABLES: [&str; 3] = ["interpolation", "trajectory", "runs"];
+/// The result tables a finished attempt stages, in publish order (`runs`, the commit marker,
+/// last). Every attempt stages all of them but the [`OPTIONAL_TABLES`].
+pub const RESULT_TABLES: [&str; 6] = [
+    "interpolation",
+    "trajectory",
+    "lines",
+    "plane",
+    "monotone_path",
+    "runs",
+];
+
+/// The tables only a shard that asks for them stages (`[eval.plane]`, `eval.monotone_path`).
+pub const OPTIONAL_TABLES: [&str; 2] = ["plane", "monotone_path"];
 
 /// One staged object.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +85,10 @@ impl AttemptManifest {
                 self.sweep, self.shard, self.attempt
             ));
         }
-        for table in RESULT_TABLES {
+        for table in RESULT_TABLES
+            .iter()
+            .filter(|t| !OPTIONAL_TABLES.contains(t))
+        {
             let key = result_key(table, sweep, shard);
             if !self.files.iter().any(|f| f.key == key) {
                 return Err(format!("the attempt staged no `{table}` table ({key})"));

@@ -45,6 +45,12 @@ pub fn snapshot_key(shard: &ShardId, step: u64) -> String {
     format!("snapshots/{shard}/step-{step:08}.safetensors")
 }
 
+/// Key of a saved direction of a plane (`name` is `plane-<kind>-<axis>`), beside the
+/// snapshots.
+pub fn direction_key(shard: &ShardId, name: &str) -> String {
+    format!("snapshots/{shard}/{name}.safetensors")
+}
+
 /// Where every shard of a sweep stages its output.
 pub fn sweep_staging(sweep: &SweepName) -> String {
     format!("staging/{sweep}")

@@ -1,6 +1,7 @@
 """Reads a shard's results with real DuckDB, Polars and NumPy and checks them.
 
-Run by tests/exec_end_to_end.rs after `linesweep exec` wrote ROOT/out. Exits non-zero with a
+Run by tests/exec_end_to_end.rs after `linesweep exec` wrote ROOT/out (check_measurements.py
+checks the tables its options add). Exits non-zero with a
 message on the first failed check. Checks:
 - row counts of the three tables in DuckDB and in Polars;
 - no nulls where none are allowed (Parquet REQUIRED columns, and metrics of a finished run);

@@ -432,6 +432,124 @@ pub struct EvalConfig {
     pub bn_modes: Vec<BnMode>,
     /// Training batches that re-estimate the statistics at each α in `recompute` mode.
     pub bn_batches: usize,
+    /// 2-D planes around θ_c (`[eval.plane]`); none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plane: Option<PlaneConfig>,
+    /// Also build the Safran–Shamir monotone path along the line from θ_i (the `monotone_path`
+    /// table): one more pass over the train split per α in [0, 1], and one to check it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub monotone_path: bool,
+}
+
+/// Which plane `[eval.plane]` spans around θ_c.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaneKind {
+    /// θ_c + x·δ + y·η: two seeded Gaussian directions, filter-normalised (Li et al. 2018).
+    Random,
+    /// θ_c + x·(θ_i − θ_c) + y·η: the plane that contains the line.
+    Init,
+    /// The top two principal directions of the trajectory {θ_t − θ_c} (Li et al. §7), each
+    /// as long as θ_i − θ_c.
+    Pca,
+}
+
+impl PlaneKind {
+    /// The name used in configs and result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Init => "init",
+            Self::Pca => "pca",
+        }
+    }
+}
+
+/// `[eval.plane]`: loss and accuracy on a grid of θ(x, y) = θ_c + x·δ + y·η.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaneConfig {
+    /// The planes to evaluate, each on the same grid.
+    pub kinds: Vec<PlaneKind>,
+    /// Grid points per axis.
+    pub points: usize,
+    /// The range of x, `[first, last]`.
+    pub x: [f64; 2],
+    /// The range of y, `[first, last]`.
+    pub y: [f64; 2],
+    /// Seed of the random directions (loss-landscape seeds with 123).
+    pub seed: u64,
+}
+
+impl Default for PlaneConfig {
+    fn default() -> Self {
+        Self {
+            kinds: vec![PlaneKind::Random],
+            points: 21,
+            x: [-1.0, 1.0],
+            y: [-1.0, 1.0],
+            seed: 123,
+        }
+    }
+}
+
+impl PlaneConfig {
+    /// The grid values of one axis (`range` validated: points ≥ 2, first < last).
+    pub fn axis(&self, range: [f64; 2]) -> Vec<f64> {
+        let n = self.points.max(2);
+        (0..n)
+            .map(|i| {
+                if i + 1 == n {
+                    range[1]
+                } else {
+                    range[0] + (range[1] - range[0]) * i as f64 / (n - 1) as f64
+                }
+            })
+            .collect()
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.kinds.is_empty() {
+            return Err(("kinds", "list at least one plane, e.g. [\"random\"]".into()));
+        }
+        for (i, k) in self.kinds.iter().enumerate() {
+            if self.kinds[..i].contains(k) {
+                return Err(("kinds", format!("`{}` is listed twice", k.as_str())));
+            }
+        }
+        if self.points < 2 {
+            return Err((
+                "points",
+                format!(
+                    "a plane needs at least 2 points per axis, got {}",
+                    self.points
+                ),
+            ));
+        }
+        if self.points > 401 {
+            return Err((
+                "points",
+                format!(
+                    "at most 401 points per axis (160,801 evaluations), got {}",
+                    self.points
+                ),
+            ));
+        }
+        for (key, [a, b]) in [("x", self.x), ("y", self.y)] {
+            if !(a.is_finite() && b.is_finite()) {
+                return Err((key, format!("the range must be finite, got [{a}, {b}]")));
+            }
+            if a >= b {
+                return Err((
+                    key,
+                    format!(
+                        "the range [{a}, {b}] has no width: give [first, last] with first < last"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for DataConfig {
@@ -501,6 +619,8 @@ impl Default for EvalConfig {
             starts: vec!["init".into()],
             bn_modes: vec![BnMode::Interpolate],
             bn_batches: 10,
+            plane: None,
+            monotone_path: false,
         }
     }
 }
@@ -770,6 +890,24 @@ impl ShardConfig {
                 "recompute needs at least 1 batch".into(),
             );
         }
+        if let Some(plane) = &e.plane {
+            if let Err((key, message)) = plane.check() {
+                return bad("eval.plane", key, message);
+            }
+            let every = self.snapshot.every as u64;
+            let total = self.steps_at_most().map_or(u64::MAX, |(_, t)| t);
+            if plane.kinds.contains(&PlaneKind::Pca) && (every == 0 || total <= every) {
+                return bad(
+                    "eval.plane",
+                    "kinds",
+                    format!(
+                        "the pca plane needs a snapshot between θ_i and θ_c: snapshot.every is {every}, training takes {} steps",
+                        self.steps_at_most()
+                            .map_or("an unknown number of".into(), |(_, t)| t.to_string())
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -970,6 +1108,52 @@ mod tests {
         assert_eq!(cfg.model.hidden, vec![1024, 1024]);
         assert_eq!(cfg.train.eps, 1e-8);
         assert_eq!(cfg.alpha_grid().unwrap().len(), 41);
+    }
+
+    #[test]
+    fn bad_planes_are_refused_with_file_line_and_field() {
+        let err = |toml: &str| {
+            ShardConfig::from_toml(toml, "p.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[eval]\nmonotone_path = true\n[eval.plane]\npoints = 1\n");
+        assert!(e.starts_with("p.toml:4: "), "{e}");
+        assert!(
+            e.contains("eval.plane.points") && e.contains("at least 2"),
+            "{e}"
+        );
+        let e = err("[eval.plane]\nx = [0.5, 0.5]\n");
+        assert!(e.contains("eval.plane.x") && e.contains("no width"), "{e}");
+        let e = err("[eval.plane]\ny = [1.0, -1.0]\n");
+        assert!(e.contains("eval.plane.y"), "{e}");
+        let e = err("[eval.plane]\nkinds = [\"init\", \"init\"]\n");
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err("[eval.plane]\nkinds = [\"sideways\"]\n");
+        assert!(e.contains("line 2") && e.contains("sideways"), "{e}");
+        let e = err("[snapshot]\nevery = 0\n[eval.plane]\nkinds = [\"pca\"]\n");
+        assert!(
+            e.contains("eval.plane.kinds") && e.contains("snapshot"),
+            "{e}"
+        );
+        let ok = ShardConfig::from_toml(
+            "[eval.plane]\nkinds = [\"random\", \"init\", \"pca\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let plane = ok.eval.plane.as_ref().unwrap();
+        assert_eq!(plane.points, 21);
+        let axis = plane.axis(plane.x);
+        assert_eq!(
+            (axis.len(), axis[0], axis[10], axis[20]),
+            (21, -1.0, 0.0, 1.0)
+        );
+        // Without the options, the canonical JSON does not mention them.
+        let plain = ShardConfig::default().canonical_json();
+        assert!(
+            !plain.contains("plane") && !plain.contains("monotone_path"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -170,6 +170,19 @@ impl SnapshotSink for StorageSink<'_> {
         self.staged.map_or(0, |(_, _, every)| every)
     }
 
+    fn direction(&mut self, name: &str, d: &HostSnapshot) -> Result<(), EngineError> {
+        let key = layout::direction_key(self.shard, name);
+        let bytes = d.to_safetensors()?;
+        if self.staged.is_some() {
+            self.files.push(StagedFile::of(&key, &bytes));
+        }
+        self.storage
+            .put(&layout::placed(self.staging, &key), bytes)
+            .map_err(sink_err)?;
+        self.written.push(key);
+        Ok(())
+    }
+
     fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
         let (Some(staging), Some(_)) = (self.staging, self.staged) else {
             return Ok(());
@@ -460,14 +473,25 @@ pub fn run(
     let finished = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    let tables = [
+    // In RESULT_TABLES's order: `runs`, the commit marker, last.
+    let mut tables = vec![
         (
             "interpolation",
             results::interpolation_batch(&key, &outcome)?,
         ),
         ("trajectory", results::trajectory_batch(&key, &outcome)?),
-        ("runs", results::runs_batch(&key, cfg, &outcome, finished)?),
+        ("lines", results::lines_batch(&key, &outcome)?),
     ];
+    if cfg.eval.plane.is_some() {
+        tables.push(("plane", results::plane_batch(&key, &outcome)?));
+    }
+    if cfg.eval.monotone_path {
+        tables.push((
+            "monotone_path",
+            results::monotone_path_batch(&key, &outcome)?,
+        ));
+    }
+    tables.push(("runs", results::runs_batch(&key, cfg, &outcome, finished)?));
     for (table, batch) in tables {
         let rel = result_key(table, sweep, &shard);
         let bytes = results::to_parquet(table, &batch)?;

@@ -12,8 +12,8 @@ use burn::module::{Module, RunningState};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
+use super::Progress;
 use super::eval::{Accumulator, EvalSet, LossAcc};
-use super::{Phase, Progress};
 use crate::config::{BnMode, Precision};
 use crate::model::Net;
 use crate::science::{AlphaGrid, lerp_modules, lerp_tensor};
@@ -95,6 +95,21 @@ pub fn recompute_running_stats(mut net: Net, batches: &EvalSet, precision: Preci
     net
 }
 
+/// θ(α) of `line`, with its running statistics set by the line's batch-norm mode (in f32).
+pub fn point_model(line: &Line<'_>, alpha: f64) -> Net {
+    let mut model = lerp_modules(line.start, line.end, alpha);
+    match line.bn_mode {
+        Some(BnMode::Endpoint) => copy_running_stats(&mut model, line.end),
+        Some(BnMode::Recompute) => {
+            if let Some(b) = line.bn_batches {
+                model = recompute_running_stats(model, b, line.precision);
+            }
+        }
+        Some(BnMode::Interpolate) | None => {}
+    }
+    model
+}
+
 /// Evaluates `line` at every α of `grid` on every set, in evaluation mode.
 pub fn evaluate_line(
     line: &Line<'_>,
@@ -152,16 +167,7 @@ pub fn evaluate_line(
 
     let mut points = Vec::with_capacity(grid.len() * sets.len());
     for &alpha in grid.values() {
-        let mut model = lerp_modules(line.start, line.end, alpha);
-        match line.bn_mode {
-            Some(BnMode::Endpoint) => copy_running_stats(&mut model, line.end),
-            Some(BnMode::Recompute) => {
-                if let Some(b) = line.bn_batches {
-                    model = recompute_running_stats(model, b, line.precision);
-                }
-            }
-            Some(BnMode::Interpolate) | None => {}
-        }
+        let model = point_model(line, alpha);
         let invalid = model.min_running_var().is_some_and(|v| v < 0.0);
         let model = model.autocast(line.precision);
         for (si, set) in sets.iter().enumerate() {
@@ -205,9 +211,4 @@ pub fn evaluate_line(
 fn flat(x: Tensor<4>) -> Tensor<2> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c * h * w])
-}
-
-/// Starts the line phase's progress for `lines` lines of `grid`.
-pub fn start_progress(progress: &dyn Progress, grid: &AlphaGrid, lines: usize) {
-    progress.start(Phase::Line, (grid.len() * lines) as u64);
 }

@@ -8,7 +8,9 @@
 pub mod eval;
 pub mod kernels;
 pub mod line;
+pub mod monotone_path;
 pub mod parity;
+pub mod plane;
 pub mod train;
 
 use std::time::Instant;
@@ -20,6 +22,8 @@ use crate::science::{self, LineShape, Projector};
 use crate::snapshot::SnapshotError;
 pub use eval::LossAcc;
 pub use line::LinePoint;
+pub use monotone_path::PathRow;
+pub use plane::{PcaTrajectory, PlanePoint};
 pub use train::{Checkpoint, Resume, SampleMeta, SnapshotSink, TrajectorySample};
 
 /// A shard could not run.
@@ -98,6 +102,29 @@ pub struct TrajectoryRow {
     pub batch_loss: f64,
     /// Full-train-set loss at θ_t, when requested.
     pub train_loss: Option<f64>,
+    /// Coordinates in the PCA plane (units of ‖θ_i − θ_c‖), when it was asked for.
+    pub pca: Option<(f64, f64)>,
+}
+
+/// One line on one split, summarised: its shape and barriers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineSummary {
+    /// The line's start label.
+    pub start: String,
+    /// Batch-norm mode (`None` without batch norm).
+    pub bn_mode: Option<config::BnMode>,
+    /// Index of the split in [`SPLITS`].
+    pub split: usize,
+    /// Grid points on [0, 1].
+    pub points: u64,
+    /// Loss and accuracy at α = 0 and α = 1.
+    pub ends: [Option<LossAcc>; 2],
+    /// Δ_min and monotonicity of the loss.
+    pub shape: Option<LineShape>,
+    /// Barrier of the loss.
+    pub loss_barrier: Option<science::Barrier>,
+    /// Barrier of the error (1 − accuracy).
+    pub error_barrier: Option<science::Barrier>,
 }
 
 /// Wall-clock seconds per phase.
@@ -116,6 +143,10 @@ pub struct Timings {
     pub line: f64,
     /// The trajectory projection.
     pub trajectory: f64,
+    /// The 2-D planes (directions and every point).
+    pub plane: f64,
+    /// The Safran–Shamir path.
+    pub path: f64,
     /// Everything.
     pub total: f64,
 }
@@ -157,6 +188,10 @@ pub struct RunMetrics {
     pub line_points_per_s: f64,
     /// Images skipped because they did not decode (training and evaluation).
     pub skipped_images: u64,
+    /// Fraction of the trajectory's variance along each PCA axis (with the pca plane).
+    pub pca_explained: Option<[f64; 2]>,
+    /// Plane points per second (each point covers every split).
+    pub plane_points_per_s: Option<f64>,
     /// Phase timings.
     pub timings: Timings,
 }
@@ -170,6 +205,12 @@ pub struct ShardOutcome {
     pub line: Vec<LinePoint>,
     /// Projected snapshots (empty for a diverged run).
     pub trajectory: Vec<TrajectoryRow>,
+    /// Every line per split, summarised (empty for a diverged run).
+    pub lines: Vec<LineSummary>,
+    /// Points of the planes (empty unless `[eval.plane]`).
+    pub plane: Vec<PlanePoint>,
+    /// The Safran–Shamir path (empty unless `eval.monotone_path`).
+    pub path: Vec<PathRow>,
     /// Name of the device the shard ran on.
     pub device: String,
     /// The steps of the snapshots the lines use: θ_i, θ_c and each start.
@@ -246,67 +287,19 @@ pub fn run_shard(
         * data.train.len() as f64
         / timings.train.max(1e-9);
 
-    let (line, trajectory) = if metrics.diverged {
+    let measured = if metrics.diverged {
         tracing::warn!("the run diverged: no line and no trajectory are evaluated");
-        (Vec::new(), Vec::new())
+        Measured::default()
     } else {
-        let t = Instant::now();
-        let modes: Vec<Option<config::BnMode>> = if trained.last.has_batch_norm() {
-            cfg.eval.bn_modes.iter().copied().map(Some).collect()
-        } else {
-            vec![None]
+        let eval = Evaluation {
+            cfg,
+            grid: &grid,
+            sets: [&sets[0], &sets[1]],
+            classes: data.classes,
+            eval_train: &data.eval_train,
+            device,
         };
-        // `recompute` re-estimates the statistics from a fixed set of training examples, in
-        // batches of the training batch size.
-        let recompute_set = modes.contains(&Some(config::BnMode::Recompute)).then(|| {
-            let n = (cfg.eval.bn_batches * cfg.train.batch_size).min(data.eval_train.len());
-            let idx: Vec<usize> = (0..n).collect();
-            eval::EvalSet::new(&data.eval_train.select(&idx), cfg.train.batch_size, device)
-        });
-        line::start_progress(progress, &grid, trained.starts.len() * modes.len());
-        let mut line = Vec::new();
-        for (label, start) in &trained.starts {
-            for &bn_mode in &modes {
-                let spec = line::Line {
-                    start_label: label,
-                    start,
-                    end: &trained.last,
-                    bn_mode,
-                    bn_batches: recompute_set.as_ref(),
-                    precision: cfg.train.precision,
-                };
-                line.extend(line::evaluate_line(
-                    &spec,
-                    &grid,
-                    &[&sets[0], &sets[1]],
-                    progress,
-                ));
-            }
-        }
-        progress.finish();
-        timings.line = t.elapsed().as_secs_f64();
-        metrics.line_points_per_s = line.len() as f64 / 2.0 / timings.line.max(1e-9);
-        // The run's line metrics describe the first line: first start, first mode.
-        let primary: Vec<LinePoint> = match trained.starts.first() {
-            Some((label, _)) => line
-                .iter()
-                .filter(|p| p.start == *label && p.bn_mode == modes[0])
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        line_metrics(&mut metrics, &grid, &primary);
-
-        let t = Instant::now();
-        let trajectory = project(&trained.samples);
-        if let (Some(first), Some(last)) = (trained.samples.first(), trained.samples.last()) {
-            let projector = Projector::new(&first.parameters, &last.parameters);
-            metrics.dist_init_final = Some(projector.distance());
-            metrics.norm_init = Some(science::projection::norm(&first.parameters));
-            metrics.norm_final = Some(science::projection::norm(&last.parameters));
-        }
-        timings.trajectory = t.elapsed().as_secs_f64();
-        (line, trajectory)
+        measure(&eval, &trained, &mut metrics, &mut timings, sink, progress)?
     };
     timings.total = t_all.elapsed().as_secs_f64();
     metrics.timings = timings;
@@ -318,11 +311,209 @@ pub fn run_shard(
     );
     Ok(ShardOutcome {
         metrics,
-        line,
-        trajectory,
+        line: measured.line,
+        trajectory: measured.trajectory,
+        lines: measured.lines,
+        plane: measured.plane,
+        path: measured.path,
         device: target.name.clone(),
         line_steps,
     })
+}
+
+/// What a shard evaluates after training, and on what.
+struct Evaluation<'a> {
+    cfg: &'a ShardConfig,
+    grid: &'a science::AlphaGrid,
+    sets: [&'a eval::EvalSet; 2],
+    classes: usize,
+    eval_train: &'a data::Split,
+    device: &'a burn::prelude::Device,
+}
+
+/// Everything measured on a trained (not diverged) network.
+#[derive(Default)]
+struct Measured {
+    line: Vec<LinePoint>,
+    trajectory: Vec<TrajectoryRow>,
+    lines: Vec<LineSummary>,
+    plane: Vec<PlanePoint>,
+    path: Vec<PathRow>,
+}
+
+/// The lines, their summaries, the trajectory, and when asked the planes and the monotone
+/// path.
+fn measure(
+    ev: &Evaluation<'_>,
+    trained: &train::Trained,
+    metrics: &mut RunMetrics,
+    timings: &mut Timings,
+    sink: &mut (dyn SnapshotSink + Send),
+    progress: &dyn Progress,
+) -> Result<Measured, EngineError> {
+    let cfg = ev.cfg;
+    let t = Instant::now();
+    let modes: Vec<Option<config::BnMode>> = if trained.last.has_batch_norm() {
+        cfg.eval.bn_modes.iter().copied().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    // `recompute` re-estimates the statistics from a fixed set of training examples, in
+    // batches of the training batch size.
+    let device = ev.device;
+    let recompute_set = modes.contains(&Some(config::BnMode::Recompute)).then(|| {
+        let n = (cfg.eval.bn_batches * cfg.train.batch_size).min(ev.eval_train.len());
+        let idx: Vec<usize> = (0..n).collect();
+        eval::EvalSet::new(&ev.eval_train.select(&idx), cfg.train.batch_size, device)
+    });
+    let plane_points = cfg
+        .eval
+        .plane
+        .as_ref()
+        .map_or(0, |p| (p.points * p.points * p.kinds.len()) as u64);
+    let path_work = if cfg.eval.monotone_path {
+        monotone_path::work(ev.grid)
+    } else {
+        0
+    };
+    progress.start(
+        Phase::Line,
+        (ev.grid.len() * trained.starts.len() * modes.len()) as u64 + plane_points + path_work,
+    );
+    let mut line = Vec::new();
+    for (label, start) in &trained.starts {
+        for &bn_mode in &modes {
+            let spec = line::Line {
+                start_label: label,
+                start,
+                end: &trained.last,
+                bn_mode,
+                bn_batches: recompute_set.as_ref(),
+                precision: cfg.train.precision,
+            };
+            line.extend(line::evaluate_line(&spec, ev.grid, &ev.sets, progress));
+        }
+    }
+    timings.line = t.elapsed().as_secs_f64();
+    metrics.line_points_per_s = line.len() as f64 / 2.0 / timings.line.max(1e-9);
+    // The run's line metrics describe the first line: first start, first mode.
+    let primary: Vec<LinePoint> = match trained.starts.first() {
+        Some((label, _)) => line
+            .iter()
+            .filter(|p| p.start == *label && p.bn_mode == modes[0])
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    line_metrics(metrics, ev.grid, &primary);
+    let lines = summarize_lines(ev.grid, &line);
+
+    let t = Instant::now();
+    let path = if cfg.eval.monotone_path {
+        let spec = line::Line {
+            start_label: "init",
+            start: &trained.init,
+            end: &trained.last,
+            bn_mode: modes[0],
+            bn_batches: recompute_set.as_ref(),
+            precision: cfg.train.precision,
+        };
+        monotone_path::evaluate_path(&spec, ev.grid, ev.sets[0], ev.classes, progress)
+    } else {
+        Vec::new()
+    };
+    timings.path = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut trajectory = project(&trained.samples);
+    if let (Some(first), Some(last)) = (trained.samples.first(), trained.samples.last()) {
+        let projector = Projector::new(&first.parameters, &last.parameters);
+        metrics.dist_init_final = Some(projector.distance());
+        metrics.norm_init = Some(science::projection::norm(&first.parameters));
+        metrics.norm_final = Some(science::projection::norm(&last.parameters));
+    }
+    timings.trajectory = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut plane = Vec::new();
+    if let Some(pc) = &cfg.eval.plane {
+        let center = crate::snapshot::HostSnapshot::capture(&trained.last, trained.steps)?;
+        let init = crate::snapshot::HostSnapshot::capture(&trained.init, 0)?;
+        for &kind in &pc.kinds {
+            let (dirs, pca) = plane::directions(kind, pc, &center, &init, &trained.samples)?;
+            if let Some(pca) = pca {
+                metrics.pca_explained = Some(pca.explained);
+                for (row, xy) in trajectory.iter_mut().zip(pca.coords) {
+                    row.pca = Some(xy);
+                }
+            }
+            let name = |axis: &str| format!("plane-{}-{axis}", kind.as_str());
+            sink.direction(&name("x"), &dirs.x)?;
+            sink.direction(&name("y"), &dirs.y)?;
+            let dx = train::net_from_snapshot(&trained.last, &dirs.x)?;
+            let dy = train::net_from_snapshot(&trained.last, &dirs.y)?;
+            plane.extend(plane::evaluate_plane(
+                &trained.last,
+                [&dx, &dy],
+                kind,
+                pc,
+                &ev.sets,
+                cfg.train.precision,
+                progress,
+            ));
+        }
+        timings.plane = t.elapsed().as_secs_f64();
+        metrics.plane_points_per_s = Some(plane.len() as f64 / 2.0 / timings.plane.max(1e-9));
+    }
+    progress.finish();
+    Ok(Measured {
+        line,
+        trajectory,
+        lines,
+        plane,
+        path,
+    })
+}
+
+/// One [`LineSummary`] per (start, batch-norm mode, split), in the order the line has them.
+fn summarize_lines(grid: &science::AlphaGrid, line: &[LinePoint]) -> Vec<LineSummary> {
+    let mut keys: Vec<(&str, Option<config::BnMode>, usize)> = Vec::new();
+    for p in line {
+        let key = (p.start.as_str(), p.bn_mode, p.split);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(start, bn_mode, split)| {
+            let pts: Vec<&LinePoint> = line
+                .iter()
+                .filter(|p| p.start == start && p.bn_mode == bn_mode && p.split == split)
+                .collect();
+            let alphas: Vec<f64> = pts.iter().map(|p| p.alpha).collect();
+            let of = |f: fn(&LossAcc) -> f64| -> Vec<f64> {
+                pts.iter()
+                    .map(|p| p.value.as_ref().map_or(f64::NAN, f))
+                    .collect()
+            };
+            let (loss, error) = (of(|v| v.loss), of(|v| 1.0 - v.accuracy));
+            let at = |a: f64| pts.iter().find(|p| p.alpha == a).and_then(|p| p.value);
+            LineSummary {
+                start: start.to_owned(),
+                bn_mode,
+                split,
+                points: grid
+                    .values()
+                    .iter()
+                    .filter(|a| (0.0..=1.0).contains(*a))
+                    .count() as u64,
+                ends: [at(0.0), at(1.0)],
+                shape: science::shape_on_unit_interval(&alphas, &loss),
+                loss_barrier: science::barrier(&alphas, &loss),
+                error_barrier: science::barrier(&alphas, &error),
+            }
+        })
+        .collect()
 }
 
 fn line_metrics(m: &mut RunMetrics, grid: &science::AlphaGrid, line: &[LinePoint]) {
@@ -360,6 +551,7 @@ fn project(samples: &[TrajectorySample]) -> Vec<TrajectoryRow> {
                 beta: p.beta,
                 batch_loss: s.batch_loss,
                 train_loss: s.train_loss,
+                pca: None,
             }
         })
         .collect()

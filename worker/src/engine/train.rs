@@ -54,6 +54,12 @@ pub trait SnapshotSink {
     fn resume(&mut self) -> Result<Option<Resume>, EngineError> {
         Ok(None)
     }
+
+    /// Stores a direction of a plane (`name`: `plane-<kind>-<axis>`) beside the snapshots, so
+    /// that a point of the plane can be recomputed from the files.
+    fn direction(&mut self, _name: &str, _direction: &HostSnapshot) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// What a snapshot contributed to the trajectory, besides its weights.
@@ -325,6 +331,14 @@ pub fn net_from_snapshot(template: &Net, snap: &HostSnapshot) -> Result<Net, Eng
         .skip_enum_variants(true)
         .allow_partial(false);
     let mut net = template.clone();
+    // A clone shares its batch-norm running states with the template (`RunningState` is an
+    // `Arc`), and loading writes them in place: without fresh ones, loading a direction into
+    // a clone of θ_c gave θ_c the direction's zero variances (and a resumed attempt's line
+    // start, θ_i the start's statistics).
+    for bn in net.norms_mut() {
+        bn.running_mean = burn::module::RunningState::new(bn.running_mean.value());
+        bn.running_var = burn::module::RunningState::new(bn.running_var.value());
+    }
     net.load_from(&mut store)
         .map_err(|e| EngineError::Resume(format!("snapshot of step {}: {e}", snap.step)))?;
     Ok(net)

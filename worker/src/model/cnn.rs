@@ -65,6 +65,11 @@ impl Cnn {
         }
     }
 
+    /// The output layer.
+    pub(crate) fn output_mut(&mut self) -> &mut Linear {
+        &mut self.fc
+    }
+
     /// Logits: `[batch, c, h, w] → [batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut h = x;

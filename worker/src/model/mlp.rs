@@ -85,6 +85,13 @@ impl Mlp {
         activate(self.activation, normed)
     }
 
+    /// The output layer.
+    pub(crate) fn output_mut(&mut self) -> &mut Linear {
+        // `new` always builds the output layer.
+        let last = self.layers.len() - 1;
+        &mut self.layers[last]
+    }
+
     /// The batch-norm layers.
     pub fn norms(&self) -> impl Iterator<Item = &BatchNorm> {
         self.norms.iter()

@@ -90,6 +90,21 @@ impl Net {
         }
     }
 
+    /// The network with its output layer's weight and bias multiplied by `c`: its logits are
+    /// `c` times the original's (the Safran–Shamir path).
+    pub fn scale_output(mut self, c: f64) -> Self {
+        let out = match &mut self {
+            Self::Mlp(m) => m.output_mut(),
+            Self::Cnn(m) => m.output_mut(),
+            Self::ResNet(m) => m.output_mut(),
+        };
+        out.weight = out.weight.clone().map(|w| w.mul_scalar(c));
+        if let Some(b) = out.bias.take() {
+            out.bias = Some(b.map(|b| b.mul_scalar(c)));
+        }
+        self
+    }
+
     /// The MLP, whose first layer the line evaluation caches.
     pub fn as_mlp(&self) -> Option<&Mlp> {
         match self {

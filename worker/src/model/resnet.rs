@@ -244,6 +244,11 @@ impl ResNet {
         }
     }
 
+    /// The output layer.
+    pub(crate) fn output_mut(&mut self) -> &mut Linear {
+        &mut self.fc
+    }
+
     /// Logits: `[batch, c, h, w] → [batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut h = relu(norm_forward(&self.bn1, self.conv1.forward(x)));

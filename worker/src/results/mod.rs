@@ -1,5 +1,6 @@
-//! The three result tables (`runs`, `interpolation`, `trajectory`) as Arrow record batches
-//! and zstd-compressed Parquet files.
+//! The result tables (`runs`, `interpolation`, `trajectory`, `lines`, and with their
+//! options `plane` and `monotone_path`) as Arrow record batches and zstd-compressed Parquet
+//! files.
 //!
 //! **Architecture invariant:** this is the only module that knows Arrow and Parquet. Each
 //! table has exactly one schema, defined in [`schema`]; schemas only ever gain nullable
@@ -21,10 +22,10 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::config::ShardConfig;
-use crate::engine::{SPLITS, ShardOutcome};
+use crate::engine::{LineSummary, PathRow, SPLITS, ShardOutcome};
 
 /// Version of the result schemas; bump when a column is added.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Encoding a table failed (a schema/encoder mismatch or a Parquet error).
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +241,141 @@ pub fn runs_batch(
         ("skipped_images", one_u(m.skipped_images)),
         // Added in schema version 3.
         ("warmup_s", one_f(m.timings.warmup)),
+        // Added in schema version 4.
+        (
+            "plane_s",
+            one_of(cfg.eval.plane.is_some().then_some(m.timings.plane)),
+        ),
+        (
+            "monotone_path_s",
+            one_of(e.monotone_path.then_some(m.timings.path)),
+        ),
+        ("plane_points_per_s", one_of(m.plane_points_per_s)),
+        ("pca_explained_x", one_of(m.pca_explained.map(|v| v[0]))),
+        ("pca_explained_y", one_of(m.pca_explained.map(|v| v[1]))),
+        (
+            "train_loss_barrier",
+            one_of(primary_barrier(out, 0, |l| l.loss_barrier)),
+        ),
+        (
+            "test_error_barrier",
+            one_of(primary_barrier(out, 1, |l| l.error_barrier)),
+        ),
     ];
     batch("runs", schema::runs(), cols)
+}
+
+/// The barrier of the run's first line (first start, first mode) on `split`.
+fn primary_barrier(
+    out: &ShardOutcome,
+    split: usize,
+    which: fn(&LineSummary) -> Option<crate::science::Barrier>,
+) -> Option<f64> {
+    let first = out.lines.first()?;
+    out.lines
+        .iter()
+        .find(|l| l.start == first.start && l.bn_mode == first.bn_mode && l.split == split)
+        .and_then(which)
+        .map(|b| b.height)
+}
+
+/// The `lines` batch of a shard: one row per (start, batch-norm mode, split).
+pub fn lines_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBatch, ResultsError> {
+    let rows = &out.lines;
+    let n = rows.len();
+    let f = |g: fn(&LineSummary) -> Option<f64>| opt_f64s(rows.iter().map(g));
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("start", strs(rows.iter().map(|r| r.start.as_str()))),
+        ("bn_mode", bn_modes(rows.iter().map(|r| r.bn_mode))),
+        ("split", strs(rows.iter().map(|r| SPLITS[r.split]))),
+        ("points", u64s(rows.iter().map(|r| r.points))),
+        ("loss_start", f(|r| r.ends[0].map(|v| v.loss))),
+        ("loss_end", f(|r| r.ends[1].map(|v| v.loss))),
+        ("error_start", f(|r| r.ends[0].map(|v| 1.0 - v.accuracy))),
+        ("error_end", f(|r| r.ends[1].map(|v| 1.0 - v.accuracy))),
+        (
+            "monotone",
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.shape.map(|s| s.monotone))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
+        ("delta_min", f(|r| r.shape.map(|s| s.delta_min))),
+        ("loss_barrier", f(|r| r.loss_barrier.map(|b| b.height))),
+        ("loss_barrier_alpha", f(|r| r.loss_barrier.map(|b| b.alpha))),
+        ("error_barrier", f(|r| r.error_barrier.map(|b| b.height))),
+        (
+            "error_barrier_alpha",
+            f(|r| r.error_barrier.map(|b| b.alpha)),
+        ),
+    ];
+    batch("lines", schema::lines(), cols)
+}
+
+/// The `plane` batch of a shard: one row per point and split.
+pub fn plane_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBatch, ResultsError> {
+    let rows = &out.plane;
+    let n = rows.len();
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("plane", strs(rows.iter().map(|r| r.kind.as_str()))),
+        ("x", f64s(rows.iter().map(|r| r.x))),
+        ("y", f64s(rows.iter().map(|r| r.y))),
+        ("split", strs(rows.iter().map(|r| SPLITS[r.split]))),
+        (
+            "loss",
+            opt_f64s(rows.iter().map(|r| r.value.map(|v| v.loss))),
+        ),
+        (
+            "accuracy",
+            opt_f64s(rows.iter().map(|r| r.value.map(|v| v.accuracy))),
+        ),
+    ];
+    batch("plane", schema::plane(), cols)
+}
+
+/// The `monotone_path` batch of a shard: one row per α in [0, 1].
+pub fn monotone_path_batch(
+    key: &RunKey<'_>,
+    out: &ShardOutcome,
+) -> Result<RecordBatch, ResultsError> {
+    let rows = &out.path;
+    let n = rows.len();
+    let f = |g: fn(&PathRow) -> Option<f64>| opt_f64s(rows.iter().map(g));
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("bn_mode", bn_modes(rows.iter().map(|r| r.bn_mode))),
+        ("alpha", f64s(rows.iter().map(|r| r.alpha))),
+        ("c_star", f(|r| r.c_star)),
+        ("min_loss", f(|r| r.min_loss)),
+        ("scale", f(|r| r.scale)),
+        ("path_loss", f(|r| r.path_loss)),
+        ("check_loss", f(|r| r.check_loss)),
+        (
+            "init_above_ln_k",
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.precondition).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "invalid_reason",
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.invalid_reason)
+                    .collect::<StringArray>(),
+            ),
+        ),
+    ];
+    batch("monotone_path", schema::monotone_path(), cols)
+}
+
+fn bn_modes(v: impl Iterator<Item = Option<crate::config::BnMode>>) -> ArrayRef {
+    Arc::new(v.map(|m| m.map(|m| m.as_str())).collect::<StringArray>())
 }
 
 /// The `interpolation` batch of a shard: one row per (start, batch-norm mode, α, split).
@@ -300,6 +434,8 @@ pub fn trajectory_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBa
         ("beta", f64s(rows.iter().map(|r| r.beta))),
         ("batch_loss", f64s(rows.iter().map(|r| r.batch_loss))),
         ("train_loss", opt_f64s(rows.iter().map(|r| r.train_loss))),
+        ("pca_x", opt_f64s(rows.iter().map(|r| r.pca.map(|p| p.0)))),
+        ("pca_y", opt_f64s(rows.iter().map(|r| r.pca.map(|p| p.1)))),
     ];
     batch("trajectory", schema::trajectory(), cols)
 }
@@ -406,6 +542,8 @@ mod by_name_tests {
             ("beta", f64s([0.3])),
             ("batch_loss", f64s([0.4])),
             ("train_loss", opt_f64s([None])),
+            ("pca_x", opt_f64s([None])),
+            ("pca_y", opt_f64s([None])),
         ]
     }
 

@@ -109,6 +109,14 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("skipped_images", U, true),
         // Schema version 3.
         f("warmup_s", F, true),
+        // Schema version 4.
+        f("plane_s", F, true),
+        f("monotone_path_s", F, true),
+        f("plane_points_per_s", F, true),
+        f("pca_explained_x", F, true),
+        f("pca_explained_y", F, true),
+        f("train_loss_barrier", F, true),
+        f("test_error_barrier", F, true),
     ]))
 });
 
@@ -140,6 +148,62 @@ static TRAJECTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("beta", F, false),
         f("batch_loss", F, false),
         f("train_loss", F, true),
+        // Schema version 4.
+        f("pca_x", F, true),
+        f("pca_y", F, true),
+    ]))
+});
+
+static LINES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    use DataType::{Boolean as B, Float64 as F, Int32 as I32, UInt64 as U, Utf8 as S};
+    Arc::new(Schema::new(vec![
+        f("schema_version", I32, false),
+        f("shard", S, false),
+        f("start", S, false),
+        f("bn_mode", S, true),
+        f("split", S, false),
+        f("points", U, false),
+        f("loss_start", F, true),
+        f("loss_end", F, true),
+        f("error_start", F, true),
+        f("error_end", F, true),
+        f("monotone", B, true),
+        f("delta_min", F, true),
+        f("loss_barrier", F, true),
+        f("loss_barrier_alpha", F, true),
+        f("error_barrier", F, true),
+        f("error_barrier_alpha", F, true),
+    ]))
+});
+
+static PLANE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    use DataType::{Float64 as F, Int32 as I32, Utf8 as S};
+    Arc::new(Schema::new(vec![
+        f("schema_version", I32, false),
+        f("shard", S, false),
+        f("plane", S, false),
+        f("x", F, false),
+        f("y", F, false),
+        f("split", S, false),
+        f("loss", F, true),
+        f("accuracy", F, true),
+    ]))
+});
+
+static MONOTONE_PATH: LazyLock<SchemaRef> = LazyLock::new(|| {
+    use DataType::{Boolean as B, Float64 as F, Int32 as I32, Utf8 as S};
+    Arc::new(Schema::new(vec![
+        f("schema_version", I32, false),
+        f("shard", S, false),
+        f("bn_mode", S, true),
+        f("alpha", F, false),
+        f("c_star", F, true),
+        f("min_loss", F, true),
+        f("scale", F, true),
+        f("path_loss", F, true),
+        f("check_loss", F, true),
+        f("init_above_ln_k", B, false),
+        f("invalid_reason", S, true),
     ]))
 });
 
@@ -158,12 +222,30 @@ pub fn trajectory() -> SchemaRef {
     TRAJECTORY.clone()
 }
 
+/// One row per line (start, batch-norm mode) and split: Δ_min and the barriers.
+pub fn lines() -> SchemaRef {
+    LINES.clone()
+}
+
+/// One row per plane point and split.
+pub fn plane() -> SchemaRef {
+    PLANE.clone()
+}
+
+/// One row per α in [0, 1] of the Safran–Shamir path.
+pub fn monotone_path() -> SchemaRef {
+    MONOTONE_PATH.clone()
+}
+
 /// Every table by name, in documentation order.
-pub fn all() -> [(&'static str, SchemaRef); 3] {
+pub fn all() -> [(&'static str, SchemaRef); 6] {
     [
         ("runs", runs()),
         ("interpolation", interpolation()),
         ("trajectory", trajectory()),
+        ("lines", lines()),
+        ("plane", plane()),
+        ("monotone_path", monotone_path()),
     ]
 }
 

@@ -153,6 +153,44 @@ pub fn lerp_modules<M: Module>(start: &M, end: &M, alpha: f64) -> M {
     start.valid().map(&mut lerp)
 }
 
+/// Replaces every float tensor `a` by a + Σ_k c_k·d_k, taking each term's tensors in
+/// traversal order.
+struct Affine {
+    terms: Vec<(f64, std::vec::IntoIter<Tensor<1>>)>,
+}
+
+impl ModuleMapper for Affine {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let parts: Vec<(f64, Option<Tensor<1>>)> = self
+            .terms
+            .iter_mut()
+            .map(|(c, it)| (*c, it.next()))
+            .collect();
+        param.map(|a| {
+            let shape = a.shape();
+            parts.into_iter().fold(a, |acc, (c, d)| match d {
+                Some(d) if c != 0.0 => acc + d.reshape(shape.clone()).mul_scalar(c),
+                _ => acc,
+            })
+        })
+    }
+}
+
+/// base + Σ_k c_k·d_k for modules of one architecture: every float tensor, running
+/// statistics included (a direction whose statistics are 0 leaves the base's).
+pub fn affine_modules<M: Module>(base: &M, terms: &[(f64, &M)]) -> M {
+    let terms = terms
+        .iter()
+        .map(|(c, m)| {
+            let mut collect = Collect { out: Vec::new() };
+            m.visit(&mut collect);
+            (*c, collect.out.into_iter())
+        })
+        .collect();
+    // `valid()`, as in `lerp_modules`: fresh running states, so the base never moves.
+    base.valid().map(&mut Affine { terms })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

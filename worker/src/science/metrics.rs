@@ -60,6 +60,54 @@ pub fn alpha_of_min(alphas: &[f64], losses: &[f64]) -> Option<f64> {
         .map(|(a, _)| a)
 }
 
+/// The barrier of a curve on [0, 1]: how far it rises above the chord between its ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Barrier {
+    /// max over α in [0, 1] of L(α) − ((1−α)·L(0) + α·L(1)); ≥ 0 (the chord meets the curve
+    /// at both ends).
+    pub height: f64,
+    /// The α where it is reached (the first, on ties; 0 when the curve never rises above it).
+    pub alpha: f64,
+}
+
+/// The barrier of `values` over the grid points with 0 ≤ α ≤ 1 (Entezari et al. 2021;
+/// Frankle et al. 2020 measure the error's rise over the endpoints' *mean* instead, which is
+/// the same number when the two ends are equal).
+///
+/// Returns `None` when α = 0 or α = 1 is not on the grid, or a value on [0, 1] is not finite.
+///
+/// ```
+/// use linesweep_worker::science::barrier;
+/// // Ends 2.0 and 0.0: the chord at α = 0.5 is 1.0, the curve 1.5 there.
+/// let b = barrier(&[0.0, 0.5, 1.0], &[2.0, 1.5, 0.0]).unwrap();
+/// assert!((b.height - 0.5).abs() < 1e-12 && b.alpha == 0.5);
+/// ```
+pub fn barrier(alphas: &[f64], values: &[f64]) -> Option<Barrier> {
+    assert_eq!(alphas.len(), values.len(), "one value per α");
+    let at = |a: f64| alphas.iter().position(|&x| x == a).map(|i| values[i]);
+    let (v0, v1) = (at(0.0)?, at(1.0)?);
+    let mut best = Barrier {
+        height: 0.0,
+        alpha: 0.0,
+    };
+    for (&a, &v) in alphas.iter().zip(values) {
+        if !(0.0..=1.0).contains(&a) {
+            continue;
+        }
+        if !v.is_finite() {
+            return None;
+        }
+        let rise = v - ((1.0 - a) * v0 + a * v1);
+        if rise > best.height {
+            best = Barrier {
+                height: rise,
+                alpha: a,
+            };
+        }
+    }
+    Some(best)
+}
+
 /// ln K: the cross-entropy of the all-zero (uniform) predictor over K classes.
 pub fn ln_k(classes: usize) -> f64 {
     (classes as f64).ln()
@@ -121,6 +169,54 @@ mod tests {
         assert!(
             shape_on_unit_interval(&GRID, &[f64::NAN, 2.0, 1.5, 1.0, 0.5, 0.1, f64::NAN]).is_some()
         );
+    }
+
+    #[test]
+    fn barrier_is_the_largest_rise_above_the_chord() {
+        // Chord from 2.0 to 0.0; the curve is 1.6 at α = 0.25 (chord 1.5) and 1.4 at α = 0.5
+        // (chord 1.0): the barrier is 0.4 at α = 0.5. Points outside [0, 1] do not count.
+        let b = barrier(&GRID, &[99.0, 2.0, 1.6, 1.4, 0.4, 0.0, 99.0]).unwrap();
+        assert!((b.height - 0.4).abs() < 1e-12, "{b:?}");
+        assert_eq!(b.alpha, 0.5);
+    }
+
+    #[test]
+    fn a_curve_below_its_chord_has_no_barrier() {
+        // Convex and decreasing (the usual MLI line): never above the chord.
+        let b = barrier(&GRID, &[5.0, 2.3, 1.0, 0.5, 0.2, 0.1, 0.5]).unwrap();
+        assert_eq!(
+            b,
+            Barrier {
+                height: 0.0,
+                alpha: 0.0
+            }
+        );
+        // A straight line is its own chord.
+        let b = barrier(&GRID, &[0.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]).unwrap();
+        assert!(b.height.abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_monotone_curve_can_still_have_a_barrier() {
+        // Flat until late (Frankle 2020): monotone, Δ_min = 0, but high above the chord.
+        let losses = [9.0, 2.3, 2.3, 2.3, 2.2, 0.1, 9.0];
+        assert!(shape_on_unit_interval(&GRID, &losses).unwrap().monotone);
+        let b = barrier(&GRID, &losses).unwrap();
+        // At α = 0.75 the chord is 0.25·2.3 + 0.75·0.1 = 0.65.
+        assert!((b.height - (2.2 - 0.65)).abs() < 1e-12, "{b:?}");
+        assert_eq!(b.alpha, 0.75);
+    }
+
+    #[test]
+    fn barrier_needs_both_ends_and_finite_values() {
+        assert_eq!(barrier(&[0.0, 0.5], &[1.0, 2.0]), None);
+        assert_eq!(barrier(&[0.5, 1.0], &[1.0, 2.0]), None);
+        assert_eq!(
+            barrier(&GRID, &[0.0, 1.0, f64::NAN, 0.5, 0.2, 0.1, 0.0]),
+            None
+        );
+        // Non-finite outside [0, 1] is ignored, as for Δ_min.
+        assert!(barrier(&GRID, &[f64::NAN, 1.0, 0.5, 0.4, 0.2, 0.1, f64::INFINITY]).is_some());
     }
 
     #[test]
