@@ -78,7 +78,8 @@ pub enum PlotKind {
     Heatmap,
     /// One shard's lines from every `eval.starts` snapshot to θ_c (Frankle's figure).
     Starts,
-    /// A contour of a 2-D plane (no plane data exists yet).
+    /// One shard's 2-D plane (`[eval.plane]`) as a colour map of the loss (or accuracy), with
+    /// θ_c, θ_i where the plane holds it, and the trajectory on the PCA plane.
     Plane,
 }
 
@@ -110,7 +111,14 @@ pub struct PlotArgs {
     /// line: the line start (default: `init`).
     #[arg(long)]
     pub start: Option<String>,
-    /// starts/trajectory: one shard (default: starts draws the first, trajectory every one).
+    /// plane: `random`, `init` or `pca` (default: the first the shard measured).
+    #[arg(long)]
+    pub plane: Option<String>,
+    /// plane: `train` (default) or `test`.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// starts/trajectory/plane: one shard (default: starts and plane draw the first,
+    /// trajectory every one).
     #[arg(long)]
     pub shard: Option<String>,
     /// heatmap: the column along x (default: the first varying grid axis).

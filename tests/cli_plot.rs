@@ -179,3 +179,69 @@ fn what_cannot_be_drawn_is_a_clear_error() {
     let e = err(&["line", "--sweep", "other"], &png);
     assert!(e.contains("sweep other has no committed shard"), "{e}");
 }
+
+/// A shard with two planes, measured by `exec`, drawn as a colour map (the pca one with the
+/// trajectory over it), and the errors for what it did not measure.
+#[test]
+fn a_plane_is_a_colour_map_with_the_trajectory_on_the_pca_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plane.toml"),
+        r#"
+[model]
+hidden = [32]
+[data]
+max_train_examples = 1000
+[train]
+epochs = 1
+[snapshot]
+every = 2
+[eval]
+max_examples = 200
+[eval.plane]
+kinds = ["init", "pca"]
+points = 7
+"#,
+    )
+    .unwrap();
+    let o = linesweep(
+        &["exec", "--config", "plane.toml", "--out", "out"],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let plot = |args: &[&str]| {
+        let mut all = vec!["plot", "plane", "--results", "out"];
+        all.extend(args);
+        linesweep(&all, dir.path(), Duration::from_secs(120))
+    };
+    let o = plot(&["--out", "init.png", "--width", "500", "--height", "400"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (w, h, colours) = png_stats(&dir.path().join("init.png"));
+    assert_eq!((w, h), (500, 400));
+    assert!(colours > 40, "only {colours} colours");
+    let o = plot(&[
+        "--plane", "pca", "--metric", "accuracy", "--split", "test", "--out", "pca.svg",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let svg = std::fs::read_to_string(dir.path().join("pca.svg")).unwrap();
+    assert!(svg.contains("accuracy on the pca plane") && svg.contains("(test)"));
+    assert!(svg.contains("trajectory") && svg.contains("θ_c"));
+    assert!(
+        svg.matches("<rect").count() >= 49,
+        "one cell per grid point"
+    );
+    let o = plot(&["--plane", "random", "--out", "r.png"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("measured init, pca"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = plot(&["--split", "valid", "--out", "r.png"]);
+    assert!(
+        text(&o.stderr).contains("--split valid"),
+        "{}",
+        text(&o.stderr)
+    );
+}

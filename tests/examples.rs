@@ -157,3 +157,63 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
         "{err}"
     );
 }
+
+/// The README's landscape commands, as they read there: `examples/mnist-landscape.toml`
+/// measures barriers, three planes and the monotone path, and `plot plane` draws the PCA one.
+#[test]
+fn the_landscape_example_measures_planes_and_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/mnist-landscape.toml");
+    let o = linesweep(
+        &[
+            "exec",
+            "--config",
+            example.to_str().unwrap(),
+            "--out",
+            "out",
+        ],
+        tmp.path(),
+        Duration::from_secs(600),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = linesweep(
+        &[
+            "plot",
+            "plane",
+            "--results",
+            "out",
+            "--plane",
+            "pca",
+            "--out",
+            "plane.png",
+        ],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (_, _, colours) = png_stats(&tmp.path().join("plane.png"));
+    assert!(colours > 40, "blank plane figure");
+    let src = |t: &str| {
+        format!(
+            "read_parquet('{}/out/results/{t}/**/*.parquet')",
+            tmp.path().display()
+        )
+    };
+    let rows = duckdb_value(&format!(
+        "select count(*) from {} where plane = 'pca' and split = 'train'",
+        src("plane")
+    ));
+    assert_eq!(rows, "441");
+    // The path never rises, and every point re-evaluates to its value.
+    let bad = duckdb_value(&format!(
+        "select count(*) from (select path_loss, check_loss, lag(path_loss) over (order by alpha) as before from {}) \
+         where path_loss > before + 1e-12 or abs(path_loss - check_loss) > 1e-4 or path_loss is null",
+        src("monotone_path")
+    ));
+    assert_eq!(bad, "0");
+    let barriers = duckdb_value(&format!(
+        "select count(*) from {} where loss_barrier >= 0 and error_barrier >= 0",
+        src("lines")
+    ));
+    assert_eq!(barriers, "2");
+}

@@ -374,6 +374,7 @@ mod tests {
             ("snapshots/abc/manifest.json".to_owned(), snaps),
             (result_key("interpolation", &sw(), &abc()), b"i".to_vec()),
             (result_key("trajectory", &sw(), &abc()), b"t".to_vec()),
+            (result_key("lines", &sw(), &abc()), b"l".to_vec()),
             (result_key("runs", &sw(), &abc()), runs),
         ] {
             files.push(StagedFile::of(&key, &bytes));
@@ -411,7 +412,7 @@ mod tests {
         ));
         let one = runs_file("abc", 3, "one");
         stage(&s, at(1), one.clone(), |_| {});
-        assert_eq!(publish(&s, &sw(), &abc(), at(1)).unwrap(), 5);
+        assert_eq!(publish(&s, &sw(), &abc(), at(1)).unwrap(), 6);
         assert_eq!(
             publish(&s, &sw(), &abc(), at(1)).unwrap(),
             0,
@@ -428,7 +429,7 @@ mod tests {
             one
         );
         assert_eq!(staged_shards(&s, &sw()).unwrap(), vec![abc()]);
-        assert_eq!(clean(&s, &sw(), &abc()).unwrap(), 14);
+        assert_eq!(clean(&s, &sw(), &abc()).unwrap(), 16);
         assert!(staged_shards(&s, &sw()).unwrap().is_empty());
     }
 

@@ -161,6 +161,7 @@ mod tests {
     use arrow_array::{ArrayRef, Int64Array};
 
     use super::*;
+    use linesweep_storage::attempt::OPTIONAL_TABLES;
 
     fn file(shard: &str, rows: i64, extra: bool) -> Vec<u8> {
         let mut cols: Vec<(&str, ArrayRef)> = vec![
@@ -184,10 +185,14 @@ mod tests {
         out
     }
 
-    /// Publishes `shard` with `rows` rows in every table (`committed`: with its `runs` file).
+    /// Publishes `shard` with `rows` rows in every table (`committed`: with its `runs` file);
+    /// shard `b2` did not ask for the optional tables.
     fn publish(storage: &Storage, sweep: &SweepName, shard: &str, committed: bool) {
         let id = ShardId::parse(shard).unwrap();
         for table in RESULT_TABLES {
+            if shard == "b2" && OPTIONAL_TABLES.contains(&table) {
+                continue;
+            }
             if table != COMMIT_TABLE || committed {
                 let rows = if table == COMMIT_TABLE { 1 } else { 3 };
                 let key = layout::result_key(table, sweep, &id);
@@ -238,6 +243,9 @@ mod tests {
             [
                 ("interpolation".to_owned(), 3, 1),
                 ("trajectory".to_owned(), 3, 1),
+                ("lines".to_owned(), 3, 1),
+                ("plane".to_owned(), 2, 1),
+                ("monotone_path".to_owned(), 2, 1),
                 ("runs".to_owned(), 3, 1),
             ]
         );

@@ -65,6 +65,7 @@ fn stage_attempt(
         layout::result_key("trajectory", sweep, shard),
         b"t".to_vec(),
     ));
+    out.push((layout::result_key("lines", sweep, shard), b"l".to_vec()));
     out.push((layout::result_key("runs", sweep, shard), runs));
     let staging = layout::staging_prefix(sweep, shard, attempt);
     for (k, v) in &out {

@@ -228,6 +228,13 @@ fn figures_section(html: &mut String, data: &plot::SweepData<'_>, results: &str)
         None,
         "The first run's lines from every start to θ_c",
     ));
+    if runs.iter().any(|r| r["plane_s"].num().is_some()) {
+        kinds.push((
+            PlotKind::Plane,
+            None,
+            "The first run's first 2-D plane around θ_c (train loss)",
+        ));
+    }
     for (kind, metric, caption) in kinds {
         let args = PlotArgs {
             kind,
@@ -238,6 +245,8 @@ fn figures_section(html: &mut String, data: &plot::SweepData<'_>, results: &str)
             by: None,
             bn_mode: None,
             start: None,
+            plane: None,
+            split: "train".into(),
             shard: None,
             x: None,
             y: None,
@@ -270,7 +279,7 @@ fn runs_section(html: &mut String, runs: &[Row], storage: &Storage, sweep: &Swee
     let axes = plot::varying_axes(runs);
     let _ = write!(
         html,
-        "<section id=\"runs\"><h2>Every run ({})</h2><table id=\"run-table\"><tr><th class=\"t\">shard</th><th class=\"t\">group</th><th>seed</th><th>diverged</th><th>Δ_min</th><th>test acc</th><th class=\"t\">snapshots</th></tr>",
+        "<section id=\"runs\"><h2>Every run ({})</h2><table id=\"run-table\"><tr><th class=\"t\">shard</th><th class=\"t\">group</th><th>seed</th><th>diverged</th><th>Δ_min</th><th>loss barrier</th><th>test error barrier</th><th>test acc</th><th class=\"t\">snapshots</th></tr>",
         runs.len()
     );
     let mut sorted: Vec<&Row> = runs.iter().collect();
@@ -288,12 +297,14 @@ fn runs_section(html: &mut String, runs: &[Row], storage: &Storage, sweep: &Swee
             .unwrap_or_default();
         let _ = write!(
             html,
-            "<tr class=\"run\"><td class=\"t\"><code>{}</code></td><td class=\"t\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\"><code>{}</code></td></tr>",
+            "<tr class=\"run\"><td class=\"t\"><code>{}</code></td><td class=\"t\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\"><code>{}</code></td></tr>",
             esc(&shard),
             esc(&plot::group_label(r, &axes)),
             esc(&r["seed"].label()),
             esc(&r["diverged"].label()),
             fmt(r["train_delta_min"].num(), false),
+            fmt(r["train_loss_barrier"].num(), false),
+            fmt(r["test_error_barrier"].num(), false),
             fmt(r["final_test_acc"].num(), true),
             esc(&snapshots)
         );

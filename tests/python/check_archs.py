@@ -24,7 +24,7 @@ runs = q(
     f"from {table('runs')} where sweep = '{sweep}' group by arch order by arch"
 )
 assert [(a, n) for a, n, _, _ in runs] == [("cnn", 2), ("mlp", 2), ("resnet20", 2)], runs
-assert all(v == 3 and bn for _, _, v, bn in runs), runs
+assert all(v == 4 and bn for _, _, v, bn in runs), runs
 # Schema 3: the first step is timed on its own, within training.
 warm = q(f"select count(*) from {table('runs')} where sweep = '{sweep}' and warmup_s > 0 and warmup_s < train_s")
 assert warm == [(6,)], warm

@@ -78,11 +78,24 @@ pub struct Heatmap {
     pub cells: Vec<Cell>,
 }
 
+/// A metric on a regular (x, y) grid, with marked points and an optional path over it.
+pub struct Surface {
+    pub title: String,
+    pub metric: String,
+    /// (x, y, value) per grid point.
+    pub cells: Vec<(f64, f64, f64)>,
+    /// A path drawn over the map (the trajectory on the PCA plane).
+    pub path: Vec<(f64, f64)>,
+    /// Labelled points (θ_c at the origin, θ_i on the init plane).
+    pub marks: Vec<(String, (f64, f64))>,
+}
+
 /// Any figure.
 pub enum Figure {
     Line(LineFigure),
     Trajectory(Trajectory),
     Heatmap(Heatmap),
+    Surface(Surface),
 }
 
 type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
@@ -173,6 +186,7 @@ fn draw<DB: DrawingBackend>(figure: &Figure, root: &DrawingArea<DB, Shift>) -> D
         Figure::Line(f) => line(f, root),
         Figure::Trajectory(f) => trajectory(f, root),
         Figure::Heatmap(f) => heatmap(f, root),
+        Figure::Surface(f) => surface(f, root),
     }
 }
 
@@ -373,6 +387,87 @@ fn heatmap<DB: DrawingBackend>(f: &Heatmap, root: &DrawingArea<DB, Shift>) -> Dr
         ])?;
     }
     Ok(())
+}
+
+/// The distinct values of a grid axis, sorted.
+fn grid_values(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = v.collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
+}
+
+/// Each grid point as a rectangle reaching halfway to its neighbours, coloured on a viridis
+/// scale, with the scale's ends in the legend.
+fn surface<DB: DrawingBackend>(f: &Surface, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+    let xs = grid_values(f.cells.iter().map(|c| c.0));
+    let ys = grid_values(f.cells.iter().map(|c| c.1));
+    let half = |v: &[f64], i: usize| -> (f64, f64) {
+        let step = |j: usize, k: usize| (v[k] - v[j]).abs() / 2.0;
+        let lo = if i > 0 {
+            step(i - 1, i)
+        } else if v.len() > 1 {
+            step(0, 1)
+        } else {
+            0.5
+        };
+        let hi = if i + 1 < v.len() { step(i, i + 1) } else { lo };
+        (v[i] - lo, v[i] + hi)
+    };
+    let span = |v: &[f64]| (half(v, 0).0, half(v, v.len() - 1).1);
+    let ((x0, x1), (y0, y1)) = (span(&xs), span(&ys));
+    let (lo, hi) = f
+        .cells
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), c| {
+            (l.min(c.2), h.max(c.2))
+        });
+    let mut chart = chart(root, &f.title, 64, x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("x (δ)")
+        .y_desc("y (η)")
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 18))
+        .draw()?;
+    let t = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    for &(x, y, v) in &f.cells {
+        let (Some(i), Some(j)) = (
+            xs.iter().position(|&a| a == x),
+            ys.iter().position(|&b| b == y),
+        ) else {
+            continue;
+        };
+        let ((a0, a1), (b0, b1)) = (half(&xs, i), half(&ys, j));
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(a0, b0), (a1, b1)],
+            ViridisRGB::get_color(t(v)).filled(),
+        )))?;
+    }
+    if f.path.len() > 1 {
+        chart
+            .draw_series(LineSeries::new(f.path.clone(), RED.stroke_width(2)))?
+            .label("trajectory")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+    }
+    for (label, p) in &f.marks {
+        let style = TextStyle::from((FAMILY, 18).into_font()).color(&WHITE);
+        chart.draw_series(std::iter::once(
+            EmptyElement::at(*p)
+                + Circle::new((0, 0), 5, WHITE.filled())
+                + Circle::new((0, 0), 5, BLACK.stroke_width(1))
+                + Text::new(label.clone(), (9, -20), style),
+        ))?;
+    }
+    for (v, name) in [(lo, "lowest"), (hi, "highest")] {
+        let color = ViridisRGB::get_color(t(v));
+        chart
+            .draw_series(std::iter::once(Circle::new((x0, y0), 0, color.filled())))?
+            .label(format!("{name} {}: {}", f.metric, format_value(v)))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// The category label at the centre of a cell (`x + 0.5`), empty elsewhere.

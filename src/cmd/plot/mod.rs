@@ -14,7 +14,7 @@ use linesweep_worker::storage::Storage;
 
 use crate::cli::{PlotArgs, PlotKind};
 pub(crate) use figures::Figure;
-use figures::{Band, Cell, Curve, Heatmap, LineFigure, Path, Trajectory};
+use figures::{Band, Cell, Curve, Heatmap, LineFigure, Path, Surface, Trajectory};
 
 /// Figures of `args`.
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
@@ -96,9 +96,7 @@ pub(crate) fn figure(data: &SweepData<'_>, args: &PlotArgs) -> anyhow::Result<Fi
         PlotKind::Starts => Figure::Line(starts(data, args)?),
         PlotKind::Trajectory => Figure::Trajectory(trajectory(data, args)?),
         PlotKind::Heatmap => Figure::Heatmap(heatmap(runs, &axes, args, sweep)?),
-        PlotKind::Plane => anyhow::bail!(
-            "sweep {sweep} has no plane data: 2-D planes ([eval.plane]) are not measured yet, so there is nothing to draw a contour of"
-        ),
+        PlotKind::Plane => Figure::Surface(surface(data, args)?),
     })
 }
 
@@ -113,6 +111,9 @@ fn run_columns() -> Vec<&'static str> {
         "final_train_acc",
         "dist_init_final",
         "ln_k",
+        "plane_s",
+        "train_loss_barrier",
+        "test_error_barrier",
     ]);
     c
 }
@@ -380,6 +381,77 @@ fn heatmap_metric(args: &PlotArgs) -> anyhow::Result<(&'static str, &'static str
         other => anyhow::bail!(
             "--metric {other}: a heatmap shows delta-min, non-monotone, test-acc or distance"
         ),
+    })
+}
+
+/// One shard's plane: `args.plane` (or the first measured) on `args.split`.
+fn surface(data: &SweepData<'_>, args: &PlotArgs) -> anyhow::Result<Surface> {
+    let sweep = &data.sweep;
+    let metric = metric_name(args)?;
+    anyhow::ensure!(
+        ["train", "test"].contains(&args.split.as_str()),
+        "--split {}: a plane is measured on `train` or `test`",
+        args.split
+    );
+    let cols = ["shard", "plane", "x", "y", "split", metric];
+    let rows = read::read_table(data.storage, "plane", sweep, &cols)?;
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "sweep {sweep} has no plane data: add [eval.plane] to the spec (docs/results.md, `plane`)"
+    );
+    let shard = match &args.shard {
+        Some(s) => s.clone(),
+        None => rows[0]["shard"].label(),
+    };
+    let of_shard: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r["shard"].label() == shard)
+        .collect();
+    anyhow::ensure!(
+        !of_shard.is_empty(),
+        "shard {shard} of sweep {sweep} has no plane data"
+    );
+    let kinds: BTreeSet<String> = of_shard.iter().map(|r| r["plane"].label()).collect();
+    let kind = match &args.plane {
+        Some(k) if kinds.contains(k) => k.clone(),
+        Some(k) => anyhow::bail!("--plane {k}: shard {shard} measured {}", join(&kinds)),
+        None => of_shard[0]["plane"].label(),
+    };
+    let cells: Vec<(f64, f64, f64)> = of_shard
+        .iter()
+        .filter(|r| r["plane"].label() == kind && r["split"].label() == args.split)
+        .filter_map(|r| Some((r["x"].num()?, r["y"].num()?, r[metric].num()?)))
+        .collect();
+    anyhow::ensure!(
+        !cells.is_empty(),
+        "plane {kind} of shard {shard} has no finite {metric}"
+    );
+    let path = if kind == "pca" {
+        let cols = ["shard", "step", "pca_x", "pca_y"];
+        let mut pts: Vec<(f64, f64, f64)> =
+            read::read_table(data.storage, "trajectory", sweep, &cols)?
+                .iter()
+                .filter(|r| r["shard"].label() == shard)
+                .filter_map(|r| Some((r["step"].num()?, r["pca_x"].num()?, r["pca_y"].num()?)))
+                .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts.into_iter().map(|(_, x, y)| (x, y)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut marks = vec![("θ_c".to_owned(), (0.0, 0.0))];
+    if kind == "init" {
+        marks.push(("θ_i".to_owned(), (1.0, 0.0)));
+    }
+    Ok(Surface {
+        title: format!(
+            "{sweep}: {metric} on the {kind} plane of {shard} ({})",
+            args.split
+        ),
+        metric: metric.to_owned(),
+        cells,
+        path,
+        marks,
     })
 }
 
