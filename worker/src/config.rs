@@ -378,6 +378,11 @@ pub struct TrainConfig {
     pub milestones: Vec<usize>,
     /// Factor of the `step` schedule.
     pub gamma: f64,
+    /// Seed of the data order and the augmentation draws; the top-level `seed` when unset.
+    /// Two shards with one `seed` and two `data_seed`s start from the same θ_i and see the
+    /// data in different orders (Frankle et al. 2020's instability analysis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
 }
 
 /// `[snapshot]`.
@@ -594,6 +599,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             milestones: Vec::new(),
             gamma: 0.1,
+            data_seed: None,
         }
     }
 }
@@ -700,6 +706,11 @@ impl ShardConfig {
             self.model.norm = Some(self.model.arch.default_norm());
         }
         self
+    }
+
+    /// The seed of the data order and augmentation: `train.data_seed`, else `seed`.
+    pub fn data_order_seed(&self) -> u64 {
+        self.train.data_seed.unwrap_or(self.seed)
     }
 
     /// The parsed `eval.starts` (valid after [`validate`](Self::validate)).

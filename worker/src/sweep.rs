@@ -462,6 +462,8 @@ fn resolve(key: &str) -> Result<String, String> {
     // to something else here, so that the catalog names every field.
     let mut every_field = ShardConfig::default();
     every_field.snapshot.keep = crate::config::Keep::Lines;
+    every_field.train.data_seed = Some(0);
+    every_field.eval.monotone_path = true;
     let catalog = serde_json::to_value(every_field).unwrap_or_default();
     let obj = catalog.as_object().cloned().unwrap_or_default();
     if let Some((section, field)) = key.split_once('.') {

@@ -822,7 +822,7 @@ fn load_batches(
     threads: usize,
     btx: &std::sync::mpsc::SyncSender<Batch>,
 ) {
-    let (seed, batch_size) = (cfg.seed, cfg.train.batch_size);
+    let (seed, batch_size) = (cfg.data_order_seed(), cfg.train.batch_size);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DATA_ORDER_SALT);
     let mut step = 0u64;

@@ -261,6 +261,7 @@ pub fn runs_batch(
             "test_error_barrier",
             one_of(primary_barrier(out, 1, |l| l.error_barrier)),
         ),
+        ("data_seed", one_ou(t.data_seed)),
     ];
     batch("runs", schema::runs(), cols)
 }

@@ -13,8 +13,9 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The config columns of `runs` that a grid can vary (the axes figures group by).
-pub const CONFIG_COLUMNS: [&str; 32] = [
+pub const CONFIG_COLUMNS: [&str; 33] = [
     "seed",
+    "data_seed",
     "dataset",
     "max_train_examples",
     "arch",

@@ -117,6 +117,7 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("pca_explained_y", F, true),
         f("train_loss_barrier", F, true),
         f("test_error_barrier", F, true),
+        f("data_seed", U, true),
     ]))
 });
 
