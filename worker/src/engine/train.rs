@@ -927,3 +927,32 @@ mod tests {
         assert!(learning_rate(&c, 100, 10, 100).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use crate::config::{ModelConfig, Norm};
+
+    /// Loading a snapshot into a network leaves the template as it was, running statistics
+    /// included (a clone shares them, and loading used to overwrite the template's: a resumed
+    /// attempt's `step:N` start gave θ_i its statistics).
+    #[test]
+    fn loading_a_snapshot_leaves_the_template_alone() {
+        let device = Device::flex();
+        device.seed(2);
+        let cfg = ModelConfig {
+            hidden: vec![3],
+            norm: Some(Norm::Batch),
+            ..ModelConfig::default()
+        };
+        let template = Net::new(&cfg, [1, 1, 2], 2, &device);
+        let before = HostSnapshot::capture(&template, 0).unwrap();
+        let mut other = before.clone();
+        for t in &mut other.tensors {
+            t.data.iter_mut().for_each(|v| *v = 7.0);
+        }
+        let loaded = net_from_snapshot(&template, &other).unwrap();
+        assert_eq!(loaded.min_running_var(), Some(7.0));
+        assert_eq!(HostSnapshot::capture(&template, 0).unwrap(), before);
+    }
+}

@@ -176,7 +176,7 @@ mod tests {
         let g = ScaledLoss::new(&logits, &labels, 2);
         for c in [0.0, 0.5, 1.0, 3.0] {
             let (v, s) = g.value_and_slope(c);
-            let e = (-2.0 * c as f64).exp();
+            let e = (-2.0 * c).exp();
             assert!((v - (1.0 + e).ln()).abs() < 1e-12, "g({c})");
             assert!((s - (-2.0 * e / (1.0 + e))).abs() < 1e-12, "g'({c})");
         }
