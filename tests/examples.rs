@@ -164,6 +164,14 @@ fn the_readme_quickstart_runs_into_linesweep_results() {
 fn the_landscape_example_measures_planes_and_the_path() {
     let tmp = tempfile::tempdir().unwrap();
     let example = repo().join("examples/mnist-landscape.toml");
+    // It is a sweep spec of one shard too: `plan` takes the nested [eval.plane].
+    let o = linesweep(
+        &["plan", example.to_str().unwrap()],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("1 shard"), "{}", text(&o.stdout));
     let o = linesweep(
         &[
             "exec",

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_results import check, mlp_loss, read_idx, read_safetensors  # noqa: E402
+from check_results import check, load_mnist, mlp_loss, read_safetensors  # noqa: E402
 
 
 def barrier(alphas, values):
@@ -79,10 +79,7 @@ def main():
                 check(np.allclose(got, want, rtol=1e-4), f"{name}: filter norms {got[:3]} != θ_c's {want[:3]}")
         elif name.endswith("bias"):
             check(not dx[name].any() and not dy[name].any(), f"{name} has a non-zero direction")
-    x, y = {}, {}
-    for split, prefix in [("train", "train"), ("test", "t10k")]:
-        x[split] = ((read_idx(f"{args.data}/{prefix}-images-idx3-ubyte.gz") / 255.0 - 0.1307) / 0.3081).astype(np.float64)
-        y[split] = read_idx(f"{args.data}/{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    x, y = load_mnist(args.data)
     grid = np.linspace(-1, 1, n)
     px, py = float(grid[n - 1]), float(grid[1])
     point = {k: theta_c[k].astype(np.float64) + px * dx[k] + py * dy[k] for k in theta_c}

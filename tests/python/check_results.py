@@ -62,6 +62,15 @@ def read_idx(path):
     return np.frombuffer(raw[8:], dtype=np.uint8)
 
 
+def load_mnist(data):
+    """The normalised train and test splits of the mnist-10k folder, as (x, y) dicts."""
+    x, y = {}, {}
+    for split, prefix in [("train", "train"), ("test", "t10k")]:
+        x[split] = ((read_idx(f"{data}/{prefix}-images-idx3-ubyte.gz") / 255.0 - 0.1307) / 0.3081).astype(np.float64)
+        y[split] = read_idx(f"{data}/{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    return x, y
+
+
 def mlp_loss(weights, x, y, layers):
     h = x
     for i in range(layers):
@@ -130,11 +139,7 @@ def main():
     snaps = manifest["snapshots"]
     check(len(snaps) == args.snapshots, f"manifest lists {len(snaps)} snapshots")
     check(snaps[0]["kind"] == "init" and snaps[-1]["kind"] == "final", f"manifest kinds {snaps[0]}, {snaps[-1]}")
-    x = {}
-    y = {}
-    for split, prefix in [("train", "train"), ("test", "t10k")]:
-        x[split] = ((read_idx(f"{args.data}/{prefix}-images-idx3-ubyte.gz") / 255.0 - 0.1307) / 0.3081).astype(np.float64)
-        y[split] = read_idx(f"{args.data}/{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    x, y = load_mnist(args.data)
     for snap, alpha in [(snaps[0], 0.0), (snaps[-1], 1.0)]:
         w, meta = read_safetensors(f"out/snapshots/{shard}/{snap['file']}")
         check(json.loads(meta["linesweep"])["step"] == snap["step"], "snapshot metadata step")

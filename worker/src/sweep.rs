@@ -464,6 +464,7 @@ fn resolve(key: &str) -> Result<String, String> {
     every_field.snapshot.keep = crate::config::Keep::Lines;
     every_field.train.data_seed = Some(0);
     every_field.eval.monotone_path = true;
+    every_field.eval.plane = Some(crate::config::PlaneConfig::default());
     let catalog = serde_json::to_value(every_field).unwrap_or_default();
     let obj = catalog.as_object().cloned().unwrap_or_default();
     if let Some((section, field)) = key.split_once('.') {

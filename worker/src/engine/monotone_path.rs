@@ -210,6 +210,31 @@ mod tests {
         net_from_snapshot(template, &snap).unwrap()
     }
 
+    /// A linear model on 2 inputs and 3 classes, and θ_c: the centres' directions as class
+    /// weights.
+    fn template_and_end() -> (Net, Net) {
+        let cfg = ModelConfig {
+            hidden: vec![],
+            ..ModelConfig::default()
+        };
+        let template = Net::new(&cfg, [1, 1, 2], 3, &Device::flex());
+        let end = linear(&template, [2.0, 0.0, -1.0, 1.7, -1.0, -1.7], [0.0; 3]);
+        (template, end)
+    }
+
+    /// The path from `start` to `end` on `grid`, f32, without batch norm.
+    fn path(start: &Net, end: &Net, grid: &AlphaGrid, set: &EvalSet) -> Vec<PathRow> {
+        let line = Line {
+            start_label: "init",
+            start,
+            end,
+            bn_mode: None,
+            bn_batches: None,
+            precision: Precision::F32,
+        };
+        evaluate_path(&line, grid, set, 3, &NoProgress)
+    }
+
     fn points() -> (EvalSet, Vec<[f32; 2]>, Vec<u16>) {
         // Twelve points around three centres; the label is the centre's.
         let centres = [[2.0f32, 0.0], [-1.0, 1.7], [-1.0, -1.7]];
@@ -231,29 +256,14 @@ mod tests {
 
     #[test]
     fn the_path_never_rises_and_its_points_are_what_it_claims() {
-        let device = Device::flex();
-        let cfg = ModelConfig {
-            hidden: vec![],
-            ..ModelConfig::default()
-        };
-        let template = Net::new(&cfg, [1, 1, 2], 3, &device);
-        // θ_c: the centres' directions as class weights (one point of class 0 is misplaced
-        // near the origin, so the loss has a finite minimiser in c). θ_i: a confident wrong
-        // classifier, loss well above ln 3.
-        let end = linear(&template, [2.0, 0.0, -1.0, 1.7, -1.0, -1.7], [0.0; 3]);
+        // One point of class 0 is misplaced near the origin, so the loss at θ_c has a finite
+        // minimiser in c. θ_i: a confident wrong classifier, loss well above ln 3.
+        let (template, end) = template_and_end();
         let wrong = linear(&template, [-1.0, 1.7, -1.0, -1.7, 2.0, 0.0], [0.0; 3]);
         let start = affine_modules(&wrong, &[(2.0, &wrong)]);
         let (set, xs, ys) = points();
-        let line = Line {
-            start_label: "init",
-            start: &start,
-            end: &end,
-            bn_mode: None,
-            bn_batches: None,
-            precision: Precision::F32,
-        };
         let grid = AlphaGrid::linspace(-0.5, 1.5, 21).unwrap();
-        let rows = evaluate_path(&line, &grid, &set, 3, &NoProgress);
+        let rows = path(&start, &end, &grid, &set);
         assert_eq!(rows.len(), 11, "α = 0, 0.1, …, 1");
         assert!(
             rows.iter()
@@ -321,26 +331,12 @@ mod tests {
 
     #[test]
     fn without_the_precondition_no_path_is_invented() {
-        let device = Device::flex();
-        let cfg = ModelConfig {
-            hidden: vec![],
-            ..ModelConfig::default()
-        };
-        let template = Net::new(&cfg, [1, 1, 2], 3, &device);
-        let end = linear(&template, [2.0, 0.0, -1.0, 1.7, -1.0, -1.7], [0.0; 3]);
+        let (template, end) = template_and_end();
         // θ_i predicts uniformly: L(θ_i) = ln 3 exactly, not above it.
         let start = linear(&template, [0.0; 6], [0.0; 3]);
         let (set, _, _) = points();
-        let line = Line {
-            start_label: "init",
-            start: &start,
-            end: &end,
-            bn_mode: None,
-            bn_batches: None,
-            precision: Precision::F32,
-        };
         let grid = AlphaGrid::linspace(0.0, 1.0, 5).unwrap();
-        let rows = evaluate_path(&line, &grid, &set, 3, &NoProgress);
+        let rows = path(&start, &end, &grid, &set);
         assert_eq!(rows.len(), 5);
         for r in rows {
             assert!(!r.precondition);

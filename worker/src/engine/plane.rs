@@ -66,21 +66,19 @@ pub fn directions(
     init: &HostSnapshot,
     samples: &[TrajectorySample],
 ) -> Result<(PlaneDirections, Option<PcaTrajectory>), EngineError> {
-    let random = |n| random_directions(center, cfg.seed, n);
+    // Two draws, δ then η, from one stream; the init plane's η is the random plane's δ.
+    let random = || {
+        let mut d = random_directions(center, cfg.seed, 2).into_iter();
+        let mut next = || d.next().unwrap_or_else(|| difference(center, center));
+        (next(), next())
+    };
     let plane = |x, y| PlaneDirections { kind, x, y };
     Ok(match kind {
         PlaneKind::Random => {
-            let mut d = random(2);
-            let y = d.pop().unwrap_or_else(|| difference(center, center));
-            let x = d.pop().unwrap_or_else(|| difference(center, center));
+            let (x, y) = random();
             (plane(x, y), None)
         }
-        PlaneKind::Init => {
-            let y = random(1)
-                .pop()
-                .unwrap_or_else(|| difference(center, center));
-            (plane(difference(init, center), y), None)
-        }
+        PlaneKind::Init => (plane(difference(init, center), random().0), None),
         PlaneKind::Pca => {
             let theta_c = center.parameter_vector();
             let rows: Vec<&[f32]> = samples.iter().map(|s| s.parameters.as_slice()).collect();

@@ -169,7 +169,7 @@ pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec
 }
 
 /// `columns` of every committed row of `table` in `sweep`: from the summary file when it
-/// holds every committed shard, else from the per-shard files.
+/// holds every committed shard that has the table, else from the per-shard files.
 pub fn read_table(
     storage: &Storage,
     table: &str,
@@ -177,6 +177,10 @@ pub fn read_table(
     columns: &[&str],
 ) -> Result<Vec<Row>, ReadError> {
     let committed = storage.published_shards(layout::COMMIT_TABLE, sweep)?;
+    // The committed shards with a file of this table: every one for the required tables,
+    // those that asked for it for an optional one (`plane`, `monotone_path`).
+    let present = storage.published_shards(table, sweep)?;
+    let expected: Vec<_> = present.intersection(&committed).collect();
     let mut with_shard: Vec<&str> = columns.to_vec();
     if !with_shard.contains(&"shard") {
         with_shard.push("shard");
@@ -185,15 +189,12 @@ pub fn read_table(
     if storage.size(&summary)?.is_some() {
         let rows = read_rows(&summary, storage.get(&summary)?, &with_shard)?;
         let shards: BTreeSet<String> = rows.iter().map(|r| r["shard"].label()).collect();
-        if shards.len() == committed.len() {
+        if shards.len() == expected.len() {
             return Ok(rows);
         }
     }
     let mut rows = Vec::new();
-    for shard in storage
-        .published_shards(table, sweep)?
-        .intersection(&committed)
-    {
+    for shard in expected {
         let key = layout::result_key(table, sweep, shard);
         rows.extend(read_rows(&key, storage.get(&key)?, &with_shard)?);
     }
