@@ -115,3 +115,80 @@ fn one_epoch_shard_lands_in_duckdb_and_polars() {
     );
     assert_eq!(std::fs::read(&before[0]).unwrap(), bytes);
 }
+
+/// `train.init_from`: a child shard's θ_i is its parent's snapshot at step k, read from the
+/// results root the parent was committed to; a step the parent did not keep, or a parent
+/// that is not there, is refused with the key it looked for.
+#[test]
+fn a_child_starts_from_its_parents_snapshot() {
+    use linesweep_worker::snapshot::HostSnapshot;
+    const PARENT: &str = "name = \"parent\"\nseed = 1\n[data]\nmax_train_examples = 1024\n\
+        [model]\nhidden = [32]\n[train]\nepochs = 1\nbatch_size = 128\n[snapshot]\nevery = 4\n\
+        [eval]\nmax_examples = 256\nalpha_points = 5\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let exec = |name: &str, text: &str| {
+        std::fs::write(tmp.path().join(name), text).unwrap();
+        linesweep(
+            &["exec", "--config", name, "--out", "out"],
+            tmp.path(),
+            Duration::from_secs(600),
+        )
+    };
+    let out = exec("parent.toml", PARENT);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let snapshots = tmp.path().join("out/snapshots");
+    let parent = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let read = |shard: &str, step: u64| {
+        let file = snapshots.join(format!("{shard}/step-{step:08}.safetensors"));
+        HostSnapshot::from_safetensors(&std::fs::read(&file).unwrap(), "test").unwrap()
+    };
+    let child_of = |step: u64| {
+        PARENT.replace("name = \"parent\"", "name = \"child\"").replace(
+            "batch_size = 128\n",
+            &format!(
+                "batch_size = 128\ndata_seed = 7\ninit_from = {{ shard = \"{parent}\", step = {step} }}\n"
+            ),
+        )
+    };
+    let out = exec("child.toml", &child_of(4));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let child = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|s| *s != parent)
+        .expect("the child's snapshots");
+    let (theta_k, theta_i) = (read(&parent, 4), read(&child, 0));
+    assert_eq!(theta_i.parameter_vector(), theta_k.parameter_vector());
+    assert_ne!(
+        read(&child, 8).parameter_vector(),
+        read(&parent, 8).parameter_vector(),
+        "the child trains on from θ_k with its own data order"
+    );
+    assert_ne!(
+        read(&parent, 0).parameter_vector(),
+        theta_i.parameter_vector()
+    );
+
+    // Step 5 was never kept (every = 4); another root does not hold the parent.
+    let out = exec("bad-step.toml", &child_of(5));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("has no snapshot of shard")
+            && err.contains(&format!("snapshots/{parent}/step-00000005.safetensors")),
+        "{err}"
+    );
+    let out = exec("bad-id.toml", &child_of(4).replace(&parent, "not an id"));
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("train.init_from") && err.contains("not an id"),
+        "{err}"
+    );
+}

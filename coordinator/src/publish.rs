@@ -6,11 +6,10 @@
 //!
 //! **Architecture invariant:** the only module of the coordinator that touches storage.
 
+use linesweep_storage::attempt::ShardKind;
 use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
 use linesweep_storage::ids::{Attempt, ShardId, SweepName};
-use linesweep_storage::layout::{
-    COMMIT_TABLE, result_key, shard_staging, snapshot_dir, staging_prefix, sweep_staging,
-};
+use linesweep_storage::layout::{shard_staging, snapshot_dir, staging_prefix, sweep_staging};
 use linesweep_storage::{Storage, StorageError};
 
 /// Why an attempt's output could not be published.
@@ -88,12 +87,15 @@ pub fn verify(
             small.insert(f.key.as_str(), bytes);
         }
     }
-    check_snapshots(&small, &manifest).map_err(invalid)?;
-    // `check` made sure the manifest lists the runs table, so it was read above.
-    let runs = small
-        .remove(result_key(COMMIT_TABLE, sweep, shard).as_str())
+    // A pair shard trains nothing: it stages no snapshots.
+    if manifest.kind == ShardKind::Run {
+        check_snapshots(&small, &manifest).map_err(invalid)?;
+    }
+    // `check` made sure the manifest lists the marker table, so it was read above.
+    let marker = small
+        .remove(manifest.marker_key().as_str())
         .unwrap_or_default();
-    check_runs_row(runs, shard, manifest.schema_version).map_err(invalid)?;
+    check_runs_row(marker, shard, manifest.schema_version).map_err(invalid)?;
     Ok(manifest)
 }
 
@@ -123,8 +125,8 @@ fn check_snapshots(
     Ok(())
 }
 
-/// The staged `runs` file is one row for this shard, in the manifest's schema. (The row holds no
-/// sweep name: the sweep is the key's partition, which the manifest check pins.)
+/// The staged marker (`runs`, `pairs`) is this shard's, in the manifest's schema. (The rows
+/// hold no sweep name: the sweep is the key's partition, which the manifest check pins.)
 fn check_runs_row(bytes: bytes::Bytes, shard: &ShardId, schema_version: i32) -> Result<(), String> {
     let row = read_runs_row(bytes)?;
     if (row.shard.as_str(), row.schema_version) != (shard.as_str(), schema_version) {
@@ -149,41 +151,68 @@ pub struct RunsRow {
     pub config_json: Option<String>,
 }
 
-/// Reads the single row of a `runs` parquet file, by column name.
+/// Reads the row of a commit marker, by column name: the one row of a `runs` file, or the
+/// first of a `pairs` file, whose every row must name the same shard, schema, attempt and
+/// config.
 pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
-    use arrow_array::{Array, Int32Array, StringArray, UInt64Array};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let what = |e: &dyn std::fmt::Display| format!("the runs file does not read: {e}");
-    let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    let what = |e: &dyn std::fmt::Display| format!("the marker file does not read: {e}");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| what(&e))?
         .build()
         .map_err(|e| what(&e))?;
-    let batch = reader
-        .next()
-        .ok_or("the runs file has no rows")?
-        .map_err(|e| what(&e))?;
-    if batch.num_rows() != 1 || reader.next().is_some() {
+    let mut first: Option<RunsRow> = None;
+    let mut rows = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| what(&e))?;
+        for i in 0..batch.num_rows() {
+            let row = marker_row(&batch, i)?;
+            match &first {
+                None => first = Some(row),
+                Some(f) if *f != row => {
+                    return Err(format!(
+                        "the marker file's rows disagree: shard {} and shard {}",
+                        f.shard, row.shard
+                    ));
+                }
+                Some(_) => {}
+            }
+            rows += 1;
+        }
+    }
+    let first = first.ok_or("the marker file has no rows")?;
+    let is_runs_row = first
+        .config_json
+        .as_deref()
+        .is_none_or(|c| !c.contains("\"pair\""));
+    if rows != 1 && is_runs_row {
         return Err("the runs file must hold exactly one row".into());
     }
+    Ok(first)
+}
+
+/// Row `i` of a marker batch.
+fn marker_row(batch: &arrow_array::RecordBatch, i: usize) -> Result<RunsRow, String> {
+    use arrow_array::{Array, Int32Array, StringArray, UInt64Array};
     let text = |name: &str| {
         batch
             .column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .filter(|c| c.is_valid(0))
-            .map(|c| c.value(0).to_owned())
-            .ok_or(format!("the runs row has no `{name}`"))
+            .filter(|c| c.is_valid(i))
+            .map(|c| c.value(i).to_owned())
+            .ok_or(format!("the marker row has no `{name}`"))
     };
     let schema_version = batch
         .column_by_name("schema_version")
         .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-        .filter(|c| c.is_valid(0))
-        .map(|c| c.value(0))
-        .ok_or("the runs row has no `schema_version`")?;
+        .filter(|c| c.is_valid(i))
+        .map(|c| c.value(i))
+        .ok_or("the marker row has no `schema_version`")?;
     let attempt = batch
         .column_by_name("attempt")
         .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-        .filter(|c| c.is_valid(0))
-        .and_then(|c| u32::try_from(c.value(0)).ok())
+        .filter(|c| c.is_valid(i))
+        .and_then(|c| u32::try_from(c.value(i)).ok())
         .and_then(|n| Attempt::new(n).ok());
     Ok(RunsRow {
         shard: text("shard")?,
@@ -318,7 +347,7 @@ pub fn staged_shards(storage: &Storage, sweep: &SweepName) -> Result<Vec<ShardId
 mod tests {
     use super::*;
     use linesweep_storage::attempt::StagedFile;
-    use linesweep_storage::layout::snapshot_key;
+    use linesweep_storage::layout::{result_key, snapshot_key};
 
     fn sw() -> SweepName {
         SweepName::parse("sw").unwrap()
@@ -387,6 +416,7 @@ mod tests {
             shard: abc(),
             attempt,
             schema_version: 3,
+            kind: ShardKind::Run,
             files,
         };
         tamper(&mut m);

@@ -1,13 +1,15 @@
 //! Rebuilding the ledger's committed state from storage (`linesweep serve --recover`).
 //!
-//! Storage is the truth of what was committed: a `runs` file at its final key is published
-//! last, so its presence means the shard's results are complete. After a ledger is lost, the
+//! Storage is the truth of what was committed: a commit marker at its final key (a `runs`
+//! file; a pair shard's `pairs` file) is published last, so its presence means the shard's
+//! results are complete. After a ledger is lost, the
 //! rebuilt ledger knows those shards as committed, and resubmitting the sweep runs only what
 //! is missing instead of retraining everything and failing on publish conflicts.
 
 use std::collections::BTreeMap;
 
-use linesweep_storage::layout::{self, COMMIT_TABLE};
+use linesweep_storage::attempt::COMMIT_TABLES;
+use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 
 use crate::lease::Millis;
@@ -46,8 +48,17 @@ pub fn recover(
 ) -> Result<Recovered, RecoverError> {
     let mut by_sweep: BTreeMap<String, Vec<RecoveredShard>> = BTreeMap::new();
     let mut out = Recovered::default();
-    for key in storage.list(&layout::result_table_prefix(COMMIT_TABLE))? {
-        let Some((sweep, shard)) = layout::parse_result_key(COMMIT_TABLE, &key) else {
+    let markers = COMMIT_TABLES.into_iter().map(|table| {
+        storage
+            .list(&layout::result_table_prefix(table))
+            .map(|keys| keys.into_iter().map(move |k| (table, k)))
+    });
+    for (table, key) in markers
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
+        let Some((sweep, shard)) = layout::parse_result_key(table, &key) else {
             continue;
         };
         match read_runs_row(storage.get(&key)?) {

@@ -6,17 +6,17 @@
 //! them. It is rewritten whole, with one PUT (atomic on S3; a rename on local disks), so a
 //! reader sees the previous summary or the new one, never a partial file. Each shard's rows
 //! are in it at most once: a rewrite keeps the previous summary's rows and appends the rows of
-//! the committed shards it did not hold yet. A shard counts as committed when its `runs` file
-//! is published (it is published last). The coordinator knows Parquet only as files to
+//! the committed shards it did not hold yet. A shard counts as committed when its commit marker
+//! (`runs`, or a pair shard's `pairs`) is published (it is published last). The coordinator knows Parquet only as files to
 //! concatenate: the columns are whatever the workers wrote.
 
 use std::collections::BTreeSet;
 
 use arrow_array::{Array, RecordBatch, StringArray};
 use bytes::Bytes;
-use linesweep_storage::attempt::RESULT_TABLES;
+use linesweep_storage::attempt::{COMMIT_TABLES, ShardKind, all_tables};
 use linesweep_storage::ids::{ShardId, SweepName};
-use linesweep_storage::layout::{self, COMMIT_TABLE};
+use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -42,23 +42,33 @@ pub struct Rewritten {
 }
 
 impl Rewritten {
-    /// Shards added to the summary of the commit table (`runs`).
+    /// Shards added to the summaries of the commit markers (`runs`, `pairs`): each shard
+    /// has exactly one.
     pub fn added(&self) -> usize {
         self.tables
             .iter()
-            .find(|(t, ..)| t == COMMIT_TABLE)
-            .map_or(0, |(_, _, added)| *added)
+            .filter(|(t, ..)| COMMIT_TABLES.contains(&t.as_str()))
+            .map(|(_, _, added)| *added)
+            .sum()
     }
 }
 
 /// Rewrites the summary of every result table of `sweep` in `storage` (a summary that is
 /// already complete is left alone).
 pub fn rewrite(storage: &Storage, sweep: &SweepName) -> Result<Rewritten, SummaryError> {
-    let committed = storage.published_shards(COMMIT_TABLE, sweep)?;
+    let mut committed = std::collections::HashMap::new();
+    for marker in COMMIT_TABLES {
+        committed.insert(marker, storage.published_shards(marker, sweep)?);
+    }
     let mut out = Rewritten::default();
-    for table in RESULT_TABLES {
+    for table in all_tables() {
+        // Every table has a kind, and every kind a marker in COMMIT_TABLES.
+        let marker = ShardKind::of_table(table)
+            .unwrap_or_default()
+            .commit_table();
+        let committed = &committed[marker];
         let present = storage.published_shards(table, sweep)?;
-        let shards: BTreeSet<&ShardId> = present.intersection(&committed).collect();
+        let shards: BTreeSet<&ShardId> = present.intersection(committed).collect();
         let (total, added) = rewrite_table(storage, table, sweep, &shards)?;
         out.tables.push((table.to_owned(), total, added));
     }
@@ -161,7 +171,8 @@ mod tests {
     use arrow_array::{ArrayRef, Int64Array};
 
     use super::*;
-    use linesweep_storage::attempt::OPTIONAL_TABLES;
+    use linesweep_storage::attempt::{OPTIONAL_TABLES, RESULT_TABLES};
+    use linesweep_storage::layout::COMMIT_TABLE;
 
     fn file(shard: &str, rows: i64, extra: bool) -> Vec<u8> {
         let mut cols: Vec<(&str, ArrayRef)> = vec![
@@ -247,8 +258,15 @@ mod tests {
                 ("plane".to_owned(), 2, 1),
                 ("monotone_path".to_owned(), 2, 1),
                 ("runs".to_owned(), 3, 1),
+                ("pairs".to_owned(), 0, 0),
             ]
         );
+        // A pair shard's `pairs` file is its own commit marker.
+        let pair = ShardId::parse("e5").unwrap();
+        let key = layout::result_key("pairs", &sweep, &pair);
+        storage.put(&key, file("e5", 4, false)).unwrap();
+        assert_eq!(rewrite(&storage, &sweep).unwrap().added(), 1);
+        assert_eq!(rows(&storage, "pairs", &sweep), ["e5"; 4]);
         assert_eq!(rows(&storage, "runs", &sweep), ["a1", "b2", "c3"]);
         let traj = rows(&storage, "trajectory", &sweep);
         assert_eq!(traj.iter().filter(|s| *s == "c3").count(), 3, "{traj:?}");

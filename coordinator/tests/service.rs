@@ -76,6 +76,7 @@ fn stage_attempt(
         shard: shard.clone(),
         attempt,
         schema_version: 3,
+        kind: Default::default(),
         files: out.iter().map(|(k, v)| StagedFile::of(k, v)).collect(),
     };
     st.put(

@@ -24,6 +24,61 @@ pub const RESULT_TABLES: [&str; 6] = [
 /// The tables only a shard that asks for them stages (`[eval.plane]`, `eval.monotone_path`).
 pub const OPTIONAL_TABLES: [&str; 2] = ["plane", "monotone_path"];
 
+/// The one table a pair shard stages (the line between two shards' θ_c); its own commit
+/// marker.
+pub const PAIR_TABLES: [&str; 1] = ["pairs"];
+
+/// The commit marker of each kind of shard: a marker file at its final key means the shard
+/// is committed (it is published last). Every row of a marker names the shard, the schema
+/// version, the attempt and the canonical config.
+pub const COMMIT_TABLES: [&str; 2] = ["runs", "pairs"];
+
+/// What a shard does, which decides the tables it stages and its commit marker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardKind {
+    /// Trains a network and measures its lines ([`RESULT_TABLES`], marker `runs`).
+    #[default]
+    Run,
+    /// Evaluates the line between two committed shards' θ_c ([`PAIR_TABLES`], marker
+    /// `pairs`).
+    Pair,
+}
+
+impl ShardKind {
+    /// Every table a shard of this kind may stage, in publish order (the marker last).
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Self::Run => &RESULT_TABLES,
+            Self::Pair => &PAIR_TABLES,
+        }
+    }
+
+    /// The table whose file at its final key means committed.
+    pub fn commit_table(self) -> &'static str {
+        match self {
+            Self::Run => COMMIT_TABLES[0],
+            Self::Pair => COMMIT_TABLES[1],
+        }
+    }
+
+    /// The kind whose shards stage `table` (`None` for an unknown table).
+    pub fn of_table(table: &str) -> Option<Self> {
+        [Self::Run, Self::Pair]
+            .into_iter()
+            .find(|k| k.tables().contains(&table))
+    }
+
+    fn is_run(&self) -> bool {
+        *self == Self::Run
+    }
+}
+
+/// Every result table of every kind of shard.
+pub fn all_tables() -> impl Iterator<Item = &'static str> {
+    RESULT_TABLES.into_iter().chain(PAIR_TABLES)
+}
+
 /// One staged object.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StagedFile {
@@ -65,6 +120,9 @@ pub struct AttemptManifest {
     pub attempt: Attempt,
     /// The result-schema version the tables were written in.
     pub schema_version: i32,
+    /// What the shard did (a manifest without one is a run's).
+    #[serde(default, skip_serializing_if = "ShardKind::is_run")]
+    pub kind: ShardKind,
     /// Every staged object but checkpoints and this manifest.
     pub files: Vec<StagedFile>,
 }
@@ -85,7 +143,9 @@ impl AttemptManifest {
                 self.sweep, self.shard, self.attempt
             ));
         }
-        for table in RESULT_TABLES
+        for table in self
+            .kind
+            .tables()
             .iter()
             .filter(|t| !OPTIONAL_TABLES.contains(t))
         {
@@ -95,7 +155,9 @@ impl AttemptManifest {
             }
         }
         let own_snapshots = format!("{}/", snapshot_dir(shard));
-        let own_results: Vec<String> = RESULT_TABLES
+        let own_results: Vec<String> = self
+            .kind
+            .tables()
             .iter()
             .map(|t| result_key(t, sweep, shard))
             .collect();
@@ -114,11 +176,16 @@ impl AttemptManifest {
         Ok(())
     }
 
-    /// The listed files in publish order: the commit marker (`runs`) last.
+    /// The key of the shard's commit marker.
+    pub fn marker_key(&self) -> String {
+        result_key(self.kind.commit_table(), &self.sweep, &self.shard)
+    }
+
+    /// The listed files in publish order: the commit marker (`runs`, `pairs`) last.
     pub fn publish_order(&self) -> Vec<&StagedFile> {
-        let runs = result_key("runs", &self.sweep, &self.shard);
-        let mut files: Vec<&StagedFile> = self.files.iter().filter(|f| f.key != runs).collect();
-        files.extend(self.files.iter().filter(|f| f.key == runs));
+        let marker = self.marker_key();
+        let mut files: Vec<&StagedFile> = self.files.iter().filter(|f| f.key != marker).collect();
+        files.extend(self.files.iter().filter(|f| f.key == marker));
         files
     }
 }
@@ -153,6 +220,7 @@ mod tests {
             shard: abc(),
             attempt: at(2),
             schema_version: 3,
+            kind: ShardKind::Run,
             files,
         }
     }

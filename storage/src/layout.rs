@@ -141,7 +141,8 @@ pub fn result_sweep_prefix(table: &str, sweep: &SweepName) -> String {
     format!("{}sweep={sweep}/", result_table_prefix(table))
 }
 
-/// The `runs` file is the commit marker: it is published last.
+/// The `runs` file is a training shard's commit marker: it is published last (a pair
+/// shard's is `pairs`: `attempt::ShardKind::commit_table`).
 pub const COMMIT_TABLE: &str = "runs";
 
 #[cfg(test)]

@@ -383,6 +383,26 @@ pub struct TrainConfig {
     /// data in different orders (Frankle et al. 2020's instability analysis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_seed: Option<u64>,
+    /// Start from another shard's snapshot instead of a fresh initialisation (the children of
+    /// Frankle et al. 2020's instability analysis); the run then trains its own schedule
+    /// from step 0 with a fresh optimizer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// `train.init_from`: θ_i is the snapshot of `shard` at optimizer step `step`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitFrom {
+    /// The parent's shard id. Its snapshots are read from the results root, so the parent
+    /// must be committed there before this shard runs (typically by an earlier sweep).
+    /// (A string, not a [`ShardId`], so that a bad one is reported as a field of this
+    /// config: [`ShardConfig::check_resolved`].)
+    #[serde(default)]
+    pub shard: String,
+    /// The parent's optimizer step: 0, a multiple of its `snapshot.every`, a line start, or
+    /// its last step.
+    pub step: u64,
 }
 
 /// `[snapshot]`.
@@ -600,6 +620,7 @@ impl Default for TrainConfig {
             milestones: Vec::new(),
             gamma: 0.1,
             data_seed: None,
+            init_from: None,
         }
     }
 }
@@ -679,6 +700,7 @@ impl ShardConfig {
             .map_err(|e| format!("the config is not a shard config: {e}"))?;
         let cfg = cfg.normalized();
         cfg.validate()
+            .and_then(|()| cfg.check_resolved())
             .map_err(|v| format!("field `{}`: {}", v.field(), v.message))?;
         Ok(cfg)
     }
@@ -687,7 +709,7 @@ impl ShardConfig {
     pub fn from_toml(src: &str, file: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(src).map_err(|e| toml_error(src, file, &e))?;
         let cfg = cfg.normalized();
-        if let Err(v) = cfg.validate() {
+        if let Err(v) = cfg.validate().and_then(|()| cfg.check_resolved()) {
             let line = locate_key(src, v.section, v.key).unwrap_or(1);
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),
@@ -706,6 +728,24 @@ impl ShardConfig {
             self.model.norm = Some(self.model.arch.default_norm());
         }
         self
+    }
+
+    /// What every shard config must also satisfy, besides [`validate`](Self::validate):
+    /// `train.init_from.shard` is a shard id.
+    pub fn check_resolved(&self) -> Result<(), Violation> {
+        match &self.train.init_from {
+            Some(from) if ShardId::parse(from.shard.clone()).is_err() => Err(Violation {
+                section: "train",
+                key: "init_from",
+                message: format!(
+                    "`shard` must be the id of a shard whose snapshots are in the results \
+                     root (as `linesweep status` or the `runs` table name it), got {:?}; \
+                     selecting a parent in the same sweep by its keys is not supported yet",
+                    from.shard
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The seed of the data order and augmentation: `train.data_seed`, else `seed`.

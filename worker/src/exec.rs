@@ -14,13 +14,15 @@
 use crate::device::ComputeDevice;
 use serde::Serialize;
 
-use crate::config::{Keep, ShardConfig};
+use crate::config::{InitFrom, Keep, ShardConfig};
 use crate::engine::{
     self, Checkpoint, EngineError, Progress, Resume, SampleMeta, ShardOutcome, SnapshotSink,
 };
 use crate::results::{self, ResultsError, RunKey};
 use crate::snapshot::HostSnapshot;
-use crate::storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, StagedFile, sha256_hex};
+use crate::storage::attempt::{
+    ATTEMPT_MANIFEST, AttemptManifest, ShardKind, StagedFile, sha256_hex,
+};
 use crate::storage::ids::{Attempt, ShardId, SweepName};
 use crate::storage::layout;
 use crate::storage::{Storage, StorageError};
@@ -168,6 +170,32 @@ impl SnapshotSink for StorageSink<'_> {
 
     fn checkpoint_every(&self) -> u64 {
         self.staged.map_or(0, |(_, _, every)| every)
+    }
+
+    fn parent_snapshot(&mut self, from: &InitFrom) -> Result<HostSnapshot, EngineError> {
+        let parent = ShardId::parse(from.shard.clone())
+            .map_err(|e| EngineError::Config(format!("train.init_from.shard: {e}")))?;
+        let key = snapshot_key(&parent, from.step);
+        let missing = || {
+            EngineError::Config(format!(
+                "train.init_from: {} has no snapshot of shard {parent} at step {} ({key}): \
+                 the parent is not committed there, did not train that far, or did not keep \
+                 that step (it keeps step 0, every `snapshot.every`-th step, its line starts \
+                 and its last step; `snapshot.keep = \"lines\"` drops the others)",
+                self.storage.root(),
+                from.step
+            ))
+        };
+        if !self.storage.exists(&key).map_err(sink_err)? {
+            return Err(missing());
+        }
+        let bytes = self.storage.get(&key).map_err(sink_err)?;
+        let snap = HostSnapshot::from_safetensors(&bytes, &key)?;
+        if snap.step != from.step {
+            return Err(missing());
+        }
+        tracing::info!(%parent, step = from.step, "θ_i is the parent's snapshot");
+        Ok(snap)
     }
 
     fn direction(&mut self, name: &str, d: &HostSnapshot) -> Result<(), EngineError> {
@@ -510,6 +538,7 @@ pub fn run(
             shard: shard.clone(),
             attempt,
             schema_version: results::SCHEMA_VERSION,
+            kind: ShardKind::Run,
             files,
         };
         let key = layout::placed(staging, ATTEMPT_MANIFEST);

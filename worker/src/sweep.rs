@@ -425,7 +425,7 @@ fn shard_of(
                 e.message().trim().replace('\n', " ")
             ),
         })?;
-    if let Err(v) = config.validate() {
+    if let Err(v) = config.validate().and_then(|()| config.check_resolved()) {
         let key = format!("{}.{}", v.section, v.key);
         let in_grid = point
             .iter()
@@ -465,6 +465,10 @@ fn resolve(key: &str) -> Result<String, String> {
     every_field.train.data_seed = Some(0);
     every_field.eval.monotone_path = true;
     every_field.eval.plane = Some(crate::config::PlaneConfig::default());
+    every_field.train.init_from = Some(crate::config::InitFrom {
+        shard: String::new(),
+        step: 0,
+    });
     let catalog = serde_json::to_value(every_field).unwrap_or_default();
     let obj = catalog.as_object().cloned().unwrap_or_default();
     if let Some((section, field)) = key.split_once('.') {
@@ -660,6 +664,32 @@ epochs = 3
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a sweep name"), "{err}");
+    }
+
+    #[test]
+    fn init_from_names_a_parent_by_id_and_is_a_grid_axis() {
+        let spec = "name = \"c\"\n[grid]\ninit_from = [{ shard = \"0123456789abcdef\", step = 0 }, \
+                    { shard = \"0123456789abcdef\", step = 50 }]\ndata_seed = [1, 2]\n";
+        let p = plan(spec, "c.toml").unwrap();
+        assert_eq!(p.shards.len(), 4);
+        let steps: Vec<u64> = p
+            .shards
+            .iter()
+            .map(|s| s.config.train.init_from.as_ref().unwrap().step)
+            .collect();
+        assert_eq!(steps, [0, 0, 50, 50]);
+        let ids: std::collections::HashSet<_> = p.shards.iter().map(|s| &s.id).collect();
+        assert_eq!(ids.len(), 4, "the parent's step is part of the id");
+        // A selector is not an id: refused, naming the field and the line.
+        let spec = "name = \"c\"\n[train]\ninit_from = { shard = \"seed=0\", step = 0 }\n";
+        let err = plan(spec, "c.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("c.toml:3: field `train.init_from`") && err.contains("seed=0"),
+            "{err}"
+        );
+        let spec = "name = \"c\"\n[train]\ninit_from = { shard = \"ab\", stp = 0 }\n";
+        let err = plan(spec, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("stp"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::eval::{EvalSet, cross_entropy, evaluate, labels_tensor};
 use super::{EngineError, Phase, Progress};
-use crate::config::{OptimizerName, Schedule, ShardConfig, TrainConfig};
+use crate::config::{InitFrom, OptimizerName, Schedule, ShardConfig, TrainConfig};
 use crate::data::{Batch, TrainData};
 use crate::model::Net;
 use crate::snapshot::HostSnapshot;
@@ -53,6 +53,16 @@ pub trait SnapshotSink {
     /// to it (already stored again for this attempt), if any.
     fn resume(&mut self) -> Result<Option<Resume>, EngineError> {
         Ok(None)
+    }
+
+    /// The snapshot a run with `train.init_from` starts from: the parent shard's θ at
+    /// `from.step`, read from the results root (published snapshots, never another
+    /// attempt's staging). A sink without a results root cannot start such a run.
+    fn parent_snapshot(&mut self, from: &InitFrom) -> Result<HostSnapshot, EngineError> {
+        Err(EngineError::Config(format!(
+            "train.init_from: this run has no results root to read shard {}'s snapshots from",
+            from.shard
+        )))
     }
 
     /// Stores a direction of a plane (`name`: `plane-<kind>-<axis>`) beside the snapshots, so
@@ -366,6 +376,17 @@ pub fn train(
     let ad = device.clone().autodiff();
     let shape = train.shape();
     let mut model = new_net(&cfg.model, shape, classes, &ad, Some(cfg.seed));
+    if let Some(from) = &tc.init_from {
+        // θ_i is the parent's snapshot (weights and running statistics); the optimizer
+        // starts fresh. A resumed attempt then restores its checkpoint over it, as any run.
+        let snap = sink.parent_snapshot(from)?;
+        model = net_from_snapshot(&model, &snap).map_err(|e| {
+            EngineError::Config(format!(
+                "train.init_from: shard {}'s snapshot of step {} does not fit this model: {e}",
+                from.shard, from.step
+            ))
+        })?;
+    }
     let mut optim = optimizer(tc);
     let init = model.valid();
     let resume = sink.resume()?;

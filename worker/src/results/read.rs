@@ -176,7 +176,10 @@ pub fn read_table(
     sweep: &SweepName,
     columns: &[&str],
 ) -> Result<Vec<Row>, ReadError> {
-    let committed = storage.published_shards(layout::COMMIT_TABLE, sweep)?;
+    // A table's shards are committed when their kind's marker is published (`runs`, or a
+    // pair shard's `pairs`, which is its own marker).
+    let kind = crate::storage::attempt::ShardKind::of_table(table).unwrap_or_default();
+    let committed = storage.published_shards(kind.commit_table(), sweep)?;
     // The committed shards with a file of this table: every one for the required tables,
     // those that asked for it for an optional one (`plane`, `monotone_path`).
     let present = storage.published_shards(table, sweep)?;
