@@ -209,7 +209,9 @@ pub fn status_line(sweep: &str, st: &pb::StatusReply) -> String {
     for state in [
         StateKind::Leased,
         StateKind::Pending,
+        StateKind::Waiting,
         StateKind::Failed,
+        StateKind::Held,
         StateKind::Cancelled,
     ] {
         let n = count(st, state);
@@ -235,7 +237,11 @@ pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
     let total = total(st);
     let mut s = format!("sweep {sweep}: {total} shards");
     for state in StateKind::ALL {
-        let _ = write!(s, " · {} {}", count(st, state), state.name());
+        // Waiting and held exist only in sweeps whose shards need others.
+        let n = count(st, state);
+        if n > 0 || !matches!(state, StateKind::Waiting | StateKind::Held) {
+            let _ = write!(s, " · {n} {}", state.name());
+        }
     }
     s.push('\n');
     let _ = writeln!(
@@ -278,6 +284,9 @@ pub fn status(sweep: &str, st: &pb::StatusReply) -> String {
             "  failed  {} after {} attempts: {}",
             r.id, r.attempts, r.last_error
         );
+    }
+    for r in &st.held {
+        let _ = writeln!(s, "  held    {}: {}", r.id, r.held_by);
     }
     if !st.failed.is_empty() {
         let _ = writeln!(s, "rerun failed shards with: linesweep retry {sweep}");
@@ -324,7 +333,7 @@ pub fn status_json(
             "id": r.id, "state": state_name(r.state), "attempts": r.attempts, "failures": r.failures,
             "interruptions": r.interruptions, "last_error": r.last_error, "worker": r.worker,
             "phase": r.phase, "done": r.done, "total": r.total,
-            "committed_attempt": r.committed_attempt,
+            "committed_attempt": r.committed_attempt, "held_by": r.held_by,
         })
     };
     serde_json::json!({
@@ -341,6 +350,7 @@ pub fn status_json(
         "results": st.results,
         "running": st.running.iter().map(info).collect::<Vec<_>>(),
         "failed": st.failed.iter().map(info).collect::<Vec<_>>(),
+        "held": st.held.iter().map(info).collect::<Vec<_>>(),
         "shards": shards.iter().map(info).collect::<Vec<_>>(),
     })
 }

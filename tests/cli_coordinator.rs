@@ -126,7 +126,11 @@ fn submit_refuses_configs_a_worker_would_refuse_with_the_planners_rules() {
             let mut r = tonic::Request::new(pb::SubmitRequest {
                 protocol_version: linesweep_proto::PROTOCOL_VERSION,
                 sweep: "raw".into(),
-                shards: vec![pb::ShardSpec { id, config_json }],
+                shards: vec![pb::ShardSpec {
+                    id,
+                    config_json,
+                    ..Default::default()
+                }],
                 ..Default::default()
             });
             r.metadata_mut()

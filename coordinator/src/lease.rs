@@ -9,6 +9,19 @@
 //!    └─────────────── retry ◄── Cancelled ◄── cancel (Pending; Leased with --now)
 //! ```
 //!
+//! A shard that needs others (`ShardSpec.needs`: a child trained from a parent's snapshot, a
+//! pair line between two runs) enters at [`Shard::gate`] instead of Pending:
+//!
+//! ```text
+//!   every need committed ─► Pending
+//!   a need failed, cancelled or held ─► Held ──(the need retried)──► Waiting ─► Pending
+//!   otherwise ─► Waiting ──(the last need commits)──► Pending
+//! ```
+//!
+//! The ledger re-gates a shard's dependants whenever the shard commits, fails, is cancelled,
+//! held or retried ([`Shard::settle`]). Held shards have nothing to run until a user acts,
+//! so a sweep whose only shards left are held is finished, as one with failed shards is.
+//!
 //! `Publishing{a}` is the intent record of exactly-once publication: it is entered in its own
 //! transaction before any result is copied to its final key, it never expires and cannot be
 //! cancelled, and only attempt `a` (or the coordinator rolling forward after a restart) can
@@ -64,6 +77,11 @@ pub enum ShardState {
     Failed,
     /// Cancelled by a user.
     Cancelled,
+    /// Needs shards that are not committed yet.
+    Waiting,
+    /// Needs a shard that failed, was cancelled or is held itself: it runs only after that
+    /// shard is retried.
+    Held,
 }
 
 /// The kind of a [`ShardState`], without its data: the one home of state names (the
@@ -82,24 +100,35 @@ pub enum StateKind {
     Failed,
     /// See [`ShardState::Cancelled`].
     Cancelled,
+    /// See [`ShardState::Waiting`].
+    Waiting,
+    /// See [`ShardState::Held`].
+    Held,
 }
 
 impl StateKind {
     /// Every kind, in the order a shard moves through them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
+        Self::Waiting,
         Self::Pending,
         Self::Leased,
         Self::Publishing,
         Self::Committed,
         Self::Failed,
         Self::Cancelled,
+        Self::Held,
     ];
 
     /// Kinds of a shard that still has work ahead (a sweep is finished when none is left).
-    pub const UNFINISHED: [Self; 3] = [Self::Pending, Self::Leased, Self::Publishing];
+    pub const UNFINISHED: [Self; 4] =
+        [Self::Waiting, Self::Pending, Self::Leased, Self::Publishing];
 
-    /// Kinds of a shard that has ended (committed, failed or cancelled).
-    pub const ENDED: [Self; 3] = [Self::Committed, Self::Failed, Self::Cancelled];
+    /// Kinds of a shard with nothing ahead until a user acts (committed, failed, cancelled,
+    /// or held behind one of those).
+    pub const ENDED: [Self; 4] = [Self::Committed, Self::Failed, Self::Cancelled, Self::Held];
+
+    /// Kinds of a shard that blocks the shards that need it until it is retried.
+    pub const BLOCKING: [Self; 3] = [Self::Failed, Self::Cancelled, Self::Held];
 
     /// The name, as stored and as sent.
     pub const fn name(self) -> &'static str {
@@ -110,6 +139,8 @@ impl StateKind {
             Self::Committed => "committed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Waiting => "waiting",
+            Self::Held => "held",
         }
     }
 
@@ -138,6 +169,8 @@ impl ShardState {
             Self::Committed { .. } => StateKind::Committed,
             Self::Failed => StateKind::Failed,
             Self::Cancelled => StateKind::Cancelled,
+            Self::Waiting => StateKind::Waiting,
+            Self::Held => StateKind::Held,
         }
     }
 
@@ -209,6 +242,43 @@ pub enum Refused {
         state: StateKind,
         action: &'static str,
     },
+}
+
+/// What the shards a shard needs say about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// It needs none, or all are committed: it can run.
+    Met,
+    /// Some are still to run.
+    Unmet,
+    /// One failed, was cancelled or is held: it cannot run until that one is retried.
+    Blocked,
+}
+
+impl Needs {
+    /// From the states of the needed shards.
+    pub fn of(needed: impl IntoIterator<Item = StateKind>) -> Self {
+        let mut all_committed = true;
+        for kind in needed {
+            if StateKind::BLOCKING.contains(&kind) {
+                return Self::Blocked;
+            }
+            all_committed &= kind == StateKind::Committed;
+        }
+        if all_committed {
+            Self::Met
+        } else {
+            Self::Unmet
+        }
+    }
+
+    fn state(self) -> ShardState {
+        match self {
+            Self::Met => ShardState::Pending,
+            Self::Unmet => ShardState::Waiting,
+            Self::Blocked => ShardState::Held,
+        }
+    }
 }
 
 impl Shard {
@@ -455,7 +525,11 @@ impl Shard {
     pub fn recover(&self, attempt: Attempt) -> Option<Shard> {
         matches!(
             self.state,
-            ShardState::Pending | ShardState::Failed | ShardState::Cancelled
+            ShardState::Pending
+                | ShardState::Failed
+                | ShardState::Cancelled
+                | ShardState::Waiting
+                | ShardState::Held
         )
         .then(|| Shard {
             state: ShardState::Committed { attempt },
@@ -464,8 +538,31 @@ impl Shard {
         })
     }
 
+    /// A shard that is about to run (new, retried, or released by what it needs) in the state
+    /// its needs allow: Pending, Waiting or Held. Other states are left as they are.
+    pub fn gate(&self, needs: Needs) -> Shard {
+        match self.state {
+            ShardState::Pending | ShardState::Waiting | ShardState::Held => Shard {
+                state: needs.state(),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// A Waiting or Held shard whose needs changed: its new state, or `None` if it stays
+    /// (a Pending shard is never taken back: what it needed was committed, and commits are
+    /// final).
+    pub fn settle(&self, needs: Needs) -> Option<Shard> {
+        let next = match self.state {
+            ShardState::Waiting | ShardState::Held => self.gate(needs),
+            _ => return None,
+        };
+        (next.state != self.state).then_some(next)
+    }
+
     /// A user retry: Failed or Cancelled → Pending with a fresh budget; `None` otherwise
-    /// (committed shards are never rerun).
+    /// (committed shards are never rerun). A shard with needs is then [gated](Self::gate).
     pub fn retry(&self) -> Option<Shard> {
         matches!(self.state, ShardState::Failed | ShardState::Cancelled).then(|| Shard {
             state: ShardState::Pending,
@@ -474,11 +571,11 @@ impl Shard {
         })
     }
 
-    /// A user cancel: Pending → Cancelled, and with `running` also Leased → Cancelled (its
+    /// A user cancel: Pending, Waiting or Held → Cancelled, and with `running` also Leased → Cancelled (its
     /// next heartbeat is told to stop); `None` otherwise. Publishing shards always finish.
     pub fn cancel(&self, running: bool) -> Option<Shard> {
         let applies = match self.state {
-            ShardState::Pending => true,
+            ShardState::Pending | ShardState::Waiting | ShardState::Held => true,
             ShardState::Leased { .. } => running,
             _ => false,
         };

@@ -177,6 +177,7 @@ async fn sweep_names_that_escape_the_layout_are_invalid_arguments() {
             shards: vec![pb::ShardSpec {
                 id: "s0".into(),
                 config_json: "{}".into(),
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -196,6 +197,7 @@ async fn leases_are_fenced_and_expire() {
     let shards = (0..2).map(|i| pb::ShardSpec {
         id: format!("s{i}"),
         config_json: format!("{{\"seed\":{i}}}"),
+        ..Default::default()
     });
     let sub = pb::SubmitRequest {
         protocol_version: V,
@@ -432,6 +434,7 @@ async fn concurrent_completions_of_one_attempt_publish_exactly_once() {
         shards: vec![pb::ShardSpec {
             id: "s0".into(),
             config_json: "{}".into(),
+            ..Default::default()
         }],
         ..Default::default()
     };

@@ -20,8 +20,9 @@ pub mod pb {
 /// `attempt.json`), which the coordinator checks before publishing; workers of version 1 do
 /// not write one, so they are refused rather than failing every shard. 3: a failure says its
 /// kind (application, infrastructure, deterministic), workers report being unhealthy, and
-/// shard states are the `ShardState` enum instead of names.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// shard states are the `ShardState` enum instead of names. 4: shards can need other shards
+/// (`ShardSpec.needs`), with the states waiting and held.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub use linesweep_storage::ids::LeaseToken;
 

@@ -200,6 +200,7 @@ pub(crate) async fn submit_plan(
                 .map(|s| pb::ShardSpec {
                     id: s.id.to_string(),
                     config_json: s.config.canonical_json(),
+                    needs: s.needs.iter().map(ToString::to_string).collect(),
                 })
                 .collect(),
             results: results.to_owned(),

@@ -387,7 +387,8 @@ fn done_count(st: &pb::StatusReply) -> u64 {
 fn group_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<GroupRow>> {
     let mut groups: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for shard in &plan.shards {
+    // Pair shards have no `runs` row: their lines are in the `pairs` table.
+    for shard in plan.shards.iter().filter(|s| s.config.pair.is_none()) {
         let group = shard
             .point
             .iter()

@@ -300,6 +300,9 @@ pub struct ShardConfig {
     pub snapshot: SnapshotConfig,
     /// The line and the trajectory evaluation.
     pub eval: EvalConfig,
+    /// A pair shard's two shards; `None` for a shard that trains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairOf>,
 }
 
 /// `[data]`.
@@ -403,6 +406,18 @@ pub struct InitFrom {
     /// The parent's optimizer step: 0, a multiple of its `snapshot.every`, a line start, or
     /// its last step.
     pub step: u64,
+}
+
+/// `pair` (planned from a spec's `[[pairs]]`, never written by hand): the shard trains
+/// nothing and evaluates the line between the final weights of two committed shards of its
+/// sweep, `a` at α = 0 and `b` at α = 1, with this config's `[eval]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairOf {
+    /// The shard at α = 0.
+    pub a: ShardId,
+    /// The shard at α = 1.
+    pub b: ShardId,
 }
 
 /// `[snapshot]`.
@@ -746,6 +761,49 @@ impl ShardConfig {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The shards that must be committed before this one runs: the parent it starts from,
+    /// or the two ends of its pair line.
+    pub fn needs(&self) -> Vec<ShardId> {
+        let parent = self.train.init_from.as_ref();
+        let parent = parent.and_then(|f| ShardId::parse(f.shard.clone()).ok());
+        let pair = self.pair.iter().flat_map(|p| [p.a.clone(), p.b.clone()]);
+        parent.into_iter().chain(pair).collect()
+    }
+
+    /// Whether a shard of this config keeps a snapshot at optimizer step `step` that another
+    /// shard can start from (`train.init_from`): θ_i, θ_c, its line starts, and with
+    /// `snapshot.keep = "all"` every multiple of `snapshot.every`. `Err` says what it keeps.
+    /// Steps are checked against the training length where it is known before training.
+    pub fn keeps_snapshot(&self, step: u64) -> Result<(), String> {
+        let Some((per_epoch, total)) = self.steps_at_most() else {
+            return Ok(());
+        };
+        let starts: Vec<u64> = self
+            .start_points()
+            .into_iter()
+            .map(|(_, p)| p.step(per_epoch))
+            .collect();
+        let every = self.snapshot.every as u64;
+        let on_grid = self.snapshot.keep == Keep::All && every > 0 && step.is_multiple_of(every);
+        if step > total {
+            return Err(format!(
+                "step {step} is beyond the parent's training, which ends at step {total}"
+            ));
+        }
+        if step == 0 || step == total || on_grid || starts.contains(&step) {
+            return Ok(());
+        }
+        let grid = if self.snapshot.keep == Keep::All && every > 0 {
+            format!(", every multiple of {every}")
+        } else {
+            String::new()
+        };
+        Err(format!(
+            "the parent keeps no snapshot at step {step}: it keeps steps 0 and {total}{grid}, \
+             and its line starts {starts:?}"
+        ))
     }
 
     /// The seed of the data order and augmentation: `train.data_seed`, else `seed`.

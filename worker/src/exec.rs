@@ -424,9 +424,14 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<ExecReport, ExecError> {
     let shard = cfg.shard_id();
+    let kind = if cfg.pair.is_some() {
+        ShardKind::Pair
+    } else {
+        ShardKind::Run
+    };
     let (staging, attempt) = match placement {
         Placement::Direct => {
-            let runs_key = result_key(layout::COMMIT_TABLE, sweep, &shard);
+            let runs_key = result_key(kind.commit_table(), sweep, &shard);
             if storage.exists(&runs_key)? {
                 return Err(ExecError::AlreadyDone {
                     shard: shard.to_string(),
@@ -443,6 +448,16 @@ pub fn run(
     };
     let staging = staging.as_deref();
     tracing::info!(%shard, %sweep, root = storage.root(), attempt, "running shard");
+    if kind == ShardKind::Pair {
+        let at = Target {
+            storage,
+            sweep,
+            shard: &shard,
+            staging,
+            placement,
+        };
+        return run_pair(cfg, device, &at, progress);
+    }
 
     let staged = matches!(placement, Placement::Staged { .. });
     let mut files = Vec::new();
@@ -531,26 +546,140 @@ pub fn run(
         }
         written.push(layout::placed(staging, &rel));
     }
-    if let Placement::Staged { attempt } = placement {
-        // Written last: the coordinator publishes what it lists, after checking it.
-        let manifest = AttemptManifest {
-            sweep: sweep.clone(),
-            shard: shard.clone(),
-            attempt,
-            schema_version: results::SCHEMA_VERSION,
-            kind: ShardKind::Run,
-            files,
-        };
-        let key = layout::placed(staging, ATTEMPT_MANIFEST);
-        storage.put(
-            &key,
-            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-        )?;
-        written.push(key);
-    }
+    let at = Target {
+        storage,
+        sweep,
+        shard: &shard,
+        staging,
+        placement,
+    };
+    written.extend(at.attempt_manifest(ShardKind::Run, files)?);
     Ok(ExecReport {
         shard,
         outcome,
         written,
     })
+}
+
+/// Where one shard's output goes.
+struct Target<'a> {
+    storage: &'a Storage,
+    sweep: &'a SweepName,
+    shard: &'a ShardId,
+    staging: Option<&'a str>,
+    placement: Placement,
+}
+
+impl Target<'_> {
+    /// The attempt number rows carry (0 for `linesweep exec`).
+    fn placement_attempt(&self) -> u32 {
+        match self.placement {
+            Placement::Direct => 0,
+            Placement::Staged { attempt } => attempt.get(),
+        }
+    }
+
+    /// Under a lease, the attempt manifest listing `files`, written last: the coordinator
+    /// publishes what it lists, after checking it. Returns its key.
+    fn attempt_manifest(
+        &self,
+        kind: ShardKind,
+        files: Vec<StagedFile>,
+    ) -> Result<Option<String>, ExecError> {
+        let Placement::Staged { attempt } = self.placement else {
+            return Ok(None);
+        };
+        let manifest = AttemptManifest {
+            sweep: self.sweep.clone(),
+            shard: self.shard.clone(),
+            attempt,
+            schema_version: results::SCHEMA_VERSION,
+            kind,
+            files,
+        };
+        let key = layout::placed(self.staging, ATTEMPT_MANIFEST);
+        self.storage.put(
+            &key,
+            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        )?;
+        Ok(Some(key))
+    }
+}
+
+/// A pair shard: the line between the final weights of its two committed shards, read from
+/// the results root, written as its `pairs` table (its commit marker; nothing else).
+fn run_pair(
+    cfg: &ShardConfig,
+    device: &ComputeDevice,
+    at: &Target<'_>,
+    progress: &dyn Progress,
+) -> Result<ExecReport, ExecError> {
+    let pair = cfg.pair.as_ref().expect("a pair shard");
+    let ends = [
+        final_snapshot(at.storage, &pair.a)?,
+        final_snapshot(at.storage, &pair.b)?,
+    ];
+    let outcome = engine::pair::run_pair(cfg, device, [&ends[0], &ends[1]], progress)?;
+    let key = RunKey {
+        shard: at.shard.as_str(),
+        attempt: at.placement_attempt(),
+    };
+    let rel = result_key("pairs", at.sweep, at.shard);
+    let bytes = results::to_parquet("pairs", &results::pairs_batch(&key, cfg, &outcome)?)?;
+    let mut files = Vec::new();
+    match at.placement {
+        Placement::Direct => at.storage.put_create(&rel, bytes)?,
+        Placement::Staged { .. } => {
+            files.push(StagedFile::of(&rel, &bytes));
+            at.storage.put(&layout::placed(at.staging, &rel), bytes)?;
+        }
+    }
+    let mut written = vec![layout::placed(at.staging, &rel)];
+    written.extend(at.attempt_manifest(ShardKind::Pair, files)?);
+    Ok(ExecReport {
+        shard: at.shard.clone(),
+        outcome,
+        written,
+    })
+}
+
+/// The final weights (θ_c) of a committed shard: the snapshot its manifest marks final.
+fn final_snapshot(storage: &Storage, shard: &ShardId) -> Result<HostSnapshot, ExecError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        step: u64,
+        kind: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        snapshots: Vec<Entry>,
+    }
+    let key = layout::snapshot_manifest_key(shard);
+    let bad = |why: String| {
+        ExecError::Engine(EngineError::Config(format!(
+            "pair: shard {shard} in {}: {why}",
+            storage.root()
+        )))
+    };
+    if !storage.exists(&key)? {
+        return Err(bad(format!(
+            "no snapshot manifest ({key}): the shard is not committed there"
+        )));
+    }
+    let listed: Listed = serde_json::from_slice(&storage.get(&key)?)
+        .map_err(|e| bad(format!("{key} does not read: {e}")))?;
+    let step = listed
+        .snapshots
+        .iter()
+        .find(|e| e.kind == "final")
+        .map(|e| e.step)
+        .ok_or_else(|| {
+            bad(format!(
+                "{key} lists no final snapshot (did the run diverge?)"
+            ))
+        })?;
+    let snap_key = snapshot_key(shard, step);
+    let snap = HostSnapshot::from_safetensors(&storage.get(&snap_key)?, &snap_key)
+        .map_err(EngineError::from)?;
+    Ok(snap)
 }

@@ -12,6 +12,7 @@
 //! writer commits: [`LedgerReader`] (`read.rs`) answers status and listings from it.
 
 mod configs;
+mod deps;
 mod read;
 
 pub use read::{LedgerReader, Reads, STATUS_LIST_LIMIT};
@@ -52,6 +53,17 @@ pub enum LedgerError {
         old: String,
         new: String,
     },
+    /// A submitted shard needs a shard the sweep does not have (parents are submitted
+    /// before their children, or in the same message).
+    #[error("shard {shard} of sweep {sweep} needs {need}, which the sweep does not have")]
+    UnknownNeed {
+        sweep: String,
+        shard: String,
+        need: String,
+    },
+    /// Submitted shards need each other in a cycle; nothing was submitted.
+    #[error("shards need each other in a cycle (among {})", shards.join(", "))]
+    Cycle { shards: Vec<String> },
     /// Another process holds the state file.
     #[error("{path} is in use by another coordinator")]
     Locked { path: String },
@@ -98,6 +110,17 @@ pub enum SubmitMode {
     Continuation,
 }
 
+/// A shard as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewShard {
+    /// Shard id.
+    pub id: String,
+    /// Canonical config JSON.
+    pub config_json: String,
+    /// Shards of the same sweep that must be committed before it runs.
+    pub needs: Vec<String>,
+}
+
 /// One shard as listed for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardRow {
@@ -118,6 +141,8 @@ pub struct SweepStatus {
     pub interruptions: u64,
     /// Failed shards.
     pub failed: Vec<ShardRow>,
+    /// Held shards, each with why ([`deps`]: the needs that block it).
+    pub held: Vec<(ShardRow, String)>,
     /// Leased and publishing shards.
     pub running: Vec<ShardRow>,
     /// Number of commits, and the times of the first and last.
@@ -190,6 +215,14 @@ create table if not exists sweep_commits (
     first_ms integer not null,
     last_ms integer not null
 );
+-- `child` runs only after `parent` is committed (deps.rs)
+create table if not exists deps (
+    sweep text not null,
+    child text not null,
+    parent text not null,
+    primary key (sweep, child, parent)
+);
+create index if not exists deps_by_parent on deps(sweep, parent);
 create table if not exists events (
     seq integer primary key autoincrement,
     at_ms integer not null,
@@ -369,18 +402,28 @@ impl Ledger {
         let mode = SubmitMode::Start {
             allow_changed: false,
         };
-        self.submit_sweep(sweep, &SweepMeta::default(), mode, shards, now)
+        let shards: Vec<NewShard> = shards
+            .iter()
+            .map(|(id, config_json)| NewShard {
+                id: id.clone(),
+                config_json: config_json.clone(),
+                needs: Vec::new(),
+            })
+            .collect();
+        self.submit_sweep(sweep, &SweepMeta::default(), mode, &shards, now)
     }
 
     /// Adds a sweep's shards; shards already present are left untouched (resubmitting the same
     /// spec creates nothing; adding seeds adds only the new shards). A sweep whose shared
-    /// settings changed is refused ([`LedgerError::Changed`]) unless `allow_changed`.
+    /// settings changed is refused ([`LedgerError::Changed`]) unless `allow_changed`. New
+    /// shards with needs start Waiting, Pending or Held as those needs say; a need the sweep
+    /// does not have, or a cycle, refuses the whole message.
     pub fn submit_sweep(
         &mut self,
         sweep: &str,
         meta: &SweepMeta,
         mode: SubmitMode,
-        shards: &[(String, String)],
+        shards: &[NewShard],
         now: Millis,
     ) -> Result<Submitted, LedgerError> {
         let tx = self.conn.savepoint()?;
@@ -426,17 +469,23 @@ impl Ledger {
             (Some(_), _) => {}
         }
         let mut added = 0;
-        if let Some((_, first)) = shards.first() {
-            let mut packer = configs::Packer::of(&tx, sweep, first)?;
+        let mut needing: Vec<(&str, &[String])> = Vec::new();
+        if let Some(first) = shards.first() {
+            let mut packer = configs::Packer::of(&tx, sweep, &first.config_json)?;
             let mut insert = tx.prepare(
                 "insert or ignore into shards(sweep, id, config_json, config_z, state) values (?1, ?2, '', ?3, ?4)",
             )?;
             let pending = StateKind::Pending.name();
-            for (id, config) in shards {
-                added +=
-                    insert.execute(params![sweep, id, packer.pack(sweep, config)?, pending])?;
+            for s in shards {
+                let packed = packer.pack(sweep, &s.config_json)?;
+                let new = insert.execute(params![sweep, s.id, packed, pending])?;
+                if new == 1 && !s.needs.is_empty() {
+                    needing.push((&s.id, &s.needs));
+                }
+                added += new;
             }
         }
+        deps::record(&tx, &self.path, sweep, &needing, now)?;
         tx.commit()?;
         Ok(Submitted {
             added,
@@ -495,6 +544,7 @@ impl Ledger {
                 }
                 if recovered {
                     event(&tx, now, sweep, &f.id, f.attempt.get(), "recovered", None)?;
+                    deps::settle(&tx, &self.path, sweep, &f.id, now)?;
                     changed += 1;
                 }
             }
@@ -553,6 +603,9 @@ impl Ledger {
         store(&tx, sweep, shard, &next)?;
         if let Some((kind, detail)) = logged {
             event(&tx, now, sweep, shard, attempt.get(), kind, detail)?;
+        }
+        if deps::matters(current.state.kind(), next.state.kind()) {
+            deps::settle(&tx, &self.path, sweep, shard, now)?;
         }
         tx.commit()?;
         Ok(next)
@@ -823,19 +876,7 @@ impl Ledger {
         };
         let mut changed = 0;
         for (_, row) in &rows {
-            if let Some(next) = op.apply(&row.shard) {
-                store(&tx, sweep, &row.id, &next)?;
-                event(
-                    &tx,
-                    now,
-                    sweep,
-                    &row.id,
-                    row.shard.attempts,
-                    op.event(),
-                    None,
-                )?;
-                changed += 1;
-            }
+            changed += usize::from(bulk_one(&tx, &self.path, sweep, &row.id, op, now)?);
         }
         tx.commit()?;
         let next = (rows.len() == limit).then(|| rows.last().map_or(after, |(r, _)| *r));
@@ -853,12 +894,7 @@ impl Ledger {
         require_sweep(&tx, sweep)?;
         let mut changed = 0;
         for id in only {
-            let current = load(&tx, &self.path, sweep, id)?;
-            if let Some(next) = op.apply(&current) {
-                store(&tx, sweep, id, &next)?;
-                event(&tx, now, sweep, id, current.attempts, op.event(), None)?;
-                changed += 1;
-            }
+            changed += usize::from(bulk_one(&tx, &self.path, sweep, id, op, now)?);
         }
         tx.commit()?;
         Ok(changed)
@@ -940,8 +976,15 @@ impl Bulk {
     fn states(self) -> &'static [StateKind] {
         match self {
             Self::Retry => &[StateKind::Failed, StateKind::Cancelled],
-            Self::Cancel { running: false } => &[StateKind::Pending],
-            Self::Cancel { running: true } => &[StateKind::Pending, StateKind::Leased],
+            Self::Cancel { running: false } => {
+                &[StateKind::Pending, StateKind::Waiting, StateKind::Held]
+            }
+            Self::Cancel { running: true } => &[
+                StateKind::Pending,
+                StateKind::Waiting,
+                StateKind::Held,
+                StateKind::Leased,
+            ],
         }
     }
 
@@ -972,6 +1015,32 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
         conn.execute_batch("alter table shards add column config_z blob")?;
     }
     Ok(())
+}
+
+/// `op` on one shard, read again (an earlier shard of the same chunk may have settled
+/// it); a retried shard is gated by its needs, and its dependants are settled. Returns
+/// whether it changed.
+fn bulk_one(
+    tx: &Connection,
+    path: &str,
+    sweep: &str,
+    id: &str,
+    op: Bulk,
+    now: Millis,
+) -> Result<bool, LedgerError> {
+    let current = load(tx, path, sweep, id)?;
+    let Some(mut next) = op.apply(&current) else {
+        return Ok(false);
+    };
+    if op == Bulk::Retry {
+        next = next.gate(deps::needs_of(tx, sweep, id)?);
+    }
+    store(tx, sweep, id, &next)?;
+    event(tx, now, sweep, id, current.attempts, op.event(), None)?;
+    if deps::matters(current.state.kind(), next.state.kind()) {
+        deps::settle(tx, path, sweep, id, now)?;
+    }
+    Ok(true)
 }
 
 fn require_sweep(conn: &Connection, sweep: &str) -> Result<(), LedgerError> {
@@ -1057,6 +1126,17 @@ mod tests {
         ttl_ms: 1_000,
         max_failures: 2,
     };
+
+    fn specs(n: usize) -> Vec<NewShard> {
+        shards(n)
+            .into_iter()
+            .map(|(id, config_json)| NewShard {
+                id,
+                config_json,
+                needs: Vec::new(),
+            })
+            .collect()
+    }
 
     fn shards(n: usize) -> Vec<(String, String)> {
         (0..n)
@@ -1214,10 +1294,10 @@ mod tests {
         let start = SubmitMode::Start {
             allow_changed: false,
         };
-        l.submit_sweep("sw", &meta("{\"a\":1}"), start, &shards(2), 0)
+        l.submit_sweep("sw", &meta("{\"a\":1}"), start, &specs(2), 0)
             .unwrap();
         let err = l
-            .submit_sweep("sw", &meta("{\"a\":2}"), start, &shards(3), 1)
+            .submit_sweep("sw", &meta("{\"a\":2}"), start, &specs(3), 1)
             .unwrap_err();
         assert!(matches!(err, LedgerError::Changed { .. }), "{err}");
         assert_eq!(l.shards("sw").unwrap().len(), 2, "a refusal adds nothing");
@@ -1225,7 +1305,7 @@ mod tests {
             allow_changed: true,
         };
         let r = l
-            .submit_sweep("sw", &meta("{\"a\":2}"), allowed, &shards(3), 2)
+            .submit_sweep("sw", &meta("{\"a\":2}"), allowed, &specs(3), 2)
             .unwrap();
         assert_eq!(r.added, 1);
         let moved = SweepMeta {
@@ -1233,11 +1313,11 @@ mod tests {
             ..meta("{\"a\":2}")
         };
         assert!(matches!(
-            l.submit_sweep("sw", &moved, start, &shards(3), 3),
+            l.submit_sweep("sw", &moved, start, &specs(3), 3),
             Err(LedgerError::ResultsMoved { .. })
         ));
         assert!(matches!(
-            l.submit_sweep("nope", &meta("{}"), SubmitMode::Continuation, &shards(1), 4),
+            l.submit_sweep("nope", &meta("{}"), SubmitMode::Continuation, &specs(1), 4),
             Err(LedgerError::UnknownSweep(_))
         ));
     }

@@ -14,7 +14,7 @@ use super::{LedgerError, ShardRow, SweepStatus};
 use crate::lease::{Attempt, Millis, Shard, ShardState, StateKind};
 use linesweep_storage::ids::{IdError, LeaseToken, ShardId, SweepName};
 
-/// At most this many failed shards are listed by [`Reads::status`] (the counts are exact): a
+/// At most this many failed (and this many held) shards are listed by [`Reads::status`] (the counts are exact): a
 /// sweep of a million failed shards must not become a reply of a million rows.
 pub const STATUS_LIST_LIMIT: usize = 100;
 
@@ -95,6 +95,8 @@ pub(super) fn decode_offset(
         (Some(StateKind::Committed), _, _, Some(attempt), _) => ShardState::Committed { attempt },
         (Some(StateKind::Failed), ..) => ShardState::Failed,
         (Some(StateKind::Cancelled), ..) => ShardState::Cancelled,
+        (Some(StateKind::Waiting), ..) => ShardState::Waiting,
+        (Some(StateKind::Held), ..) => ShardState::Held,
         _ => {
             return Err(LedgerError::Corrupt {
                 path: path.into(),
@@ -255,6 +257,14 @@ impl Reads<'_> {
             failures: failures as u64,
             interruptions: interruptions as u64,
             failed: self.rows(sweep, &[StateKind::Failed], STATUS_LIST_LIMIT)?,
+            held: self
+                .rows(sweep, &[StateKind::Held], STATUS_LIST_LIMIT)?
+                .into_iter()
+                .map(|r| {
+                    let why = super::deps::held_reason(self.conn, sweep, &r.id)?;
+                    Ok((r, why))
+                })
+                .collect::<Result<_, LedgerError>>()?,
             running: self.rows(
                 sweep,
                 &[StateKind::Leased, StateKind::Publishing],

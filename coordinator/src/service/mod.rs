@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::lease::{Attempt, Failure, Millis, Publish, Shard, ShardState};
 use crate::ledger::{
-    BULK_CHUNK, Bulk, Ledger, LedgerError, LedgerReader, Reads, ShardRow, SubmitMode, SweepMeta,
-    SweepStatus,
+    BULK_CHUNK, Bulk, Ledger, LedgerError, LedgerReader, NewShard, Reads, ShardRow, SubmitMode,
+    SweepMeta, SweepStatus,
 };
 use crate::publish::{self, PublishError};
 use linesweep_storage::attempt::AttemptManifest;

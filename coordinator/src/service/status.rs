@@ -47,6 +47,14 @@ impl Coordinator {
             failures: st.failures,
             interruptions: st.interruptions,
             failed: st.failed.iter().map(info).collect(),
+            held: st
+                .held
+                .iter()
+                .map(|(r, why)| pb::ShardInfo {
+                    held_by: why.clone(),
+                    ..info(r)
+                })
+                .collect(),
             running: st.running.iter().map(info).collect(),
             commits_per_minute: per_minute,
             eta_s,
@@ -105,6 +113,8 @@ pub fn wire_state(kind: StateKind) -> pb::ShardState {
         StateKind::Committed => pb::ShardState::Committed,
         StateKind::Failed => pb::ShardState::Failed,
         StateKind::Cancelled => pb::ShardState::Cancelled,
+        StateKind::Waiting => pb::ShardState::Waiting,
+        StateKind::Held => pb::ShardState::Held,
     }
 }
 

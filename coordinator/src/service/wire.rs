@@ -59,6 +59,9 @@ pub(super) fn status(e: LedgerError) -> Status {
             diff(&old, &new)
         )),
         LedgerError::ResultsMoved { .. } => Status::failed_precondition(e.to_string()),
+        LedgerError::UnknownNeed { .. } | LedgerError::Cycle { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         LedgerError::Refused(_) => Status::aborted(e.to_string()),
         LedgerError::Locked { .. } => Status::unavailable(e.to_string()),
         LedgerError::Corrupt { .. } | LedgerError::Sqlite(_) => Status::internal(e.to_string()),
@@ -300,7 +303,9 @@ impl pb::control_service_server::ControlService for Coordinator {
         }
         let sweep = sweep_name(&req.sweep)?;
         for s in &req.shards {
-            ShardId::parse(s.id.as_str()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            for id in std::iter::once(&s.id).chain(&s.needs) {
+                ShardId::parse(id.as_str()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            }
         }
         self.check_shards(&req.shards).await?;
         let results = if req.results.is_empty() {
@@ -333,10 +338,14 @@ impl pb::control_service_server::ControlService for Coordinator {
                 allow_changed: req.allow_changed,
             }
         };
-        let shards: Vec<(String, String)> = req
+        let shards: Vec<NewShard> = req
             .shards
             .into_iter()
-            .map(|s| (s.id, s.config_json))
+            .map(|s| NewShard {
+                id: s.id,
+                config_json: s.config_json,
+                needs: s.needs,
+            })
             .collect();
         let r = self
             .with_ledger(|l, now| l.submit_sweep(sweep.as_str(), &meta, mode, &shards, now))

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod kernels;
 pub mod line;
 pub mod monotone_path;
+pub mod pair;
 pub mod parity;
 pub mod plane;
 pub mod train;
@@ -230,14 +231,7 @@ pub fn run_shard(
         .alpha_grid()
         .map_err(|e| EngineError::Config(e.to_string()))?;
     // Refused before any data is read.
-    let precision = cfg.train.precision;
-    if !crate::model::precision::supported(device, precision) {
-        return Err(EngineError::Config(format!(
-            "train.precision = \"{}\": the device {} cannot compute in it; use \"f32\"",
-            precision.as_str(),
-            target.name
-        )));
-    }
+    supported_precision(cfg, target)?;
 
     let t = Instant::now();
     let data = data::load(&cfg.data, cfg.eval.max_examples)?;
@@ -321,6 +315,34 @@ pub fn run_shard(
     })
 }
 
+/// Refuses a precision the device cannot compute in.
+fn supported_precision(cfg: &ShardConfig, target: &ComputeDevice) -> Result<(), EngineError> {
+    let precision = cfg.train.precision;
+    if crate::model::precision::supported(&target.device, precision) {
+        return Ok(());
+    }
+    Err(EngineError::Config(format!(
+        "train.precision = \"{}\": the device {} cannot compute in it; use \"f32\"",
+        precision.as_str(),
+        target.name
+    )))
+}
+
+/// The fixed set of training examples `recompute` re-estimates batch-norm statistics from,
+/// in batches of the training batch size; `None` unless a mode recomputes.
+fn recompute_set(
+    cfg: &ShardConfig,
+    modes: &[Option<config::BnMode>],
+    eval_train: &data::Split,
+    device: &burn::prelude::Device,
+) -> Option<eval::EvalSet> {
+    modes.contains(&Some(config::BnMode::Recompute)).then(|| {
+        let n = (cfg.eval.bn_batches * cfg.train.batch_size).min(eval_train.len());
+        let idx: Vec<usize> = (0..n).collect();
+        eval::EvalSet::new(&eval_train.select(&idx), cfg.train.batch_size, device)
+    })
+}
+
 /// What a shard evaluates after training, and on what.
 struct Evaluation<'a> {
     cfg: &'a ShardConfig,
@@ -358,14 +380,7 @@ fn measure(
     } else {
         vec![None]
     };
-    // `recompute` re-estimates the statistics from a fixed set of training examples, in
-    // batches of the training batch size.
-    let device = ev.device;
-    let recompute_set = modes.contains(&Some(config::BnMode::Recompute)).then(|| {
-        let n = (cfg.eval.bn_batches * cfg.train.batch_size).min(ev.eval_train.len());
-        let idx: Vec<usize> = (0..n).collect();
-        eval::EvalSet::new(&ev.eval_train.select(&idx), cfg.train.batch_size, device)
-    });
+    let recompute_set = recompute_set(cfg, &modes, ev.eval_train, ev.device);
     let plane_points = cfg
         .eval
         .plane

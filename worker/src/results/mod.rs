@@ -22,7 +22,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::config::ShardConfig;
-use crate::engine::{LineSummary, PathRow, SPLITS, ShardOutcome};
+use crate::engine::{LinePoint, LineSummary, PathRow, SPLITS, ShardOutcome};
 
 /// Version of the result schemas; bump when a column is added.
 pub const SCHEMA_VERSION: i32 = 4;
@@ -314,6 +314,80 @@ pub fn lines_batch(key: &RunKey<'_>, out: &ShardOutcome) -> Result<RecordBatch, 
         ),
     ];
     batch("lines", schema::lines(), cols)
+}
+
+/// The `pairs` batch of a pair shard: one row per (batch-norm mode, α, split) of its line,
+/// each with the barriers of its (batch-norm mode, split) line.
+pub fn pairs_batch(
+    key: &RunKey<'_>,
+    cfg: &ShardConfig,
+    out: &ShardOutcome,
+) -> Result<RecordBatch, ResultsError> {
+    let err = |message: String| ResultsError {
+        table: "pairs",
+        message,
+    };
+    let pair = cfg
+        .pair
+        .as_ref()
+        .ok_or_else(|| err("the shard is not a pair shard".into()))?;
+    let rows = &out.line;
+    let n = rows.len();
+    let summary = |p: &LinePoint| {
+        out.lines
+            .iter()
+            .find(|l| l.bn_mode == p.bn_mode && l.split == p.split)
+    };
+    let barrier =
+        |g: fn(&LineSummary) -> Option<f64>| opt_f64s(rows.iter().map(|p| summary(p).and_then(g)));
+    let config = cfg.canonical_json();
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("schema_version", versions(n)),
+        ("shard", strs(std::iter::repeat_n(key.shard, n))),
+        ("a", strs(std::iter::repeat_n(pair.a.as_str(), n))),
+        ("b", strs(std::iter::repeat_n(pair.b.as_str(), n))),
+        ("bn_mode", bn_modes(rows.iter().map(|r| r.bn_mode))),
+        ("split", strs(rows.iter().map(|r| SPLITS[r.split]))),
+        ("alpha", f64s(rows.iter().map(|r| r.alpha))),
+        (
+            "loss",
+            opt_f64s(rows.iter().map(|r| r.value.map(|v| v.loss))),
+        ),
+        (
+            "accuracy",
+            opt_f64s(rows.iter().map(|r| r.value.map(|v| v.accuracy))),
+        ),
+        (
+            "invalid_reason",
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.invalid_reason)
+                    .collect::<StringArray>(),
+            ),
+        ),
+        (
+            "loss_barrier",
+            barrier(|l| l.loss_barrier.map(|b| b.height)),
+        ),
+        (
+            "loss_barrier_alpha",
+            barrier(|l| l.loss_barrier.map(|b| b.alpha)),
+        ),
+        (
+            "error_barrier",
+            barrier(|l| l.error_barrier.map(|b| b.height)),
+        ),
+        (
+            "error_barrier_alpha",
+            barrier(|l| l.error_barrier.map(|b| b.alpha)),
+        ),
+        (
+            "attempt",
+            u64s(std::iter::repeat_n(u64::from(key.attempt), n)),
+        ),
+        ("config_json", strs(std::iter::repeat_n(config.as_str(), n))),
+    ];
+    batch("pairs", schema::pairs(), cols)
 }
 
 /// The `plane` batch of a shard: one row per point and split.

@@ -208,6 +208,28 @@ static MONOTONE_PATH: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static PAIRS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    use DataType::{Float64 as F, Int32 as I32, UInt64 as U, Utf8 as S};
+    Arc::new(Schema::new(vec![
+        f("schema_version", I32, false),
+        f("shard", S, false),
+        f("a", S, false),
+        f("b", S, false),
+        f("bn_mode", S, true),
+        f("split", S, false),
+        f("alpha", F, false),
+        f("loss", F, true),
+        f("accuracy", F, true),
+        f("invalid_reason", S, true),
+        f("loss_barrier", F, true),
+        f("loss_barrier_alpha", F, true),
+        f("error_barrier", F, true),
+        f("error_barrier_alpha", F, true),
+        f("attempt", U, false),
+        f("config_json", S, false),
+    ]))
+});
+
 /// One row per shard: its config, its metrics and its timings.
 pub fn runs() -> SchemaRef {
     RUNS.clone()
@@ -238,8 +260,14 @@ pub fn monotone_path() -> SchemaRef {
     MONOTONE_PATH.clone()
 }
 
+/// One row per (batch-norm mode, α, split) of a pair shard's line, with that line's
+/// barriers; the table is the pair shard's commit marker.
+pub fn pairs() -> SchemaRef {
+    PAIRS.clone()
+}
+
 /// Every table by name, in documentation order.
-pub fn all() -> [(&'static str, SchemaRef); 6] {
+pub fn all() -> [(&'static str, SchemaRef); 7] {
     [
         ("runs", runs()),
         ("interpolation", interpolation()),
@@ -247,6 +275,7 @@ pub fn all() -> [(&'static str, SchemaRef); 6] {
         ("lines", lines()),
         ("plane", plane()),
         ("monotone_path", monotone_path()),
+        ("pairs", pairs()),
     ]
 }
 

@@ -27,6 +27,8 @@
 //! [`ShardConfig::shard_id`], so the same spec always plans the same shards and adding seeds
 //! adds only the new ones. Errors name the file, the line and the key.
 
+mod links;
+
 use std::path::Path;
 
 use serde::Deserialize;
@@ -34,11 +36,12 @@ use serde::Deserialize;
 use crate::config::{ConfigError, ShardConfig, locate_key, toml_error};
 
 /// Top-level keys that belong to the sweep, not to its shards.
-const SWEEP_KEYS: [&str; 6] = [
+const SWEEP_KEYS: [&str; 7] = [
     "name",
     "grid",
     "include",
     "exclude",
+    "pairs",
     "storage",
     "max_shards",
 ];
@@ -56,6 +59,9 @@ pub struct PlannedShard {
     pub config: ShardConfig,
     /// The grid (or include) values that made this shard, as `(path, value)` for display.
     pub point: Vec<(String, String)>,
+    /// Shards of the same sweep that must be committed before it runs (its parent, or the
+    /// two ends of its pair line); the coordinator gates it on them.
+    pub needs: Vec<ShardId>,
 }
 
 /// A parsed and expanded sweep spec.
@@ -65,8 +71,8 @@ pub struct SweepPlan {
     pub name: SweepName,
     /// `[storage] results`, if given.
     pub results: Option<String>,
-    /// Shards in grid order (the first grid key in the file varies slowest), then includes;
-    /// no duplicates.
+    /// Shards in grid order (the first grid key in the file varies slowest), then includes,
+    /// then pair shards; a shard that needs another comes after it; no duplicates.
     pub shards: Vec<PlannedShard>,
     /// The shared settings (everything outside `[grid]`, `[[include]]`, `[[exclude]]`) as a
     /// canonical JSON object of dotted keys: the coordinator refuses a resubmission that
@@ -162,6 +168,16 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
             "the sweep has no shards: every grid point is excluded".into(),
         ));
     }
+    let located = |field: &str, message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: first_line_naming(src, field.rsplit('.').next().unwrap_or(field)),
+        field: field.to_owned(),
+        message,
+    };
+    links::resolve_parents(&mut shards, &located)?;
+    let pairs = links::plan_pairs(&shards, &spec.pairs, src, file)?;
+    shards.extend(pairs);
+    let shards = in_dependency_order(shards);
     Ok(SweepPlan {
         name: spec.name,
         results: spec.results,
@@ -181,6 +197,7 @@ struct Spec {
     grid: toml::Table,
     includes: Vec<toml::Table>,
     excludes: Vec<toml::Table>,
+    pairs: Vec<toml::Table>,
     /// Everything else: the values every shard shares.
     base: toml::Table,
 }
@@ -231,6 +248,7 @@ impl Spec {
             }
         };
         let (includes, excludes) = (tables("include")?, tables("exclude")?);
+        let pairs = tables("pairs")?;
         debug_assert!(SWEEP_KEYS.iter().all(|k| !doc.contains_key(*k)));
         Ok(Spec {
             name,
@@ -239,9 +257,60 @@ impl Spec {
             grid,
             includes,
             excludes,
+            pairs,
             base: doc,
         })
     }
+}
+
+/// The line of the first mention of `key` in the spec (1 if none): where a value that may
+/// come from the grid, an include or a section is reported.
+fn first_line_naming(src: &str, key: &str) -> usize {
+    src.lines()
+        .position(|l| l.contains(key))
+        .map_or(1, |i| i + 1)
+}
+
+/// Drops duplicates (two selectors can resolve to one child) and puts every shard after
+/// the shards it needs, otherwise keeping the plan's order: the coordinator records a need
+/// only on a shard it already has.
+fn in_dependency_order(shards: Vec<PlannedShard>) -> Vec<PlannedShard> {
+    let mut seen = std::collections::HashSet::new();
+    let shards: Vec<PlannedShard> = shards
+        .into_iter()
+        .filter(|s| seen.insert(s.id.clone()))
+        .collect();
+    let index: std::collections::HashMap<&ShardId, usize> =
+        shards.iter().enumerate().map(|(i, s)| (&s.id, i)).collect();
+    // Depth: 0 for a shard that needs none of the sweep, else one more than its deepest need.
+    // Ids are hashes of configs that name their needs, so needs cannot form a cycle.
+    let mut depth: Vec<Option<usize>> = vec![None; shards.len()];
+    fn depth_of(
+        i: usize,
+        shards: &[PlannedShard],
+        index: &std::collections::HashMap<&ShardId, usize>,
+        depth: &mut [Option<usize>],
+    ) -> usize {
+        if let Some(d) = depth[i] {
+            return d;
+        }
+        depth[i] = Some(0);
+        let d = shards[i]
+            .needs
+            .iter()
+            .filter_map(|n| index.get(n).copied())
+            .map(|j| 1 + depth_of(j, shards, index, depth))
+            .max()
+            .unwrap_or(0);
+        depth[i] = Some(d);
+        d
+    }
+    let depths: Vec<usize> = (0..shards.len())
+        .map(|i| depth_of(i, &shards, &index, &mut depth))
+        .collect();
+    let mut order: Vec<(usize, PlannedShard)> = depths.into_iter().zip(shards).collect();
+    order.sort_by_key(|(d, _)| *d);
+    order.into_iter().map(|(_, s)| s).collect()
 }
 
 /// The shared values are checked key by key here, where lines are still known; the per-shard
@@ -425,7 +494,8 @@ fn shard_of(
                 e.message().trim().replace('\n', " ")
             ),
         })?;
-    if let Err(v) = config.validate().and_then(|()| config.check_resolved()) {
+    // `train.init_from` selectors are resolved once every shard is planned (links.rs).
+    if let Err(v) = config.validate() {
         let key = format!("{}.{}", v.section, v.key);
         let in_grid = point
             .iter()
@@ -450,6 +520,7 @@ fn shard_of(
         .collect();
     Ok(PlannedShard {
         id: config.shard_id(),
+        needs: Vec::new(),
         config,
         point,
     })
@@ -680,16 +751,110 @@ epochs = 3
         assert_eq!(steps, [0, 0, 50, 50]);
         let ids: std::collections::HashSet<_> = p.shards.iter().map(|s| &s.id).collect();
         assert_eq!(ids.len(), 4, "the parent's step is part of the id");
-        // A selector is not an id: refused, naming the field and the line.
+        // A selector that matches no shard of the sweep: refused, naming the field and line.
         let spec = "name = \"c\"\n[train]\ninit_from = { shard = \"seed=0\", step = 0 }\n";
         let err = plan(spec, "c.toml").unwrap_err().to_string();
         assert!(
-            err.starts_with("c.toml:3: field `train.init_from`") && err.contains("seed=0"),
+            err.starts_with("c.toml:3: field `train.init_from`")
+                && err.contains("matches no shard"),
             "{err}"
         );
         let spec = "name = \"c\"\n[train]\ninit_from = { shard = \"ab\", stp = 0 }\n";
         let err = plan(spec, "c.toml").unwrap_err().to_string();
         assert!(err.contains("stp"), "{err}");
+    }
+
+    /// Children spawned from parents of the same sweep, and pairs of children.
+    const LMC: &str = r#"name = "lmc"
+[train]
+epochs = 1
+batch_size = 100
+[snapshot]
+every = 10
+[grid]
+seed = [1, 2]
+data_seed = [7, 8]
+init_from = [{ step = 0 }, { step = 20 }]
+[[include]]
+seed = 1
+[[include]]
+seed = 2
+[[pairs]]
+a = { data_seed = 7 }
+b = { data_seed = 8 }
+"#;
+
+    #[test]
+    fn children_find_their_parents_and_pairs_their_partners() {
+        let p = plan(LMC, "lmc.toml").unwrap();
+        let (pairs, rest): (Vec<_>, Vec<_>) =
+            p.shards.iter().partition(|s| s.config.pair.is_some());
+        let (children, parents): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|s| s.config.train.init_from.is_some());
+        assert_eq!((parents.len(), children.len(), pairs.len()), (2, 8, 4));
+        let position = |id: &ShardId| p.shards.iter().position(|s| &s.id == id).unwrap();
+        for child in &children {
+            let from = child.config.train.init_from.as_ref().unwrap();
+            let parent = parents
+                .iter()
+                .find(|s| s.id.as_str() == from.shard)
+                .unwrap();
+            assert_eq!(parent.config.seed, child.config.seed);
+            assert_eq!(child.needs, std::slice::from_ref(&parent.id));
+            assert_eq!(child.id, child.config.shard_id(), "the id names the parent");
+            assert!(position(&parent.id) < position(&child.id));
+        }
+        for pair in &pairs {
+            let of = pair.config.pair.as_ref().unwrap();
+            let [a, b] = [&of.a, &of.b].map(|id| &p.shards[position(id)].config);
+            assert_eq!((a.train.data_seed, b.train.data_seed), (Some(7), Some(8)));
+            assert_eq!(
+                (a.seed, a.train.init_from.as_ref()),
+                (b.seed, b.train.init_from.as_ref())
+            );
+            assert_eq!(pair.needs, [of.a.clone(), of.b.clone()]);
+            assert!(position(&of.a).max(position(&of.b)) < position(&pair.id));
+        }
+        // Bad links are refused at plan time with the field and the line.
+        let err = |spec: String| plan(&spec, "lmc.toml").unwrap_err().to_string();
+        let beyond = err(LMC.replace("step = 20 }]", "step = 90 }]"));
+        assert!(
+            beyond.contains("beyond the parent's training, which ends at step 80"),
+            "{beyond}"
+        );
+        let off_grid = err(LMC.replace("step = 20 }]", "step = 25 }]"));
+        assert!(
+            off_grid.contains("keeps no snapshot at step 25"),
+            "{off_grid}"
+        );
+        let orphan = err(LMC.replace(
+            "[[include]]\nseed = 2\n",
+            "[[include]]\nseed = 1\nlr = 0.5\n",
+        ));
+        assert!(orphan.contains("matches no shard"), "{orphan}");
+        // Parents that differ only in a key a child may differ in: which one is meant?
+        let ambiguous = err(LMC.replace(
+            "[[pairs]]",
+            "[[include]]\nseed = 1\ndata_seed = 5\n[[pairs]]",
+        ));
+        assert!(ambiguous.contains("matches 2 shards"), "{ambiguous}");
+        // The same parent twice is one shard (deduplicated), not an ambiguity.
+        let twice = LMC.replace(
+            "[[pairs]]",
+            "[[include]]\nseed = 2\n\"train.batch_size\" = 100\n[[pairs]]",
+        );
+        assert_eq!(plan(&twice, "lmc.toml").unwrap().shards.len(), 14);
+        let selector = err(LMC.replace("{ step = 0 }", "{ shard = \"lr=0.5\", step = 0 }"));
+        assert!(selector.starts_with("lmc.toml:"), "{selector}");
+        assert!(selector.contains("field `train.init_from`"), "{selector}");
+        let unpaired = err(LMC.replace("data_seed = 8 }", "data_seed = 9 }"));
+        assert!(
+            unpaired.contains("field `pairs[0].b`") && unpaired.contains("no shard of group `b`"),
+            "{unpaired}"
+        );
+        let nothing = err(LMC.replace("a = { data_seed = 7 }", "a = { data_seed = 3 }"));
+        assert!(nothing.contains("group `a` matches no shard"), "{nothing}");
     }
 
     #[test]
