@@ -128,7 +128,7 @@ fn early_in_training(x: &serde_json::Value) -> bool {
 }
 
 fn finished(st: &serde_json::Value) -> bool {
-    ["pending", "leased", "publishing"]
+    ["waiting", "pending", "leased", "publishing"]
         .iter()
         .all(|s| count(st, s) == 0)
 }
@@ -1165,4 +1165,92 @@ fn summaries_are_rewritten_after_n_commits_and_after_t_seconds() {
             |(committed, unfinished, summary)| *unfinished > 0 && *summary == Some(*committed),
         );
     }
+}
+
+/// A parent, two children forked from its step-16 snapshot with two data orders, and the pair
+/// line between the children: the children and the pair wait for what they need, and a
+/// worker killed (kill -9) while it evaluates the pair's line leaves exactly one `pairs` file.
+#[test]
+fn j_dependent_shards_wait_and_a_pair_killed_mid_line_ends_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec_text = format!(
+        r#"
+name = "lmc"
+[model]
+hidden = [256, 256]
+[data]
+max_train_examples = 4000
+[train]
+epochs = 2
+lr = 0.05
+[snapshot]
+every = 16
+[eval]
+alpha_points = 161
+alpha_start = 0.0
+alpha_stop = 1.0
+[grid]
+data_seed = [1, 2]
+init_from = [{{ step = 16 }}]
+[[include]]
+seed = 0
+[[pairs]]
+a = {{ data_seed = 1 }}
+b = {{ data_seed = 2 }}
+[storage]
+results = "{}"
+"#,
+        dir.join("results").display()
+    );
+    let spec = dir.join("lmc.toml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (_server, url) = serve(&dir.join("state.db"), 0, 2);
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Before any worker: the parent is pending, the children and the pair wait.
+    let st = status(dir, &url, "lmc").unwrap();
+    assert_eq!(
+        (count(&st, "pending"), count(&st, "waiting")),
+        (1, 3),
+        "{st:#}"
+    );
+    let victim = worker(&url, "victim", &dir.join("victim.log"));
+    // The pair is the last shard to become runnable; kill its worker a third into its line.
+    let st = wait_for(
+        dir,
+        &url,
+        "lmc",
+        Duration::from_secs(300),
+        "the pair mid-line",
+        |s| {
+            count(s, "committed") == 3
+                && s["running"].as_array().is_some_and(|r| {
+                    r.iter().any(|x| {
+                        let (done, total) = (x["done"].as_u64(), x["total"].as_u64());
+                        x["phase"] == "line" && done.is_some_and(|d| d > 0 && Some(d * 3) < total)
+                    })
+                })
+        },
+    );
+    assert_eq!(count(&st, "waiting"), 0, "{st:#}");
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    let _rescuer = worker(&url, "rescuer", &dir.join("rescuer.log"));
+    let st = wait_for(
+        dir,
+        &url,
+        "lmc",
+        Duration::from_secs(300),
+        "4 commits",
+        |s| count(s, "committed") == 4,
+    );
+    assert!(st["interruptions"].as_u64() >= Some(1), "{st:#}");
+    let report = check_sweep_with_pairs(&dir.join("results"), "lmc", 3, 161, 1);
+    assert!(report.starts_with("ok: 3 runs"), "{report}");
+    let attempt = duckdb_value(&format!(
+        "select min(attempt) from read_parquet('{}/results/results/pairs/**/*.parquet')",
+        dir.display()
+    ));
+    assert_eq!(attempt, "2", "the rescuer's attempt is the one published");
 }

@@ -225,3 +225,39 @@ fn the_landscape_example_measures_planes_and_the_path() {
     ));
     assert_eq!(barriers, "2");
 }
+
+/// The README's linear-mode-connectivity command: parents, children forked at four steps, and
+/// pair lines between siblings; the children wait for their parents and the pairs for their
+/// children inside `linesweep run`. As in Frankle et al. (2020), the pairs' error barrier is
+/// large when the children fork at initialisation and falls as the fork moves later.
+#[test]
+fn the_lmc_example_runs_children_after_parents_and_pairs_after_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = repo().join("examples/mnist-lmc.toml");
+    let o = linesweep(
+        &["run", spec.to_str().unwrap(), "--out", "lmc"],
+        tmp.path(),
+        Duration::from_secs(900),
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    assert!(out.contains("26 committed"), "{out}");
+    let root = tmp.path().join("lmc");
+    let report = check_sweep_with_pairs(&root, "mnist-lmc", 18, 11, 8);
+    assert!(report.starts_with("ok: 18 runs"), "{report}");
+    let barrier = |k: u64| -> f64 {
+        duckdb_value(&format!(
+            "select avg(error_barrier) from read_parquet('{}/results/pairs/*/*.parquet') \
+             where split = 'test' and alpha = 0 \
+             and json_extract(config_json, '$.train.init_from.step')::int = {k}",
+            root.display()
+        ))
+        .parse()
+        .unwrap()
+    };
+    let (early, late) = (barrier(0), barrier(600));
+    assert!(
+        early > 0.01 && late < early / 3.0,
+        "test error barrier {early} at k = 0, {late} at k = 600"
+    );
+}

@@ -174,10 +174,23 @@ pub fn duckdb_value(sql: &str) -> String {
 /// `tests/python/check_sweep.py` over the results location `root`: exactly `shards` runs of
 /// `sweep` and no duplicate row in any table (lines of `points` α each). Returns its report.
 pub fn check_sweep(root: &Path, sweep: &str, shards: usize, points: usize) -> String {
+    check_sweep_with_pairs(root, sweep, shards, points, 0)
+}
+
+/// [`check_sweep`] of a sweep that also has `pairs` pair shards: their `pairs` rows, once each,
+/// read with DuckDB and Polars.
+pub fn check_sweep_with_pairs(
+    root: &Path,
+    sweep: &str,
+    shards: usize,
+    points: usize,
+    pairs: usize,
+) -> String {
     let mut cmd = python();
     cmd.arg(repo().join("tests/python/check_sweep.py"))
         .arg(root)
-        .args([sweep, &shards.to_string(), &points.to_string()]);
+        .args([sweep, &shards.to_string(), &points.to_string()])
+        .arg(pairs.to_string());
     let out = run_with_deadline(cmd, Duration::from_secs(120));
     assert!(
         out.status.success(),

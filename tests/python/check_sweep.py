@@ -1,13 +1,16 @@
 """Reads a sweep's published results with DuckDB and checks exactly-once visibility.
 
-Usage: check_sweep.py ROOT SWEEP SHARDS ALPHA_POINTS
-Prints one `ok: ...` line, or fails with the first violated expectation.
+Usage: check_sweep.py ROOT SWEEP SHARDS ALPHA_POINTS [PAIRS]
+SHARDS counts the shards that train (one `runs` row each); PAIRS, the pair shards (their
+`pairs` rows, read with DuckDB and with Polars). Prints one `ok: ...` line, or fails with the
+first violated expectation.
 """
 import sys
 
 import duckdb
 
 root, sweep, shards, points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pairs = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 
 
 def q(sql):
@@ -34,4 +37,20 @@ zero = q(f"select count(*) from {table('runs')} where sweep = '{sweep}' and atte
 assert zero == 0, f"{zero} runs rows without a lease attempt"
 staged = q(f"select count(*) from glob('{root}/results/**/*.parquet') where file like '%staging%'")[0][0]
 assert staged == 0, "staging files are visible under results/"
-print(f"ok: {runs[0]} runs, {line[0]} line rows, {traj[0]} trajectory rows, no duplicates")
+if pairs:
+    got = q(
+        f"select count(*), count(distinct (shard, alpha, split)), count(distinct shard), "
+        f"count(*) filter (where attempt < 1 or loss is null) from {table('pairs')} "
+        f"where sweep = '{sweep}'"
+    )[0]
+    want = (pairs * points * 2, pairs * points * 2, pairs, 0)
+    assert got == want, f"pairs rows/distinct/shards/bad: {got}, expected {want}"
+    import polars as pl
+
+    frame = pl.read_parquet(f"{root}/results/pairs/sweep={sweep}/*.parquet")
+    assert frame.height == want[0], f"Polars reads {frame.height} pairs rows"
+    assert set(frame.columns) >= {"shard", "a", "b", "alpha", "error_barrier"}, frame.columns
+print(
+    f"ok: {runs[0]} runs, {line[0]} line rows, {traj[0]} trajectory rows, "
+    f"{pairs * points * 2} pair rows, no duplicates"
+)
