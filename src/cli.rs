@@ -583,6 +583,10 @@ pub struct CoordinatorBenchArgs {
     /// way real workers spend their time training (0: closed loop, as fast as possible).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// Half the shards need one of the other half (shard n/2 + i needs shard i), as children
+    /// need their parents: measures what dependencies cost the coordinator.
+    #[arg(long)]
+    pub dependent: bool,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use linesweep_coordinator::lease::LeasePolicy;
-use linesweep_coordinator::ledger::Ledger;
+use linesweep_coordinator::ledger::{Ledger, NewShard, SubmitMode, SweepMeta};
 use linesweep_coordinator::server::{ServeConfig, serve};
 use linesweep_coordinator::service::system_clock;
 use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
@@ -217,11 +217,23 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let state = dir.path().join("state.db");
     let mut ledger = Ledger::open(&state, LeasePolicy::default())?;
-    let shards: Vec<(String, String)> = (0..args.shards)
-        .map(|i| (format!("{i:016x}"), format!("{{\"seed\":{i}}}")))
+    let half = args.shards / 2;
+    let shards: Vec<NewShard> = (0..args.shards)
+        .map(|i| NewShard {
+            id: format!("{i:016x}"),
+            config_json: format!("{{\"seed\":{i}}}"),
+            needs: if args.dependent && i >= half {
+                vec![format!("{:016x}", i - half)]
+            } else {
+                Vec::new()
+            },
+        })
         .collect();
     // Results location empty: nothing to publish, only the ledger is measured.
-    ledger.submit("load", &shards, 0)?;
+    let mode = SubmitMode::Start {
+        allow_changed: false,
+    };
+    ledger.submit_sweep("load", &SweepMeta::default(), mode, &shards, 0)?;
     drop(shards);
     let rt = runtime()?;
     let report = rt.block_on(async {
@@ -298,6 +310,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
         anyhow::Ok(serde_json::json!({
             "workers": args.workers,
             "offered_rate": args.rate,
+            "dependent": args.dependent,
             "cycles": leases,
             "seconds": seconds,
             "cycles_per_s": leases as f64 / seconds,
