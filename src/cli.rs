@@ -327,7 +327,8 @@ pub struct WorkerArgs {
     /// Worker name (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
-    /// Exit once no shard is pending instead of waiting for more.
+    /// Exit once no shard is pending and none waits for a running one, instead of waiting
+    /// for more.
     #[arg(long)]
     pub exit_when_idle: bool,
     /// Longest wait, in seconds, between retries when the coordinator is unreachable.

@@ -1254,3 +1254,77 @@ results = "{}"
     ));
     assert_eq!(attempt, "2", "the rescuer's attempt is the one published");
 }
+
+/// A parent that cannot run (its dataset is missing) holds its children and, through them,
+/// their pair: `status` says which shard holds them, a worker that exits when idle does not
+/// wait for them, and `retry` of the parent sends them back to waiting.
+#[test]
+fn k_a_failed_parent_holds_its_dependants_until_it_is_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec_text = format!(
+        r#"
+name = "held"
+[data]
+dataset = "mnist"
+dir = "{}"
+[grid]
+data_seed = [1, 2]
+init_from = [{{ step = 0 }}]
+[[include]]
+seed = 0
+[[pairs]]
+a = {{ data_seed = 1 }}
+b = {{ data_seed = 2 }}
+[storage]
+results = "{}"
+"#,
+        dir.join("no-mnist-here").display(),
+        dir.join("results").display()
+    );
+    let spec = dir.join("held.toml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (_server, url) = serve(&dir.join("state.db"), 0, 2);
+    let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut idle = Command::new(bin());
+    idle.args(["worker", "--coordinator", &url, "--token", TOKEN])
+        .args(["--name", "idle", "--exit-when-idle", "--max-backoff", "0.5"])
+        .stdin(Stdio::null());
+    let o = run_with_deadline(idle, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let st = status(dir, &url, "held").unwrap();
+    assert_eq!((count(&st, "failed"), count(&st, "held")), (1, 3), "{st:#}");
+    let parent = st["failed"][0]["id"].as_str().unwrap().to_owned();
+    let held: Vec<&str> = st["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["held_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(held.len(), 3, "{st:#}");
+    let by_parent = format!("needs {parent} (failed)");
+    assert_eq!(
+        held.iter().filter(|h| h.contains(&by_parent)).count(),
+        2,
+        "{held:?}"
+    );
+    assert!(
+        held.iter().any(|h| h.contains("(held)")),
+        "the pair is held by its children"
+    );
+    let o = cli(dir, &url, &["status", "held"]);
+    let shown = text(&o.stdout);
+    assert!(
+        shown.contains("3 held") && shown.contains(&by_parent),
+        "{shown}"
+    );
+    let o = cli(dir, &url, &["retry", "held"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let st = status(dir, &url, "held").unwrap();
+    assert_eq!(
+        (count(&st, "pending"), count(&st, "waiting")),
+        (1, 3),
+        "{st:#}"
+    );
+}

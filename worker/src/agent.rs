@@ -399,10 +399,12 @@ async fn run_slot(
                 );
                 return;
             }
-            Some(Ok(r)) => r.granted,
+            Some(Ok(r)) => (r.granted, r.waiting),
         };
+        let (granted, waiting) = granted;
         let Some(granted) = granted else {
-            if cfg.exit_when_idle {
+            // Shards waiting for others still running will become pending: not idle yet.
+            if cfg.exit_when_idle && !waiting {
                 return;
             }
             tokio::select! {

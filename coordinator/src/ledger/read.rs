@@ -275,6 +275,16 @@ impl Reads<'_> {
         })
     }
 
+    /// Whether any shard of any sweep is waiting for shards it needs: nothing may be pending
+    /// now, but work will appear when those commit.
+    pub fn any_waiting(&self) -> Result<bool, LedgerError> {
+        Ok(self.conn.query_row(
+            "select exists(select 1 from shards indexed by shards_by_state where state = ?1)",
+            [StateKind::Waiting.name()],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Number of events recorded for a shard of a given kind (audits: "why did it run twice").
     pub fn events(&self, sweep: &str, shard: &str, kind: &str) -> Result<u64, LedgerError> {
         let n: i64 = self.conn.query_row(

@@ -134,14 +134,15 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 let lease = l.lease(&req.worker, now).and_then(|lease| match lease {
                     Some(lease) => {
                         let results = l.results(&lease.sweep)?;
-                        Ok(Some((lease, results)))
+                        Ok((Some((lease, results)), false))
                     }
-                    None => Ok(None),
+                    None => Ok((None, l.reads().any_waiting()?)),
                 });
                 (lease, l.policy().ttl_ms)
             })
             .await?;
-        let granted = lease.map_err(status)?.map(|(l, results)| pb::Granted {
+        let (lease, waiting) = lease.map_err(status)?;
+        let granted = lease.map(|(l, results)| pb::Granted {
             token: Some(pb::Token {
                 sweep: l.sweep,
                 shard: l.shard,
@@ -151,7 +152,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
             lease_ttl_ms: ttl as u64,
             results,
         });
-        Ok(Response::new(pb::LeaseReply { granted }))
+        Ok(Response::new(pb::LeaseReply { granted, waiting }))
     }
 
     async fn heartbeat(
