@@ -164,3 +164,38 @@ fn config_json_is_validated_like_a_file() {
     assert_eq!(o.status.code(), Some(78), "{err}");
     assert!(!tmp.path().join("out/results").exists());
 }
+
+/// `run` refuses, before anything runs, a child whose parent (named by id, outside the sweep)
+/// has no snapshot at that step in the results root; `plan` refuses a selector that matches
+/// no parent, naming the field and the line.
+#[test]
+fn a_parent_that_is_not_there_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec =
+        "name = \"orphan\"\n[train]\ninit_from = { shard = \"0123456789abcdef\", step = 0 }\n";
+    std::fs::write(tmp.path().join("o.toml"), spec).unwrap();
+    let o = linesweep(
+        &["run", "o.toml", "--out", "out"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("0123456789abcdef, which is not in the sweep")
+            && err.contains("snapshots/0123456789abcdef/step-00000000.safetensors"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out/results").exists(), "nothing ran");
+    let spec = "name = \"orphan\"\n[grid]\ninit_from = [{ step = 0 }]\n";
+    std::fs::write(tmp.path().join("p.toml"), spec).unwrap();
+    let o = linesweep(&["plan", "p.toml"], tmp.path(), Duration::from_secs(60));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("p.toml:3")
+            && err.contains("train.init_from")
+            && err.contains("matches no shard"),
+        "{err}"
+    );
+}

@@ -237,6 +237,12 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         Some(r) => absolute_location(r)?,
         None => String::new(),
     };
+    // Parents named by id outside the sweep must be in the results root already (with the
+    // coordinator's default location, unknown here, the workers find out instead).
+    if !results.is_empty() {
+        let storage = linesweep_worker::storage::Storage::open(&results)?;
+        linesweep_worker::exec::check_outside_parents(&plan.shards, &storage)?;
+    }
     let token = args.client.token.as_deref();
     let (added, existing, location) = runtime()?.block_on(async {
         let mut c = open(&args.client).await?;

@@ -146,6 +146,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or(DEFAULT_OUT),
     )?;
     let storage = Storage::open(&location)?;
+    linesweep_worker::exec::check_outside_parents(&plan.shards, &storage)?;
     let root = storage.root().to_owned();
     let state_dir = state_dir(&storage)?;
     if !args.json {

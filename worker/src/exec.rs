@@ -643,6 +643,36 @@ fn run_pair(
     })
 }
 
+/// Refuses, before anything is submitted, a shard whose `train.init_from` names by id a
+/// parent outside its sweep (`shards`) that has no snapshot at that step in `storage`: such a
+/// parent must already be committed there, by an earlier sweep. Parents inside the sweep are
+/// the coordinator's to wait for.
+pub fn check_outside_parents(
+    shards: &[crate::sweep::PlannedShard],
+    storage: &Storage,
+) -> Result<(), ExecError> {
+    let inside: std::collections::HashSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+    for s in shards {
+        let Some(from) = &s.config.train.init_from else {
+            continue;
+        };
+        let Ok(parent) = ShardId::parse(from.shard.clone()) else {
+            continue;
+        };
+        let key = snapshot_key(&parent, from.step);
+        if !inside.contains(&parent) && !storage.exists(&key)? {
+            return Err(ExecError::Engine(EngineError::Config(format!(
+                "shard {}: train.init_from names shard {parent}, which is not in the sweep, and \
+                 {} has no snapshot of it at step {} ({key}); commit the parent there first",
+                s.id,
+                storage.root(),
+                from.step
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// The final weights (θ_c) of a committed shard: the snapshot its manifest marks final.
 fn final_snapshot(storage: &Storage, shard: &ShardId) -> Result<HostSnapshot, ExecError> {
     #[derive(serde::Deserialize)]
