@@ -423,6 +423,49 @@ pub fn sweep_summary(rows: &[GroupRow]) -> String {
     s
 }
 
+/// One row of a sweep's pair summary: the pair shards of one group (their grid point but
+/// the seed and the keys their two ends differ in), with mean barriers of their lines under
+/// the first batch-norm mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairGroupRow {
+    /// The group's values, e.g. `init_from={ step = 50 }`.
+    pub group: String,
+    /// Pair shards with results.
+    pub pairs: usize,
+    /// Mean error barrier on test and on train.
+    pub error_barrier: [Option<f64>; 2],
+    /// Mean loss barrier on test.
+    pub test_loss_barrier: Option<f64>,
+}
+
+/// The pair summary table (linear mode connectivity: a barrier near 0 means connected).
+pub fn pairs_summary(rows: &[PairGroupRow]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r.group.len())
+        .max()
+        .unwrap_or(5)
+        .max(10)
+        + 2;
+    let mut s = format!(
+        "{:<width$}{:>7}{:>20}{:>21}{:>19}\n",
+        "pairs of", "pairs", "test error barrier", "train error barrier", "test loss barrier"
+    );
+    let pct = |v: Option<f64>| v.map_or_else(|| "—".into(), |v| format!("{:.2}%", 100.0 * v));
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<width$}{:>7}{:>20}{:>21}{:>19}",
+            r.group,
+            r.pairs,
+            pct(r.error_barrier[0]),
+            pct(r.error_barrier[1]),
+            opt(r.test_loss_barrier, 4),
+        );
+    }
+    s
+}
+
 /// Writes command output to stdout. A closed pipe (`linesweep plan … | head`) ends the output
 /// quietly instead of panicking the way `println!` does.
 pub fn emit(text: &str) -> anyhow::Result<()> {

@@ -242,6 +242,15 @@ fn the_lmc_example_runs_children_after_parents_and_pairs_after_children() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
     assert!(out.contains("26 committed"), "{out}");
+    // The summary has a row of pairs per spawn step (the data order is what a pair varies).
+    for k in [0, 50, 200, 600] {
+        let group = format!("init_from={{ step = {k} }}");
+        let pairs = out
+            .lines()
+            .find_map(|l| l.strip_prefix(group.as_str()))
+            .and_then(|rest| rest.split_whitespace().next());
+        assert_eq!(pairs, Some("2"), "no pair row for k = {k}:\n{out}");
+    }
     let root = tmp.path().join("lmc");
     let report = check_sweep_with_pairs(&root, "mnist-lmc", 18, 11, 8);
     assert!(report.starts_with("ok: 18 runs"), "{report}");

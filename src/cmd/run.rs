@@ -332,6 +332,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return emit(&format!("{}\n", serde_json::to_string_pretty(&json)?));
     }
     out.push_str(&render::sweep_summary(&rows));
+    let pairs = pair_rows(&plan, &storage)?;
+    if !pairs.is_empty() {
+        out.push_str(&render::pairs_summary(&pairs));
+    }
     out.push_str(&format!(
         "query: duckdb -c \"select optimizer, lr, seed, train_monotone, train_delta_min, final_test_acc from read_parquet('{root}/results/runs/sweep={}/*.parquet') order by all\"\n",
         plan.name
@@ -382,6 +386,92 @@ async fn connect_retrying(
 
 fn done_count(st: &pb::StatusReply) -> u64 {
     StateKind::ENDED.iter().map(|k| count(st, *k)).sum()
+}
+
+/// Reads every committed pair shard's barriers and groups them by their grid point minus the
+/// seed and the keys the two ends of a pair differ in (what `[[pairs]]` names).
+fn pair_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<render::PairGroupRow>> {
+    let mut groups: Vec<(String, Vec<results::PairBarrier>, usize)> = Vec::new();
+    let apart = pair_apart(plan);
+    for shard in plan.shards.iter().filter(|s| s.config.pair.is_some()) {
+        let key = layout::result_key("pairs", &plan.name, &shard.id);
+        let group = shard
+            .point
+            .iter()
+            .filter(|(k, _)| !["seed", "pair"].contains(&k.as_str()))
+            .filter(|(k, _)| !apart.contains(k))
+            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let group = if group.is_empty() {
+            "all".to_owned()
+        } else {
+            group
+        };
+        let at = match groups.iter().position(|(g, _, _)| *g == group) {
+            Some(i) => i,
+            None => {
+                groups.push((group, Vec::new(), 0));
+                groups.len() - 1
+            }
+        };
+        if !storage.exists(&key)? {
+            continue;
+        }
+        let lines = results::read_pair_barriers(storage.get(&key)?)
+            .with_context(|| format!("reading {key}"))?;
+        // The first batch-norm mode's lines, as the runs summary uses the first line.
+        let first = lines.first().map(|l| l.bn_mode.clone());
+        groups[at].1.extend(
+            lines
+                .into_iter()
+                .filter(|l| Some(&l.bn_mode) == first.as_ref()),
+        );
+        groups[at].2 += 1;
+    }
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    Ok(groups
+        .into_iter()
+        .map(|(group, lines, pairs)| {
+            let of = |split: &str, f: fn(&results::PairBarrier) -> Option<f64>| {
+                mean(
+                    lines
+                        .iter()
+                        .filter(|l| l.split == split)
+                        .filter_map(f)
+                        .collect(),
+                )
+            };
+            render::PairGroupRow {
+                group,
+                pairs,
+                error_barrier: [
+                    of("test", |l| l.error_barrier),
+                    of("train", |l| l.error_barrier),
+                ],
+                test_loss_barrier: of("test", |l| l.loss_barrier),
+            }
+        })
+        .collect())
+}
+
+/// The keys the two ends of some pair differ in: a pair shard carries its `a` end's value
+/// of them, which says nothing about the pair.
+fn pair_apart(plan: &SweepPlan) -> std::collections::HashSet<String> {
+    let points: std::collections::HashMap<_, _> =
+        plan.shards.iter().map(|s| (&s.id, &s.point)).collect();
+    let mut apart = std::collections::HashSet::new();
+    for p in plan.shards.iter().filter_map(|s| s.config.pair.as_ref()) {
+        let (Some(a), Some(b)) = (points.get(&p.a), points.get(&p.b)) else {
+            continue;
+        };
+        for (k, v) in a.iter() {
+            if b.iter().find(|(kb, _)| kb == k).map(|(_, vb)| vb) != Some(v) {
+                apart.insert(k.clone());
+            }
+        }
+    }
+    apart
 }
 
 /// Reads every committed shard's `runs` row and groups them by their grid point minus the seed.

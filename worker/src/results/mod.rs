@@ -548,6 +548,67 @@ pub struct RunSummary {
     pub final_test_acc: Option<f64>,
 }
 
+/// The barriers of one line of a pair shard, as its `pairs` rows carry them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairBarrier {
+    /// `train` or `test`.
+    pub split: String,
+    /// Batch-norm mode (`None` without batch norm).
+    pub bn_mode: Option<String>,
+    /// Loss barrier.
+    pub loss_barrier: Option<f64>,
+    /// Error barrier.
+    pub error_barrier: Option<f64>,
+}
+
+/// One [`PairBarrier`] per (split, batch-norm mode) of a pair shard's `pairs` file, in the
+/// order of its rows.
+pub fn read_pair_barriers(bytes: bytes::Bytes) -> Result<Vec<PairBarrier>, ResultsError> {
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let err = |message: String| ResultsError {
+        table: "pairs",
+        message,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| err(e.to_string()))?;
+    let mut out: Vec<PairBarrier> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(e.to_string()))?;
+        let text = |name: &str| -> Result<StringArray, ResultsError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .ok_or_else(|| err(format!("no string column `{name}`")))
+        };
+        let float = |name: &str| -> Result<Float64Array, ResultsError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
+                .ok_or_else(|| err(format!("no float column `{name}`")))
+        };
+        let (split, mode) = (text("split")?, text("bn_mode")?);
+        let (loss, error) = (float("loss_barrier")?, float("error_barrier")?);
+        for i in 0..batch.num_rows() {
+            let get = |a: &Float64Array| (!a.is_null(i)).then(|| a.value(i));
+            let row = PairBarrier {
+                split: split.value(i).to_owned(),
+                bn_mode: (!mode.is_null(i)).then(|| mode.value(i).to_owned()),
+                loss_barrier: get(&loss),
+                error_barrier: get(&error),
+            };
+            if !out
+                .iter()
+                .any(|p| p.split == row.split && p.bn_mode == row.bn_mode)
+            {
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the summary columns of every row of a `runs` Parquet file.
 pub fn read_run_summaries(bytes: bytes::Bytes) -> Result<Vec<RunSummary>, ResultsError> {
     use arrow_array::Array;
