@@ -1167,32 +1167,21 @@ fn summaries_are_rewritten_after_n_commits_and_after_t_seconds() {
     }
 }
 
-/// A parent, two children forked from its step-16 snapshot with two data orders, and the pair
-/// line between the children: the children and the pair wait for what they need, and a
-/// worker killed (kill -9) while it evaluates the pair's line leaves exactly one `pairs` file.
-#[test]
-fn j_dependent_shards_wait_and_a_pair_killed_mid_line_ends_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let spec_text = format!(
+/// A family in `NAME.toml`: one parent (seed 0), two children forked from its snapshot at
+/// `step` with data orders 1 and 2, and the pair line between the children. `data` goes into
+/// `[data]`; `rest` is more TOML (sections of its own).
+fn family_spec(dir: &Path, name: &str, data: &str, rest: &str, step: u64) -> PathBuf {
+    let text = format!(
         r#"
-name = "lmc"
+name = "{name}"
 [model]
 hidden = [256, 256]
 [data]
-max_train_examples = 4000
-[train]
-epochs = 2
-lr = 0.05
-[snapshot]
-every = 16
-[eval]
-alpha_points = 161
-alpha_start = 0.0
-alpha_stop = 1.0
+{data}
+{rest}
 [grid]
 data_seed = [1, 2]
-init_from = [{{ step = 16 }}]
+init_from = [{{ step = {step} }}]
 [[include]]
 seed = 0
 [[pairs]]
@@ -1203,8 +1192,25 @@ results = "{}"
 "#,
         dir.join("results").display()
     );
-    let spec = dir.join("lmc.toml");
-    std::fs::write(&spec, spec_text).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A parent, two children forked from its step-16 snapshot with two data orders, and the pair
+/// line between the children: the children and the pair wait for what they need, and a
+/// worker killed (kill -9) while it evaluates the pair's line leaves exactly one `pairs` file.
+#[test]
+fn j_dependent_shards_wait_and_a_pair_killed_mid_line_ends_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = family_spec(
+        dir,
+        "lmc",
+        "max_train_examples = 4000",
+        "[train]\nepochs = 2\nlr = 0.05\n[snapshot]\nevery = 16\n[eval]\nalpha_points = 161\nalpha_start = 0.0\nalpha_stop = 1.0",
+        16,
+    );
     let (_server, url) = serve(&dir.join("state.db"), 0, 2);
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -1262,28 +1268,11 @@ results = "{}"
 fn k_a_failed_parent_holds_its_dependants_until_it_is_retried() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let spec_text = format!(
-        r#"
-name = "held"
-[data]
-dataset = "mnist"
-dir = "{}"
-[grid]
-data_seed = [1, 2]
-init_from = [{{ step = 0 }}]
-[[include]]
-seed = 0
-[[pairs]]
-a = {{ data_seed = 1 }}
-b = {{ data_seed = 2 }}
-[storage]
-results = "{}"
-"#,
-        dir.join("no-mnist-here").display(),
-        dir.join("results").display()
+    let data = format!(
+        "dataset = \"mnist\"\ndir = \"{}\"",
+        dir.join("no-mnist-here").display()
     );
-    let spec = dir.join("held.toml");
-    std::fs::write(&spec, spec_text).unwrap();
+    let spec = family_spec(dir, "held", &data, "", 0);
     let (_server, url) = serve(&dir.join("state.db"), 0, 2);
     let o = cli(dir, &url, &["submit", spec.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -606,6 +606,42 @@ mod tests {
     };
 
     #[test]
+    fn needs_gate_a_shard_and_settle_only_waiting_or_held_ones() {
+        use StateKind::{Cancelled, Committed, Failed, Held, Leased, Pending};
+        assert_eq!(Needs::of([]), Needs::Met);
+        assert_eq!(Needs::of([Committed, Committed]), Needs::Met);
+        assert_eq!(Needs::of([Committed, Leased]), Needs::Unmet);
+        for blocking in [Failed, Cancelled, Held] {
+            assert_eq!(Needs::of([Pending, blocking]), Needs::Blocked);
+        }
+        let waiting = Shard::new().gate(Needs::Unmet);
+        assert_eq!(waiting.state, ShardState::Waiting);
+        assert!(
+            waiting.lease("w", 0, &P).is_err(),
+            "a waiting shard is not leased"
+        );
+        assert_eq!(waiting.settle(Needs::Unmet), None);
+        let held = waiting.settle(Needs::Blocked).unwrap();
+        assert_eq!(held.state, ShardState::Held);
+        assert_eq!(
+            held.settle(Needs::Unmet).unwrap().state,
+            ShardState::Waiting
+        );
+        assert_eq!(held.settle(Needs::Met).unwrap().state, ShardState::Pending);
+        // What already runs, or ended, is never taken back by its needs.
+        let (leased, _) = Shard::new().lease("w", 0, &P).unwrap();
+        assert_eq!(leased.settle(Needs::Blocked), None);
+        assert_eq!(leased.gate(Needs::Blocked), leased);
+        assert_eq!(Shard::new().settle(Needs::Blocked), None);
+        // Cancelling covers waiting and held shards; a recovered one is committed.
+        assert_eq!(held.cancel(false).unwrap().state, ShardState::Cancelled);
+        assert!(matches!(
+            waiting.recover(at(3)).unwrap().state,
+            ShardState::Committed { .. }
+        ));
+    }
+
+    #[test]
     fn lease_heartbeat_complete() {
         let (s, a) = Shard::new().lease("w1", 0, &P).unwrap();
         assert_eq!(a, at(1));

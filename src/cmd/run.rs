@@ -388,6 +388,22 @@ fn done_count(st: &pb::StatusReply) -> u64 {
     StateKind::ENDED.iter().map(|k| count(st, *k)).sum()
 }
 
+/// A config group's name: the point's values but those `skip` names (`all` when none is
+/// left), keys by their last part (`lr=0.05`).
+fn group_name(point: &[(String, String)], skip: impl Fn(&str) -> bool) -> String {
+    let group = point
+        .iter()
+        .filter(|(k, _)| !skip(k))
+        .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if group.is_empty() {
+        "all".to_owned()
+    } else {
+        group
+    }
+}
+
 /// Reads every committed pair shard's barriers and groups them by their grid point minus the
 /// seed and the keys the two ends of a pair differ in (what `[[pairs]]` names).
 fn pair_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<render::PairGroupRow>> {
@@ -395,19 +411,9 @@ fn pair_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<render::
     let apart = pair_apart(plan);
     for shard in plan.shards.iter().filter(|s| s.config.pair.is_some()) {
         let key = layout::result_key("pairs", &plan.name, &shard.id);
-        let group = shard
-            .point
-            .iter()
-            .filter(|(k, _)| !["seed", "pair"].contains(&k.as_str()))
-            .filter(|(k, _)| !apart.contains(k))
-            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let group = if group.is_empty() {
-            "all".to_owned()
-        } else {
-            group
-        };
+        let group = group_name(&shard.point, |k| {
+            ["seed", "pair"].contains(&k) || apart.contains(k)
+        });
         let at = match groups.iter().position(|(g, _, _)| *g == group) {
             Some(i) => i,
             None => {
@@ -480,18 +486,7 @@ fn group_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<GroupRo
     let mut order: Vec<String> = Vec::new();
     // Pair shards have no `runs` row: their lines are in the `pairs` table.
     for shard in plan.shards.iter().filter(|s| s.config.pair.is_none()) {
-        let group = shard
-            .point
-            .iter()
-            .filter(|(k, _)| k != "seed")
-            .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let group = if group.is_empty() {
-            "all".to_owned()
-        } else {
-            group
-        };
+        let group = group_name(&shard.point, |k| k == "seed");
         if !order.contains(&group) {
             order.push(group.clone());
         }

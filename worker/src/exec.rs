@@ -448,14 +448,14 @@ pub fn run(
     };
     let staging = staging.as_deref();
     tracing::info!(%shard, %sweep, root = storage.root(), attempt, "running shard");
+    let at = Target {
+        storage,
+        sweep,
+        shard: &shard,
+        staging,
+        placement,
+    };
     if kind == ShardKind::Pair {
-        let at = Target {
-            storage,
-            sweep,
-            shard: &shard,
-            staging,
-            placement,
-        };
         return run_pair(cfg, device, &at, progress);
     }
 
@@ -546,13 +546,6 @@ pub fn run(
         }
         written.push(layout::placed(staging, &rel));
     }
-    let at = Target {
-        storage,
-        sweep,
-        shard: &shard,
-        staging,
-        placement,
-    };
     written.extend(at.attempt_manifest(ShardKind::Run, files)?);
     Ok(ExecReport {
         shard,

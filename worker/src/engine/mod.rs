@@ -227,29 +227,12 @@ pub fn run_shard(
 ) -> Result<ShardOutcome, EngineError> {
     let t_all = Instant::now();
     let device = &target.device;
-    let grid = cfg
-        .alpha_grid()
-        .map_err(|e| EngineError::Config(e.to_string()))?;
-    // Refused before any data is read.
-    supported_precision(cfg, target)?;
-
-    let t = Instant::now();
-    let data = data::load(&cfg.data, cfg.eval.max_examples)?;
-    let sets = [
-        eval::EvalSet::new(&data.eval_train, cfg.eval.batch_size, device),
-        eval::EvalSet::new(&data.test, cfg.eval.batch_size, device),
-    ];
-    let mut timings = Timings {
-        data: t.elapsed().as_secs_f64(),
-        ..Timings::default()
-    };
-    tracing::info!(
-        dataset = data.name,
-        train = data.train.len(),
-        eval_train = data.eval_train.len(),
-        eval_test = data.test.len(),
-        "data loaded"
-    );
+    let Prepared {
+        grid,
+        data,
+        sets,
+        mut timings,
+    } = prepare(cfg, target)?;
 
     let t = Instant::now();
     let trajectory_set = cfg.eval.trajectory_train_loss.then_some(&sets[0]);
@@ -312,6 +295,47 @@ pub fn run_shard(
         path: measured.path,
         device: target.name.clone(),
         line_steps,
+    })
+}
+
+/// What every shard reads before it computes: the α grid, the data and its evaluation sets.
+struct Prepared {
+    grid: science::AlphaGrid,
+    data: data::Loaded,
+    /// Train (the evaluation subset) and test, in [`SPLITS`]'s order.
+    sets: [eval::EvalSet; 2],
+    /// With the data phase filled in.
+    timings: Timings,
+}
+
+/// The grid and the precision are checked before any data is read.
+fn prepare(cfg: &ShardConfig, target: &ComputeDevice) -> Result<Prepared, EngineError> {
+    let grid = cfg
+        .alpha_grid()
+        .map_err(|e| EngineError::Config(e.to_string()))?;
+    supported_precision(cfg, target)?;
+    let t = Instant::now();
+    let data = data::load(&cfg.data, cfg.eval.max_examples)?;
+    let sets = [
+        eval::EvalSet::new(&data.eval_train, cfg.eval.batch_size, &target.device),
+        eval::EvalSet::new(&data.test, cfg.eval.batch_size, &target.device),
+    ];
+    let timings = Timings {
+        data: t.elapsed().as_secs_f64(),
+        ..Timings::default()
+    };
+    tracing::info!(
+        dataset = data.name,
+        train = data.train.len(),
+        eval_train = data.eval_train.len(),
+        eval_test = data.test.len(),
+        "data loaded"
+    );
+    Ok(Prepared {
+        grid,
+        data,
+        sets,
+        timings,
     })
 }
 

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::{
-    EngineError, Phase, Progress, SPLITS, ShardOutcome, Timings, data, eval, line, line_metrics,
-    recompute_set, summarize_lines, supported_precision, train,
+    EngineError, Phase, Prepared, Progress, SPLITS, ShardOutcome, line, line_metrics, prepare,
+    recompute_set, summarize_lines, train,
 };
 use crate::config::ShardConfig;
 use crate::device::ComputeDevice;
@@ -27,20 +27,12 @@ pub fn run_pair(
 ) -> Result<ShardOutcome, EngineError> {
     let t_all = Instant::now();
     let device = &target.device;
-    let grid = cfg
-        .alpha_grid()
-        .map_err(|e| EngineError::Config(e.to_string()))?;
-    supported_precision(cfg, target)?;
-    let t = Instant::now();
-    let data = data::load(&cfg.data, cfg.eval.max_examples)?;
-    let sets = [
-        eval::EvalSet::new(&data.eval_train, cfg.eval.batch_size, device),
-        eval::EvalSet::new(&data.test, cfg.eval.batch_size, device),
-    ];
-    let mut timings = Timings {
-        data: t.elapsed().as_secs_f64(),
-        ..Timings::default()
-    };
+    let Prepared {
+        grid,
+        data,
+        sets,
+        mut timings,
+    } = prepare(cfg, target)?;
     let template = train::new_net(&cfg.model, data.train.shape(), data.classes, device, None);
     let a = train::net_from_snapshot(&template, ends[0])?;
     let b = train::net_from_snapshot(&template, ends[1])?;
