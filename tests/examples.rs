@@ -269,4 +269,18 @@ fn the_lmc_example_runs_children_after_parents_and_pairs_after_children() {
         early > 0.01 && late < early / 3.0,
         "test error barrier {early} at k = 0, {late} at k = 600"
     );
+    // docs/results.md's instability query, as it reads there: one row per spawn step.
+    let doc = std::fs::read_to_string(repo().join("docs/results.md")).unwrap();
+    let section = &doc[doc.find("## `pairs`").unwrap()..];
+    let sql = section
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap()
+        .replace("'out/results", &format!("'{}/results", root.display()));
+    let rows = duckdb_value(&format!(
+        "select count(*) from ({})",
+        sql.trim().trim_end_matches(';')
+    ));
+    assert_eq!(rows, "4", "{sql}");
 }
