@@ -182,7 +182,8 @@ fn a_child_starts_from_its_parents_snapshot() {
     assert!(!out.status.success());
     assert!(
         err.contains("has no snapshot of shard")
-            && err.contains(&format!("snapshots/{parent}/step-00000005.safetensors")),
+            && err.contains(&format!("snapshots/{parent}/step-00000005.safetensors"))
+            && err.contains("its snapshots end at step 8"),
         "{err}"
     );
     let out = exec("bad-id.toml", &child_of(4).replace(&parent, "not an id"));

@@ -6,9 +6,11 @@ use crate::cli::PlanArgs;
 
 /// The snapshot storage the sweep will leave, where every shard's training length is known.
 fn storage_line(plan: &sweep::SweepPlan) -> String {
+    // Pair shards train nothing and keep no snapshots.
     let sizes: Option<Vec<u128>> = plan
         .shards
         .iter()
+        .filter(|s| s.config.pair.is_none())
         .map(|s| s.config.snapshot_bytes_at_least())
         .collect();
     let Some(sizes) = sizes else {

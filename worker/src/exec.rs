@@ -176,14 +176,23 @@ impl SnapshotSink for StorageSink<'_> {
         let parent = ShardId::parse(from.shard.clone())
             .map_err(|e| EngineError::Config(format!("train.init_from.shard: {e}")))?;
         let key = snapshot_key(&parent, from.step);
+        // What the parent did keep, when it is committed: a run that diverged stops (and
+        // snapshots) early.
+        let kept = || {
+            Listed::of(self.storage, &parent).map_or(String::new(), |l| {
+                let last = l.snapshots.iter().map(|e| e.step).max().unwrap_or(0);
+                format!("; its snapshots end at step {last}")
+            })
+        };
         let missing = || {
             EngineError::Config(format!(
                 "train.init_from: {} has no snapshot of shard {parent} at step {} ({key}): \
                  the parent is not committed there, did not train that far, or did not keep \
                  that step (it keeps step 0, every `snapshot.every`-th step, its line starts \
-                 and its last step; `snapshot.keep = \"lines\"` drops the others)",
+                 and its last step; `snapshot.keep = \"lines\"` drops the others){}",
                 self.storage.root(),
-                from.step
+                from.step,
+                kept()
             ))
         };
         if !self.storage.exists(&key).map_err(sink_err)? {
@@ -666,17 +675,28 @@ pub fn check_outside_parents(
     Ok(())
 }
 
+/// A snapshot manifest as read back: the part that says which steps a shard kept.
+#[derive(serde::Deserialize)]
+struct Listed {
+    snapshots: Vec<ListedEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedEntry {
+    step: u64,
+    kind: String,
+}
+
+impl Listed {
+    /// The manifest of a committed shard (`None` when it has none, or one that does not read).
+    fn of(storage: &Storage, shard: &ShardId) -> Option<Self> {
+        let bytes = storage.get(&layout::snapshot_manifest_key(shard)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
 /// The final weights (θ_c) of a committed shard: the snapshot its manifest marks final.
 fn final_snapshot(storage: &Storage, shard: &ShardId) -> Result<HostSnapshot, ExecError> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        step: u64,
-        kind: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Listed {
-        snapshots: Vec<Entry>,
-    }
     let key = layout::snapshot_manifest_key(shard);
     let bad = |why: String| {
         ExecError::Engine(EngineError::Config(format!(
