@@ -95,7 +95,7 @@ pub fn verify(
     let marker = small
         .remove(manifest.marker_key().as_str())
         .unwrap_or_default();
-    check_runs_row(marker, shard, manifest.schema_version).map_err(invalid)?;
+    check_runs_row(marker, manifest.kind, shard, manifest.schema_version).map_err(invalid)?;
     Ok(manifest)
 }
 
@@ -127,8 +127,13 @@ fn check_snapshots(
 
 /// The staged marker (`runs`, `pairs`) is this shard's, in the manifest's schema. (The rows
 /// hold no sweep name: the sweep is the key's partition, which the manifest check pins.)
-fn check_runs_row(bytes: bytes::Bytes, shard: &ShardId, schema_version: i32) -> Result<(), String> {
-    let row = read_runs_row(bytes)?;
+fn check_runs_row(
+    bytes: bytes::Bytes,
+    kind: ShardKind,
+    shard: &ShardId,
+    schema_version: i32,
+) -> Result<(), String> {
+    let row = read_runs_row(bytes, kind)?;
     if (row.shard.as_str(), row.schema_version) != (shard.as_str(), schema_version) {
         return Err(format!(
             "the runs row is shard {} in schema {}, not shard {shard} in schema {schema_version}",
@@ -154,7 +159,7 @@ pub struct RunsRow {
 /// Reads the row of a commit marker, by column name: the one row of a `runs` file, or the
 /// first of a `pairs` file, whose every row must name the same shard, schema, attempt and
 /// config.
-pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
+pub fn read_runs_row(bytes: bytes::Bytes, kind: ShardKind) -> Result<RunsRow, String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let what = |e: &dyn std::fmt::Display| format!("the marker file does not read: {e}");
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -181,11 +186,7 @@ pub fn read_runs_row(bytes: bytes::Bytes) -> Result<RunsRow, String> {
         }
     }
     let first = first.ok_or("the marker file has no rows")?;
-    let is_runs_row = first
-        .config_json
-        .as_deref()
-        .is_none_or(|c| !c.contains("\"pair\""));
-    if rows != 1 && is_runs_row {
+    if rows != 1 && kind == ShardKind::Run {
         return Err("the runs file must hold exactly one row".into());
     }
     Ok(first)

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use linesweep_storage::attempt::COMMIT_TABLES;
+use linesweep_storage::attempt::{COMMIT_TABLES, ShardKind};
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 
@@ -58,10 +58,13 @@ pub fn recover(
         .into_iter()
         .flatten()
     {
-        let Some((sweep, shard)) = layout::parse_result_key(table, &key) else {
+        let (Some((sweep, shard)), Some(kind)) = (
+            layout::parse_result_key(table, &key),
+            ShardKind::of_table(table),
+        ) else {
             continue;
         };
-        match read_runs_row(storage.get(&key)?) {
+        match read_runs_row(storage.get(&key)?, kind) {
             Ok(row) if row.shard == shard.as_str() => match (row.attempt, row.config_json) {
                 (Some(attempt), Some(config_json)) => {
                     by_sweep

@@ -14,7 +14,7 @@
 use crate::device::ComputeDevice;
 use serde::Serialize;
 
-use crate::config::{InitFrom, Keep, ShardConfig};
+use crate::config::{InitFrom, Keep, PairOf, ShardConfig};
 use crate::engine::{
     self, Checkpoint, EngineError, Progress, Resume, SampleMeta, ShardOutcome, SnapshotSink,
 };
@@ -464,8 +464,8 @@ pub fn run(
         staging,
         placement,
     };
-    if kind == ShardKind::Pair {
-        return run_pair(cfg, device, &at, progress);
+    if let Some(pair) = &cfg.pair {
+        return run_pair(cfg, pair, device, &at, progress);
     }
 
     let staged = matches!(placement, Placement::Staged { .. });
@@ -612,11 +612,11 @@ impl Target<'_> {
 /// the results root, written as its `pairs` table (its commit marker; nothing else).
 fn run_pair(
     cfg: &ShardConfig,
+    pair: &PairOf,
     device: &ComputeDevice,
     at: &Target<'_>,
     progress: &dyn Progress,
 ) -> Result<ExecReport, ExecError> {
-    let pair = cfg.pair.as_ref().expect("a pair shard");
     let ends = [
         final_snapshot(at.storage, &pair.a)?,
         final_snapshot(at.storage, &pair.b)?,

@@ -75,10 +75,12 @@ fn topological<'a>(added: &[(&'a str, &'a [String])]) -> Result<Vec<&'a str>, Le
     while let Some(s) = ready.pop_front() {
         order.push(s);
         for c in children.get(s).into_iter().flatten() {
-            let d = indegree.get_mut(c).expect("every child has an indegree");
-            *d -= 1;
-            if *d == 0 {
-                ready.push_back(c);
+            // Every child of a new shard has an indegree (it was counted above).
+            if let Some(d) = indegree.get_mut(c) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.push_back(c);
+                }
             }
         }
     }

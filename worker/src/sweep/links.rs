@@ -201,13 +201,9 @@ pub(super) fn resolve_parents(
                 .config
                 .keeps_snapshot(from.step)
                 .map_err(|m| error("train.init_from", format!("shard ({describe}): {m}")))?;
-            let init = child
-                .config
-                .train
-                .init_from
-                .as_mut()
-                .expect("checked above");
-            init.shard = parent.id.to_string();
+            if let Some(init) = child.config.train.init_from.as_mut() {
+                init.shard = parent.id.to_string();
+            }
             child.id = child.config.shard_id();
             child.needs = vec![parent.id.clone()];
         }
