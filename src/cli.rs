@@ -184,6 +184,10 @@ pub struct CheckDeviceArgs {
     /// Training steps per network before the weights are compared.
     #[arg(long, default_value_t = 2)]
     pub steps: usize,
+    /// The networks to compare on, comma-separated: `mlp` (matmuls, fused element-wise
+    /// ops, reductions) and `resnet20` (convolutions and batch norm as well).
+    #[arg(long, value_delimiter = ',', default_value = "mlp,resnet20")]
+    pub cases: Vec<String>,
     /// Print every comparison as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -341,6 +345,30 @@ pub struct WorkerArgs {
     /// preemption resumes from its latest checkpoint, with identical results.
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: u64,
+    /// The device gate.
+    #[command(flatten)]
+    pub check: DeviceCheckArgs,
+    /// When the device check fails, stay registered (shown by `linesweep workers` with the
+    /// reason) without taking shards, instead of exiting with an error.
+    #[arg(long)]
+    pub idle_if_refused: bool,
+}
+
+/// The device gate: before its first shard, a worker on any device but `cpu` runs
+/// `check-device` against the CPU and refuses a device that disagrees. The verdict is cached
+/// (beside the tuning cache, keyed by the binary, the device and its driver).
+#[derive(Debug, Args)]
+pub struct DeviceCheckArgs {
+    /// Check the device again even if a verdict for this binary, device and driver is cached.
+    #[arg(long)]
+    pub recheck_device: bool,
+    /// The arithmetic to check the device in, against the f32 CPU: f32, or bf16 for a
+    /// worker that runs bf16 shards. A `cpu` worker is checked only in bf16.
+    #[arg(long)]
+    pub check_precision: Option<String>,
+    /// The device check's tolerance (default: check-device's for the precision).
+    #[arg(long)]
+    pub check_tolerance: Option<f64>,
 }
 
 /// `linesweep run`.
@@ -369,6 +397,9 @@ pub struct RunArgs {
     /// When the sweep ends, write its HTML report here (see `linesweep report`).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// The device gate.
+    #[command(flatten)]
+    pub check: DeviceCheckArgs,
 }
 
 /// Connection options shared by client commands.
@@ -560,6 +591,15 @@ pub struct DecodeBenchArgs {
     /// Generated JPEGs to decode (two classes).
     #[arg(long, default_value_t = 256)]
     pub images: usize,
+    /// Shorter side of the generated JPEGs, in pixels (ImageNet's training images average
+    /// about 400×350; photos from cameras are 2,000 and more).
+    #[arg(long, default_value_t = 380)]
+    pub side: u32,
+    /// Decode the ImageNet-layout folder DIR (`train/<class>/*.JPEG`); when it has no
+    /// `train/`, the generated JPEGs are written there and kept, so that
+    /// scripts/bench_decode_torch.py can time torchvision on the same files.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// Output side.
     #[arg(long, default_value_t = 224)]
     pub size: usize,

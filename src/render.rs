@@ -378,6 +378,9 @@ pub fn workers(list: &[pb::WorkerInfo]) -> String {
                 (false, true) => w.shards.join(", "),
             }
         );
+        if !w.device_check.is_empty() && w.unhealthy.is_empty() {
+            let _ = writeln!(s, "{:<28}device check {}", "", w.device_check);
+        }
     }
     s
 }

@@ -32,6 +32,18 @@ pub fn run(args: CheckDeviceArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
     let mut cases = parity::default_cases();
+    if let Some(unknown) = args
+        .cases
+        .iter()
+        .find(|c| !cases.iter().any(|k| k.name == c.as_str()))
+    {
+        let known: Vec<&str> = cases.iter().map(|c| c.name).collect();
+        anyhow::bail!(
+            "--cases: no case `{unknown}`; the cases are {}",
+            known.join(", ")
+        );
+    }
+    cases.retain(|c| args.cases.iter().any(|n| n == c.name));
     for case in &mut cases {
         case.steps = args.steps;
     }

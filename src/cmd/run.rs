@@ -139,6 +139,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
     device::parse(&args.device)?;
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
+    // Once for all local workers, before anything is submitted.
+    super::worker::check_once(&args.device, &args.check)?;
     let location = absolute_location(
         args.out
             .as_deref()
@@ -238,6 +240,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 checkpoint_every: args.checkpoint_every,
                 // No other machine can take the shards over: stop, and say why.
                 stop_when_unhealthy: true,
+                // Checked above, once for all of them.
+                gate: None,
+                idle_if_refused: false,
             };
             let events = Arc::new(WorkerBar {
                 bars: bars.clone(),

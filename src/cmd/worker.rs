@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use linesweep_worker::agent::{self, AgentConfig, NoEvents};
-use linesweep_worker::device;
+use linesweep_worker::{device, gate};
 
 use super::remote::{runtime, shutdown_signal};
 use crate::cli::WorkerArgs;
@@ -23,6 +23,60 @@ pub(crate) fn default_name() -> String {
 fn seconds(what: &str, s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s)
         .with_context(|| format!("{what} must be a number of seconds ≥ 0"))
+}
+
+/// The device gate of a worker (or of `run`'s local workers) on `device`.
+pub(crate) fn gate_config(
+    device: &str,
+    args: &crate::cli::DeviceCheckArgs,
+) -> anyhow::Result<gate::GateConfig> {
+    if let Some(t) = args.check_tolerance {
+        anyhow::ensure!(
+            t.is_finite() && t >= 0.0,
+            "--check-tolerance must be a finite number ≥ 0, not {t}"
+        );
+    }
+    let program = std::env::current_exe().context("locating the linesweep binary")?;
+    if let Some(p) = &args.check_precision {
+        anyhow::ensure!(
+            p == "f32" || p == "bf16",
+            "--check-precision must be f32 or bf16, not `{p}`"
+        );
+    }
+    Ok(gate::GateConfig {
+        precision: args.check_precision.clone(),
+        tolerance: args.check_tolerance,
+        recheck: args.recheck_device,
+        ..gate::GateConfig::new(program, device)
+    })
+}
+
+/// Runs the device gate once, in this process's own runtime: `Ok` when the device may take
+/// shards (or is the CPU), an error with the verdict when it may not.
+pub(crate) fn check_once(device: &str, args: &crate::cli::DeviceCheckArgs) -> anyhow::Result<()> {
+    let cfg = gate_config(device, args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the device check")?;
+    let Some(g) = rt.block_on(gate::check(&cfg))? else {
+        return Ok(());
+    };
+    let v = &g.verdict;
+    let line = format!(
+        "device check of {} on {}: {}{}",
+        v.device,
+        v.adapter,
+        v.summary(),
+        if g.cached { " (cached verdict)" } else { "" }
+    );
+    anyhow::ensure!(
+        v.passed,
+        "{line}\nthis device computes what the CPU does not; no shard runs on it (see `linesweep check-device --device {}` for every difference)",
+        v.device
+    );
+    tracing::info!("{line}");
+    Ok(())
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -46,6 +100,8 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // A batch job (`--exit-when-idle`) ends rather than probe a broken machine; a
         // long-lived worker stays, probing at the longest backoff.
         stop_when_unhealthy: args.exit_when_idle,
+        gate: Some(gate_config(&args.device, &args.check)?),
+        idle_if_refused: args.idle_if_refused,
     };
     let report = runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -50,6 +50,10 @@ pub enum AgentError {
     /// The coordinator's TLS certificate is not trusted (wrong CA, expired, another name).
     #[error("this worker cannot trust the coordinator: {0}")]
     Untrusted(String),
+    /// The device computes what the CPU does not (or the check could not run): no shard may
+    /// run on it.
+    #[error("this worker's device is refused, and it takes no shards: {0}")]
+    DeviceRefused(String),
 }
 
 /// How an agent runs.
@@ -84,6 +88,12 @@ pub struct AgentConfig {
     /// Stop (instead of probing at the longest backoff) once unhealthy: the embedded mode,
     /// where no other worker could take over.
     pub stop_when_unhealthy: bool,
+    /// The device check to pass before the first lease (`None`: checked by the caller, as
+    /// `run` does once for all its local workers).
+    pub gate: Option<crate::gate::GateConfig>,
+    /// On a refused device, stay registered (shown as unhealthy in `linesweep workers`)
+    /// without leasing, instead of exiting with [`AgentError::DeviceRefused`].
+    pub idle_if_refused: bool,
 }
 
 /// Infrastructure failures in a row after which a worker is unhealthy.
@@ -231,12 +241,23 @@ pub async fn run(
         max_backoff: cfg.max_backoff,
     };
     let mut stop_rx = stop.clone();
+    let (device_check, refused) = match &cfg.gate {
+        None => (String::new(), None),
+        Some(gate) => match gate_verdict(gate).await {
+            Ok(summary) => (summary, None),
+            Err(why) if cfg.idle_if_refused => (why.clone(), Some(why)),
+            Err(why) => return Err(AgentError::DeviceRefused(why)),
+        },
+    };
     let reg = pb::RegisterRequest {
         protocol_version: PROTOCOL_VERSION,
         worker: cfg.name.clone(),
         device: cfg.device.clone(),
         slots: cfg.slots as u32,
-        unhealthy: String::new(),
+        unhealthy: refused
+            .as_ref()
+            .map_or(String::new(), |why| format!("device refused: {why}")),
+        device_check,
     };
     let heartbeat = match client
         .retry("register", &mut stop_rx, |mut c| {
@@ -254,6 +275,10 @@ pub async fn run(
         Some(Err(s)) => return Err(AgentError::Refused(s.message().to_owned())),
         Some(Ok(r)) => Duration::from_millis(r.heartbeat_interval_ms.max(50)),
     };
+    if refused.is_some() {
+        stay_refused(&client, &reg, heartbeat, stop).await;
+        return Ok(AgentReport::default());
+    }
     tracing::info!(worker = %cfg.name, device = %cfg.device, slots = cfg.slots, coordinator = %cfg.coordinator, "worker ready");
 
     let shared = Arc::new(Shared {
@@ -272,6 +297,60 @@ pub async fn run(
     }
     while slots.join_next().await.is_some() {}
     Ok(lock(&shared.report).clone())
+}
+
+/// Runs the device gate: `Ok` with the verdict's line when the device may take shards,
+/// `Err` with the reason when it may not.
+async fn gate_verdict(gate: &crate::gate::GateConfig) -> Result<String, String> {
+    match crate::gate::check(gate).await {
+        Ok(None) => Ok(String::new()),
+        Ok(Some(g)) => {
+            let v = &g.verdict;
+            let from = if g.cached {
+                "cached verdict".to_owned()
+            } else {
+                format!("checked in {:.1} s", v.seconds)
+            };
+            let line = format!("{} ({from}; {})", v.summary(), v.adapter);
+            if v.passed {
+                tracing::info!(device = %v.device, verdict = %line, "device check");
+                Ok(line)
+            } else {
+                tracing::error!(device = %v.device, verdict = %line, worst = ?v.worst, "device check failed: this device computes what the CPU does not");
+                Err(line)
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "device check");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// A refused worker stays listed (registering again every few heartbeats, so that
+/// `linesweep workers` shows why) and never leases, until it is stopped.
+async fn stay_refused(
+    client: &Client,
+    reg: &pb::RegisterRequest,
+    heartbeat: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::warn!(reason = %reg.unhealthy, "staying up without taking shards (--idle-if-refused)");
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut c = client.inner.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.register(client.request(reg.clone())),
+        )
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(heartbeat * 2) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -37,6 +37,12 @@ fn build_command(feature: &str) -> String {
     }
 }
 
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+mod adapters;
+
+/// What `cpu` reports as its adapter: no driver, nothing to change under a verdict.
+pub const FLEX_ADAPTER: &str = "flex (pure-Rust CPU kernels)";
+
 /// A burn device and the name results record for it.
 #[derive(Debug, Clone)]
 pub struct ComputeDevice {
@@ -44,6 +50,9 @@ pub struct ComputeDevice {
     pub device: Device,
     /// `cpu`, `wgpu:N`, `vulkan:N` or `cuda:N`.
     pub name: String,
+    /// The adapter and driver behind it, as the driver reports them (name, PCI ids, driver
+    /// version): a device check's verdict holds while this is unchanged.
+    pub adapter: String,
 }
 
 impl ComputeDevice {
@@ -52,7 +61,14 @@ impl ComputeDevice {
         Self {
             device: Device::flex(),
             name: "cpu".into(),
+            adapter: FLEX_ADAPTER.into(),
         }
+    }
+
+    /// Whether this is burn's `flex` backend, the reference every other device is checked
+    /// against.
+    pub fn is_flex(&self) -> bool {
+        self.name == "cpu"
     }
 }
 
@@ -82,14 +98,18 @@ pub fn parse(spec: &str) -> Result<ComputeDevice, DeviceError> {
         None => (spec, Adapter::Gpu(0)),
     };
     let name = format!("{kind}:{}", adapter.label());
-    let device = match (kind, adapter) {
+    let (device, adapter) = match (kind, adapter) {
         ("cpu" | "flex", _) if !spec.contains(':') => return Ok(ComputeDevice::cpu()),
         ("wgpu", a) => wgpu(spec, a)?,
         ("vulkan", a) => vulkan(spec, a)?,
         ("cuda", Adapter::Gpu(index)) => cuda(spec, index)?,
         _ => return Err(unknown()),
     };
-    Ok(ComputeDevice { device, name })
+    Ok(ComputeDevice {
+        device,
+        name,
+        adapter,
+    })
 }
 
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
@@ -135,14 +155,18 @@ fn configure_gpu_caches() {
     });
 }
 
+/// A device and the identity of the adapter behind it.
+type Found = (Device, String);
+
 #[cfg(feature = "wgpu")]
-fn wgpu(_: &str, adapter: Adapter) -> Result<Device, DeviceError> {
+fn wgpu(spec: &str, adapter: Adapter) -> Result<Found, DeviceError> {
+    let identity = adapters::find(spec, &adapters::candidates(false), adapter)?;
     configure_gpu_caches();
-    Ok(Device::wgpu(device_kind(adapter)))
+    Ok((Device::wgpu(device_kind(adapter)), identity))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
+fn wgpu(spec: &str, _: Adapter) -> Result<Found, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "wgpu",
@@ -150,13 +174,14 @@ fn wgpu(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan(_: &str, adapter: Adapter) -> Result<Device, DeviceError> {
+fn vulkan(spec: &str, adapter: Adapter) -> Result<Found, DeviceError> {
+    let identity = adapters::find(spec, &adapters::candidates(true), adapter)?;
     configure_gpu_caches();
-    Ok(Device::vulkan(device_kind(adapter)))
+    Ok((Device::vulkan(device_kind(adapter)), identity))
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
+fn vulkan(spec: &str, _: Adapter) -> Result<Found, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "vulkan",
@@ -164,18 +189,19 @@ fn vulkan(spec: &str, _: Adapter) -> Result<Device, DeviceError> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(spec: &str, index: usize) -> Result<Device, DeviceError> {
-    cuda_driver(spec, index)?;
+fn cuda(spec: &str, index: usize) -> Result<Found, DeviceError> {
+    let identity = cuda_driver(spec, index)?;
     configure_gpu_caches();
-    Ok(Device::cuda(index))
+    Ok((Device::cuda(index), identity))
 }
 
 /// Checks that the CUDA driver loads and has device `index`, before cudarc (which panics
-/// with a backtrace when `libcuda.so` is missing) is asked for it.
+/// with a backtrace when `libcuda.so` is missing) is asked for it, and returns the device's
+/// identity (its name and the driver's version).
 ///
-/// Hand-written against the driver API (three symbols through `dlopen`) because the point is
+/// Hand-written against the driver API (a few symbols through `dlopen`) because the point is
 /// to ask before any CUDA crate is involved; no crate offers a probe that cannot panic.
-pub fn cuda_driver(spec: &str, index: usize) -> Result<(), DeviceError> {
+pub fn cuda_driver(spec: &str, index: usize) -> Result<String, DeviceError> {
     let fail = |problem: String| DeviceError::NoDriver {
         device: spec.to_owned(),
         problem,
@@ -222,15 +248,54 @@ pub fn cuda_driver(spec: &str, index: usize) -> Result<(), DeviceError> {
     let mut n = 0i32;
     let rc = count(&mut n);
     if rc != 0 || index >= n.max(0) as usize {
+        let has = match n {
+            ..=0 => "no CUDA device".to_owned(),
+            1 => "1 CUDA device, cuda:0".to_owned(),
+            n => format!("{n} CUDA devices, cuda:0 to cuda:{}", n - 1),
+        };
         return Err(fail(format!(
-            "this machine has {n} CUDA device(s); there is no cuda:{index}"
+            "this machine has {has}; there is no cuda:{index}"
         )));
     }
-    Ok(())
+    Ok(cuda_identity(&symbol, index))
+}
+
+/// `NAME (CUDA driver V)` for device `index`, from whatever of the driver API answers.
+fn cuda_identity(symbol: &dyn Fn(&str) -> Option<*mut libc::c_void>, index: usize) -> String {
+    type CuDriverGetVersion = extern "C" fn(*mut i32) -> i32;
+    type CuDeviceGet = extern "C" fn(*mut i32, i32) -> i32;
+    type CuDeviceGetName = extern "C" fn(*mut libc::c_char, i32, i32) -> i32;
+    let mut version = 0i32;
+    if let Some(p) = symbol("cuDriverGetVersion") {
+        // SAFETY: CUresult cuDriverGetVersion(int*).
+        let f = unsafe { std::mem::transmute::<*mut libc::c_void, CuDriverGetVersion>(p) };
+        f(&mut version);
+    }
+    let mut name = String::from("unknown CUDA device");
+    if let (Some(get), Some(get_name)) = (symbol("cuDeviceGet"), symbol("cuDeviceGetName")) {
+        // SAFETY: CUresult cuDeviceGet(CUdevice*, int) and
+        // cuDeviceGetName(char*, int, CUdevice); the buffer outlives the call and its length
+        // is passed.
+        let (get, get_name) = unsafe {
+            (
+                std::mem::transmute::<*mut libc::c_void, CuDeviceGet>(get),
+                std::mem::transmute::<*mut libc::c_void, CuDeviceGetName>(get_name),
+            )
+        };
+        let mut dev = 0i32;
+        let mut buf = [0 as libc::c_char; 256];
+        if get(&mut dev, index as i32) == 0 && get_name(buf.as_mut_ptr(), 255, dev) == 0 {
+            // SAFETY: the driver wrote a NUL-terminated string into the zeroed buffer.
+            name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    format!("{name} (CUDA driver {version})")
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(spec: &str, _: usize) -> Result<Device, DeviceError> {
+fn cuda(spec: &str, _: usize) -> Result<Found, DeviceError> {
     Err(DeviceError::NotCompiled {
         device: spec.to_owned(),
         feature: "cuda",

@@ -18,6 +18,8 @@
 //! - [`child`]: the child protocol between an agent and its `linesweep exec` children: argv,
 //!   progress lines, exit reasons.
 //! - [`device`]: turns `--device` strings into burn devices; GPU backends behind cargo features.
+//! - [`gate`]: the device gate: a worker checks a non-CPU device against the CPU before it
+//!   leases, and caches the verdict.
 
 pub mod agent;
 pub mod child;
@@ -26,6 +28,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod exec;
+pub mod gate;
 pub mod model;
 pub mod results;
 pub mod science;

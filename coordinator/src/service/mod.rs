@@ -70,6 +70,8 @@ struct WorkerEntry {
     last_seen: Millis,
     /// Why it stopped taking shards (empty: healthy).
     unhealthy: String,
+    /// Its device check's verdict (empty: the CPU, or none reported).
+    device_check: String,
 }
 
 #[derive(Default)]

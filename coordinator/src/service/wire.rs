@@ -106,7 +106,8 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                 device: req.device.clone(),
                 slots: req.slots,
                 last_seen: now,
-                unhealthy: req.unhealthy.clone(),
+                unhealthy: bounded(&req.unhealthy),
+                device_check: bounded(&req.device_check),
             },
         );
         if req.unhealthy.is_empty() {
@@ -477,6 +478,7 @@ impl pb::control_service_server::ControlService for Coordinator {
                 last_seen_ms: (now - w.last_seen).max(0) as u64,
                 shards: held.get(name).cloned().unwrap_or_default(),
                 unhealthy: w.unhealthy.clone(),
+                device_check: w.device_check.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListWorkersReply { workers }))
@@ -487,6 +489,15 @@ impl pb::control_service_server::ControlService for Coordinator {
         check_version(req.protocol_version)?;
         let deleted = Coordinator::gc(self, &sweep_name(&req.sweep)?, req.include_failed).await?;
         Ok(Response::new(pb::GcReply { deleted }))
+    }
+}
+
+/// A worker's free text (health, device verdict) as kept for `linesweep workers`: at most
+/// 2,000 characters, so that a misbehaving worker cannot grow the coordinator's memory.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(2000) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 

@@ -3,24 +3,22 @@
 //! Classes are the `train` folder names in sorted order. Training images are decoded per
 //! batch (random-resized crop to `data.image_size` and a horizontal flip; with
 //! `augment = false` the evaluation transform); evaluation subsets are decoded once (resize
-//! the shorter side to 256/224 of the crop, centre crop). Features are normalised per channel
+//! the shorter side to 256/224 of the crop, centre crop). The crop is drawn from the file's
+//! header and only what it needs is decoded ([`decode`]: reduced-scale JPEG decoding, SIMD
+//! resampling). Features are normalised per channel
 //! with the usual ImageNet constants. A file that does not decode is skipped with a warning
 //! and counted, never a crash.
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Batch, DataError, Loaded, Split, TrainData, fixed_subset};
+use super::{Batch, DataError, Loaded, Split, TrainData, decode, fixed_subset};
 use crate::config::DataConfig;
 
-/// Per-channel mean of ImageNet pixels scaled to [0, 1].
-pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// Per-channel standard deviation.
-pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub use decode::{MEAN, STD};
 /// File extensions taken as images (case-insensitive).
 const EXTENSIONS: [&str; 3] = ["jpeg", "jpg", "png"];
 
@@ -99,64 +97,36 @@ fn scan(root: &Path, classes: Option<&[String]>) -> Result<(Vec<String>, Labelle
     Ok((names, files))
 }
 
-/// Decodes one image file to RGB.
-pub fn decode(path: &Path) -> Result<RgbImage, String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    reader
-        .decode()
-        .map(DynamicImage::into_rgb8)
-        .map_err(|e| e.to_string())
+/// Reads one image file.
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| e.to_string())
 }
 
-fn normalised(img: &RgbImage, out: &mut Vec<f32>) {
-    let (w, h) = img.dimensions();
-    for c in 0..3 {
-        for y in 0..h {
-            for x in 0..w {
-                let v = f32::from(img.get_pixel(x, y)[c]) / 255.0;
-                out.push((v - MEAN[c]) / STD[c]);
-            }
-        }
-    }
+/// Evaluation transform: shorter side to ⌊size·256/224⌉, centre crop `size`×`size`. The
+/// centre crop's box is resampled directly from the file (decoded at a reduced scale where
+/// that box allows), which is what resizing then cropping computes.
+pub fn eval_transform(bytes: &[u8], size: usize, out: &mut Vec<f32>) -> Result<(), String> {
+    let (w, h) = decode::dimensions(bytes)?;
+    let short = ((size as f64) * 256.0 / 224.0).round();
+    // Resized size of the image, and its centre crop, in resized pixels …
+    let f = short / f64::from(w.min(h));
+    let (nw, nh) = (
+        (f64::from(w) * f).round().max(1.0),
+        (f64::from(h) * f).round().max(1.0),
+    );
+    let s = size as f64;
+    let (x0, y0) = (((nw - s) / 2.0).floor(), ((nh - s) / 2.0).floor());
+    // … and in the file's pixels.
+    let (fx, fy) = (f64::from(w) / nw, f64::from(h) / nh);
+    let region = [x0 * fx, y0 * fy, s * fx, s * fy];
+    let pixels = decode::decode_for(bytes, region, size as u32)?;
+    decode::crop_resize_normalise(&pixels, region, size as u32, false, out)
 }
 
-/// Evaluation transform: shorter side to ⌊size·256/224⌉, centre crop `size`×`size`.
-pub fn eval_transform(img: &RgbImage, size: usize, out: &mut Vec<f32>) {
-    let (w, h) = img.dimensions();
-    let short = ((size as f64) * 256.0 / 224.0).round() as u32;
-    let (nw, nh) = if w <= h {
-        (
-            short,
-            ((h as f64) * short as f64 / w as f64).round().max(1.0) as u32,
-        )
-    } else {
-        (
-            ((w as f64) * short as f64 / h as f64).round().max(1.0) as u32,
-            short,
-        )
-    };
-    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-    let s = size as u32;
-    let (x0, y0) = ((nw.saturating_sub(s)) / 2, (nh.saturating_sub(s)) / 2);
-    let crop = image::imageops::crop_imm(&resized, x0, y0, s.min(nw), s.min(nh)).to_image();
-    let crop = if crop.dimensions() == (s, s) {
-        crop
-    } else {
-        image::imageops::resize(&crop, s, s, FilterType::Triangle)
-    };
-    normalised(&crop, out);
-}
-
-/// Training transform: a random crop of 8–100 % of the area and aspect ratio ¾–4⁄3 (ten
-/// tries, then the centred largest square), resized to `size`×`size`, flipped with
-/// probability ½ (torchvision's `RandomResizedCrop` + `RandomHorizontalFlip`).
-pub fn train_transform(img: &RgbImage, size: usize, rng: &mut ChaCha8Rng, out: &mut Vec<f32>) {
-    let (w, h) = img.dimensions();
+/// The box of a random-resized crop of a `w × h` image: 8–100 % of the area and aspect ratio
+/// ¾–4⁄3 (ten tries, then the centred largest square), torchvision's `RandomResizedCrop`.
+fn random_crop(w: u32, h: u32, rng: &mut ChaCha8Rng) -> (u32, u32, u32, u32) {
     let area = f64::from(w) * f64::from(h);
-    let mut region = None;
     for _ in 0..10 {
         let target = area * rng.random_range(0.08..=1.0);
         let log_ratio = rng.random_range((3.0f64 / 4.0).ln()..=(4.0f64 / 3.0).ln());
@@ -166,21 +136,42 @@ pub fn train_transform(img: &RgbImage, size: usize, rng: &mut ChaCha8Rng, out: &
         if cw >= 1 && ch >= 1 && cw <= w && ch <= h {
             let x = rng.random_range(0..=w - cw);
             let y = rng.random_range(0..=h - ch);
-            region = Some((x, y, cw, ch));
-            break;
+            return (x, y, cw, ch);
         }
     }
-    let (x, y, cw, ch) = region.unwrap_or_else(|| {
-        let s = w.min(h);
-        ((w - s) / 2, (h - s) / 2, s, s)
-    });
-    let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
-    let mut resized =
-        image::imageops::resize(&crop, size as u32, size as u32, FilterType::Triangle);
-    if rng.random_bool(0.5) {
-        image::imageops::flip_horizontal_in_place(&mut resized);
+    let s = w.min(h);
+    ((w - s) / 2, (h - s) / 2, s, s)
+}
+
+/// Training transform: a random-resized crop resized to `size`×`size`, flipped with
+/// probability ½ (torchvision's `RandomResizedCrop` + `RandomHorizontalFlip`). The crop is
+/// drawn from the header's size, then only what it needs is decoded.
+pub fn train_transform(
+    bytes: &[u8],
+    size: usize,
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<f32>,
+) -> Result<(), String> {
+    let (w, h) = decode::dimensions(bytes)?;
+    let (x, y, cw, ch) = random_crop(w, h, rng);
+    let flip = rng.random_bool(0.5);
+    let region = [x, y, cw, ch].map(f64::from);
+    let pixels = decode::decode_for(bytes, region, size as u32)?;
+    decode::crop_resize_normalise(&pixels, region, size as u32, flip, out)
+}
+
+/// One file through the training (with `augment`) or evaluation transform.
+fn transform(path: &Path, size: usize, augment: Option<u64>) -> Result<Vec<f32>, String> {
+    let bytes = read(path)?;
+    let mut out = Vec::with_capacity(3 * size * size);
+    match augment {
+        Some(seed) => {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            train_transform(&bytes, size, &mut r, &mut out)?;
+        }
+        None => eval_transform(&bytes, size, &mut out)?,
     }
-    normalised(&resized, out);
+    Ok(out)
 }
 
 impl Folder {
@@ -214,17 +205,9 @@ impl Folder {
                         part.iter()
                             .map(|&(i, seed)| {
                                 let (path, label) = &self.files[i];
-                                match decode(path) {
-                                    Ok(img) => {
-                                        let mut out = Vec::with_capacity(3 * self.size * self.size);
-                                        if self.augment {
-                                            let mut r = ChaCha8Rng::seed_from_u64(seed);
-                                            train_transform(&img, self.size, &mut r, &mut out);
-                                        } else {
-                                            eval_transform(&img, self.size, &mut out);
-                                        }
-                                        Some((out, *label))
-                                    }
+                                let augment = self.augment.then_some(seed);
+                                match transform(path, self.size, augment) {
+                                    Ok(out) => Some((out, *label)),
                                     Err(e) => {
                                         tracing::warn!(file = %path.display(), error = %e, "skipping an image that does not decode");
                                         None
@@ -270,9 +253,9 @@ fn eval_split(files: &[(PathBuf, u16)], size: usize) -> (Split, u64) {
     };
     let mut skipped = 0;
     for (path, label) in files {
-        match decode(path) {
-            Ok(img) => {
-                eval_transform(&img, size, &mut split.features);
+        match transform(path, size, None) {
+            Ok(f) => {
+                split.features.extend(f);
                 split.labels.push(*label);
             }
             Err(e) => {
@@ -356,6 +339,56 @@ pub fn write_synthetic(
                     image::ImageFormat::Jpeg,
                 )
                 .map_err(std::io::Error::other)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two classes of JPEGs with photo-like content (smooth shapes, edges and sensor noise, at
+/// quality 90), `side` to `side` + 30 pixels: repeated textures compress, and decode, far
+/// faster than photos.
+pub fn write_photo_like(dir: &Path, per_class: usize, side: u32) -> std::io::Result<()> {
+    for c in 0..2u32 {
+        let folder = dir.join("train").join(format!("n{:08}", c + 1));
+        std::fs::create_dir_all(&folder)?;
+        std::fs::create_dir_all(dir.join("val").join(format!("n{:08}", c + 1)))?;
+        for i in 0..per_class {
+            let mut rng = ChaCha8Rng::seed_from_u64((c as u64) << 32 | i as u64);
+            let (w, h) = (
+                side * 4 / 3 + (i as u32 * 7) % 30,
+                side + (i as u32 * 11) % 30,
+            );
+            let (cx, cy, r) = (
+                rng.random_range(0.0..w as f32),
+                rng.random_range(0.0..h as f32),
+                rng.random_range(0.1..0.4) * w as f32,
+            );
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+                let inside = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)) < r * r;
+                let noise = rng.random_range(-12.0f32..12.0);
+                let base = if inside {
+                    [200.0, 80.0 + 60.0 * fy, 40.0]
+                } else {
+                    [90.0 * fx + 40.0, 120.0 + 50.0 * fy, 160.0 - 60.0 * fx]
+                };
+                image::Rgb(
+                    base.map(|v| (v + noise + 20.0 * (fx * 40.0).sin()).clamp(0.0, 255.0) as u8),
+                )
+            });
+            let file = std::fs::File::create(folder.join(format!("img{i:05}.JPEG")))?;
+            let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(
+                std::io::BufWriter::new(file),
+                90,
+            );
+            enc.encode_image(&img).map_err(std::io::Error::other)?;
+            if i < 2 {
+                let val = dir.join("val").join(format!("n{:08}", c + 1));
+                std::fs::copy(
+                    folder.join(format!("img{i:05}.JPEG")),
+                    val.join(format!("img{i:05}.JPEG")),
+                )?;
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod decode;
 pub mod fetch;
 pub mod idx;
 pub mod imagenet;

@@ -96,7 +96,7 @@ pub fn default_tolerance(precision: Precision) -> f64 {
 }
 
 /// One compared quantity.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Check {
     /// The case (`mlp`, `resnet20`).
     pub case: String,

@@ -251,6 +251,29 @@ pub(crate) fn new_net(
     net
 }
 
+/// θ_i of a shard on `device` (returned on its autodiff device), always drawn by the CPU
+/// backend from `seed`: burn's seeded initialisers draw different numbers per backend, and a
+/// grid point's θ_i must not depend on which worker's device ran it. On another device the
+/// CPU's draw is loaded into a template there (`net_from_snapshot`), which also makes a GPU
+/// shard comparable, step for step, with the same shard on the CPU.
+pub(crate) fn initial_net(
+    model: &crate::config::ModelConfig,
+    shape: [usize; 3],
+    classes: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<Net, EngineError> {
+    let ad = device.clone().autodiff();
+    let cpu = Device::flex();
+    if *device == cpu {
+        return Ok(new_net(model, shape, classes, &ad, Some(seed)));
+    }
+    let drawn = new_net(model, shape, classes, &cpu.autodiff(), Some(seed));
+    let snap = crate::snapshot::HostSnapshot::capture(&drawn.valid(), 0)?;
+    let template = new_net(model, shape, classes, &ad, None);
+    net_from_snapshot(&template, &snap)
+}
+
 /// Touches every parameter, so that a lazily initialised one draws its values now.
 struct Materialize;
 
@@ -375,7 +398,7 @@ pub fn train(
     let precision = tc.precision;
     let ad = device.clone().autodiff();
     let shape = train.shape();
-    let mut model = new_net(&cfg.model, shape, classes, &ad, Some(cfg.seed));
+    let mut model = initial_net(&cfg.model, shape, classes, device, cfg.seed)?;
     if let Some(from) = &tc.init_from {
         // θ_i is the parent's snapshot (weights and running statistics); the optimizer
         // starts fresh. A resumed attempt then restores its checkpoint over it, as any run.
