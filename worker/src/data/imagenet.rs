@@ -377,12 +377,11 @@ pub fn write_photo_like(dir: &Path, per_class: usize, side: u32) -> std::io::Res
                     base.map(|v| (v + noise + 20.0 * (fx * 40.0).sin()).clamp(0.0, 255.0) as u8),
                 )
             });
-            let file = std::fs::File::create(folder.join(format!("img{i:05}.JPEG")))?;
-            let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(
-                std::io::BufWriter::new(file),
-                90,
-            );
-            enc.encode_image(&img).map_err(std::io::Error::other)?;
+            let mut bytes = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+                .encode_image(&img)
+                .map_err(std::io::Error::other)?;
+            std::fs::write(folder.join(format!("img{i:05}.JPEG")), &bytes)?;
             if i < 2 {
                 let val = dir.join("val").join(format!("n{:08}", c + 1));
                 std::fs::copy(
