@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn the_scale_keeps_the_output_pixels() {
-        assert_eq!(dct_eighths(2000.0, 1500.0, 224), 1);
+        assert_eq!(dct_eighths(2400.0, 1800.0, 224), 1);
+        assert_eq!(dct_eighths(2000.0, 1500.0, 224), 2);
         assert_eq!(dct_eighths(1000.0, 900.0, 224), 2);
         assert_eq!(dct_eighths(500.0, 900.0, 224), 4);
         assert_eq!(dct_eighths(400.0, 400.0, 224), 8);
@@ -196,7 +197,7 @@ mod tests {
     fn a_scaled_decode_gives_the_same_crop_as_a_full_one() {
         let bytes = jpeg(1600, 1200);
         assert_eq!(dimensions(&bytes).unwrap(), (1600, 1200));
-        let region = [100.0, 200.0, 1000.0, 800.0];
+        let region = [100.0, 150.0, 1400.0, 1000.0];
         let scaled = decode_for(&bytes, region, 224).unwrap();
         assert_eq!(
             (scaled.width, scaled.height, scaled.scale),

@@ -67,7 +67,7 @@ pub(super) fn find(spec: &str, apis: &[Backend], adapter: Adapter) -> Result<Str
         .filter(|&&api| wgpu::Instance::enabled_backend_features().contains(api.into()))
         .map(|&api| (api, enumerate(api)))
         .collect();
-    select(spec, &listed, adapter)
+    select(spec, &listed, adapter, cfg!(feature = "vulkan"))
 }
 
 /// [`find`] over adapters already listed per graphics API.
@@ -75,6 +75,7 @@ fn select(
     spec: &str,
     listed: &[(Backend, Vec<wgpu::AdapterInfo>)],
     adapter: Adapter,
+    spirv: bool,
 ) -> Result<String, DeviceError> {
     let fail = |problem: String| DeviceError::NoDriver {
         device: spec.to_owned(),
@@ -105,6 +106,16 @@ fn select(
         Adapter::Software => (DeviceType::Cpu, 0),
     };
     if let Some(a) = found.iter().filter(|a| a.device_type == wanted).nth(index) {
+        if spirv && *api == Backend::Vulkan && a.driver.contains("llvmpipe") {
+            // docs/performance.md: Mesa's lavapipe (22.3 and 25.0) segfaults compiling
+            // CubeCL's SPIR-V matmul kernels; the WGSL path of a `wgpu` build runs there.
+            return Err(fail(format!(
+                "Mesa's lavapipe (\"{}\") crashes compiling the SPIR-V kernels of a binary \
+                 built with the `vulkan` feature; for the GPU code path on the CPU use \
+                 `wgpu:cpu` in a binary built with `--features wgpu` only",
+                a.name
+            )));
+        }
         return Ok(identity(a));
     }
     let kind = spec.split(':').next().unwrap_or(spec);
@@ -168,16 +179,31 @@ mod tests {
                 info("B", DeviceType::DiscreteGpu),
             ],
         )];
-        let id = select("vulkan:1", &listed, Adapter::Gpu(1)).unwrap();
+        let id = select("vulkan:1", &listed, Adapter::Gpu(1), true).unwrap();
         assert!(id.starts_with("B [10de:0001] Vulkan drv 1.0"), "{id}");
-        let id = select("vulkan:cpu", &listed, Adapter::Software).unwrap();
+        let id = select("vulkan:cpu", &listed, Adapter::Software, false).unwrap();
         assert!(id.starts_with("llvmpipe"), "{id}");
+    }
+
+    #[test]
+    fn lavapipe_is_refused_where_spirv_kernels_would_crash_it() {
+        let mut lvp = info("llvmpipe (LLVM 15.0.6, 256 bits)", DeviceType::Cpu);
+        lvp.driver = "llvmpipe".into();
+        let listed = vec![(Backend::Vulkan, vec![lvp])];
+        let err = select("vulkan:cpu", &listed, Adapter::Software, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("crashes compiling the SPIR-V kernels") && err.contains("wgpu:cpu"),
+            "{err}"
+        );
+        assert!(select("wgpu:cpu", &listed, Adapter::Software, false).is_ok());
     }
 
     #[test]
     fn a_missing_index_lists_what_exists() {
         let listed = vec![(Backend::Vulkan, vec![info("llvmpipe", DeviceType::Cpu)])];
-        let err = select("vulkan:2", &listed, Adapter::Gpu(2))
+        let err = select("vulkan:2", &listed, Adapter::Gpu(2), true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -190,7 +216,7 @@ mod tests {
     #[test]
     fn no_adapter_at_all_names_the_driver_to_install() {
         let listed = vec![(Backend::Vulkan, vec![]), (Backend::Gl, vec![])];
-        let err = select("wgpu:0", &listed, Adapter::Gpu(0))
+        let err = select("wgpu:0", &listed, Adapter::Gpu(0), false)
             .unwrap_err()
             .to_string();
         assert!(
