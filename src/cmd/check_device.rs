@@ -6,7 +6,7 @@ use linesweep_worker::engine::parity::{self, Report, Side};
 
 use crate::cli::CheckDeviceArgs;
 
-fn precision(name: &str) -> anyhow::Result<Precision> {
+pub(super) fn precision(name: &str) -> anyhow::Result<Precision> {
     super::config_name(name, &format!("precision `{name}` (f32 or bf16)"))
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use linesweep_worker::agent::{self, AgentConfig, NoEvents};
+use linesweep_worker::config::Precision;
 use linesweep_worker::{device, gate};
 
 use super::remote::{runtime, shutdown_signal};
@@ -36,15 +37,13 @@ pub(crate) fn gate_config(
             "--check-tolerance must be a finite number ≥ 0, not {t}"
         );
     }
+    let precision = match &args.check_precision {
+        Some(p) => super::check_device::precision(p).context("--check-precision")?,
+        None => Precision::F32,
+    };
     let program = std::env::current_exe().context("locating the linesweep binary")?;
-    if let Some(p) = &args.check_precision {
-        anyhow::ensure!(
-            p == "f32" || p == "bf16",
-            "--check-precision must be f32 or bf16, not `{p}`"
-        );
-    }
     Ok(gate::GateConfig {
-        precision: args.check_precision.clone(),
+        precision,
         tolerance: args.check_tolerance,
         recheck: args.recheck_device,
         ..gate::GateConfig::new(program, device)
@@ -59,24 +58,12 @@ pub(crate) fn check_once(device: &str, args: &crate::cli::DeviceCheckArgs) -> an
         .enable_all()
         .build()
         .context("starting the device check")?;
-    let Some(g) = rt.block_on(gate::check(&cfg))? else {
-        return Ok(());
-    };
-    let v = &g.verdict;
-    let line = format!(
-        "device check of {} on {}: {}{}",
-        v.device,
-        v.adapter,
-        v.summary(),
-        if g.cached { " (cached verdict)" } else { "" }
-    );
-    anyhow::ensure!(
-        v.passed,
-        "{line}\nthis device computes what the CPU does not; no shard runs on it (see `linesweep check-device --device {}` for every difference)",
-        v.device
-    );
-    tracing::info!("{line}");
-    Ok(())
+    rt.block_on(gate::admit(&cfg)).map(drop).map_err(|why| {
+        anyhow::anyhow!(
+            "device check of {device}: {why}\nno shard runs on a device that computes what the \
+             CPU does not (see `linesweep check-device --device {device}` for every difference)"
+        )
+    })
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {

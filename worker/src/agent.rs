@@ -243,7 +243,7 @@ pub async fn run(
     let mut stop_rx = stop.clone();
     let (device_check, refused) = match &cfg.gate {
         None => (String::new(), None),
-        Some(gate) => match gate_verdict(gate).await {
+        Some(gate) => match crate::gate::admit(gate).await {
             Ok(summary) => (summary, None),
             Err(why) if cfg.idle_if_refused => (why.clone(), Some(why)),
             Err(why) => return Err(AgentError::DeviceRefused(why)),
@@ -297,34 +297,6 @@ pub async fn run(
     }
     while slots.join_next().await.is_some() {}
     Ok(lock(&shared.report).clone())
-}
-
-/// Runs the device gate: `Ok` with the verdict's line when the device may take shards,
-/// `Err` with the reason when it may not.
-async fn gate_verdict(gate: &crate::gate::GateConfig) -> Result<String, String> {
-    match crate::gate::check(gate).await {
-        Ok(None) => Ok(String::new()),
-        Ok(Some(g)) => {
-            let v = &g.verdict;
-            let from = if g.cached {
-                "cached verdict".to_owned()
-            } else {
-                format!("checked in {:.1} s", v.seconds)
-            };
-            let line = format!("{} ({from}; {})", v.summary(), v.adapter);
-            if v.passed {
-                tracing::info!(device = %v.device, verdict = %line, "device check");
-                Ok(line)
-            } else {
-                tracing::error!(device = %v.device, verdict = %line, worst = ?v.worst, "device check failed: this device computes what the CPU does not");
-                Err(line)
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "device check");
-            Err(e.to_string())
-        }
-    }
 }
 
 /// A refused worker stays listed (registering again every few heartbeats, so that

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Precision;
 use crate::device::{self, ComputeDevice};
 use crate::engine::parity::Check;
 
@@ -96,8 +97,8 @@ pub struct GateConfig {
     /// The worker's device string.
     pub device: String,
     /// The arithmetic checked on the device (`f32`, `bf16`), against the f32 CPU: the
-    /// precision its shards will use. `None`: f32.
-    pub precision: Option<String>,
+    /// precision its shards will use.
+    pub precision: Precision,
     /// The check's tolerance (default: the precision's, see `parity::default_tolerance`).
     pub tolerance: Option<f64>,
     /// Ignore a cached verdict and check again.
@@ -114,7 +115,7 @@ impl GateConfig {
         Self {
             program,
             device: device.to_owned(),
-            precision: None,
+            precision: Precision::F32,
             tolerance: None,
             recheck: false,
             timeout: Duration::from_secs(1800),
@@ -136,8 +137,7 @@ pub struct Gate {
 /// verdict, from the cache or from a fresh check.
 pub async fn check(cfg: &GateConfig) -> Result<Option<Gate>, GateError> {
     let target = device::parse(&cfg.device)?;
-    let f32_only = cfg.precision.as_deref().is_none_or(|p| p == "f32");
-    if target.is_flex() && f32_only {
+    if target.is_flex() && cfg.precision == Precision::F32 {
         return Ok(None);
     }
     let binary = hash_file(&cfg.program)
@@ -163,6 +163,40 @@ pub async fn check(cfg: &GateConfig) -> Result<Option<Gate>, GateError> {
     }))
 }
 
+impl Gate {
+    /// The verdict as `linesweep workers` and the logs show it: `passed: … (cached verdict;
+    /// ADAPTER)`.
+    pub fn line(&self) -> String {
+        let v = &self.verdict;
+        let from = if self.cached {
+            "cached verdict".to_owned()
+        } else {
+            format!("checked in {:.1} s", v.seconds)
+        };
+        format!("{} ({from}; {})", v.summary(), v.adapter)
+    }
+}
+
+/// Runs the gate and decides: `Ok` with the verdict's line (empty for the unchecked CPU)
+/// when the device may take shards, `Err` with the reason when it may not. Logs either way.
+pub async fn admit(cfg: &GateConfig) -> Result<String, String> {
+    match check(cfg).await {
+        Ok(None) => Ok(String::new()),
+        Ok(Some(g)) if g.verdict.passed => {
+            tracing::info!(device = %g.verdict.device, verdict = %g.line(), "device check");
+            Ok(g.line())
+        }
+        Ok(Some(g)) => {
+            tracing::error!(device = %g.verdict.device, verdict = %g.line(), worst = ?g.verdict.worst, "device check failed: this device computes what the CPU does not");
+            Err(g.line())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "device check");
+            Err(e.to_string())
+        }
+    }
+}
+
 /// SHA-256 of a file, streamed.
 fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
@@ -179,7 +213,7 @@ fn cache_key(binary: &str, target: &ComputeDevice, cfg: &GateConfig) -> String {
         binary,
         &target.name,
         &target.adapter,
-        &format!("{:?} {:?}", cfg.precision, cfg.tolerance),
+        &format!("{} {:?}", cfg.precision.as_str(), cfg.tolerance),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
@@ -225,9 +259,7 @@ async fn run_check(
     let mut cmd = tokio::process::Command::new(&cfg.program);
     cmd.args(["check-device", "--json", "--device", &cfg.device]);
     cmd.args(["--reference-precision", "f32"]);
-    if let Some(p) = &cfg.precision {
-        cmd.args(["--precision", p]);
-    }
+    cmd.args(["--precision", cfg.precision.as_str()]);
     if let Some(t) = cfg.tolerance {
         cmd.arg(format!("--tolerance={t}"));
     }
@@ -340,7 +372,7 @@ mod tests {
         };
         assert_ne!(k, cache_key("bin", &a, &tight));
         let bf16 = GateConfig {
-            precision: Some("bf16".into()),
+            precision: Precision::Bf16,
             ..cfg.clone()
         };
         assert_ne!(k, cache_key("bin", &a, &bf16));
