@@ -944,6 +944,57 @@ fn f_a_shard_resumed_from_a_checkpoint_equals_an_uninterrupted_run() {
     }
 }
 
+/// `snapshot.keep = "lines"` deletes the snapshots no line needs once the trajectory is
+/// computed; a kill -9 between that deletion and `attempt.json` leaves a checkpoint whose
+/// snapshots are gone. The next attempt discards it with a warning the user sees and starts
+/// over, instead of failing forever as a storage error.
+#[test]
+fn l_a_checkpoint_whose_snapshots_were_dropped_is_discarded_not_a_dead_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = spec(dir, "lines", 4, "");
+    let o = linesweep(
+        &["plan", spec.to_str().unwrap(), "--json"],
+        dir,
+        Duration::from_secs(30),
+    );
+    let mut first: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().next().unwrap()).unwrap();
+    first["config"]["snapshot"]["keep"] = "lines".into();
+    let config = first["config"].to_string();
+    let mut one = staged_exec(dir, &config, "out", 1);
+    assert!(wait_exit(&mut one, Duration::from_secs(120)).success());
+    let shard = first["shard"].as_str().unwrap();
+    let attempt = |n: u32| dir.join(format!("out/staging/resume/{shard}/attempt-{n}"));
+    // The kill: attempt 1 got as far as dropping its snapshots, not to its manifest.
+    std::fs::remove_file(attempt(1).join("attempt.json")).unwrap();
+    let kept = std::fs::read_dir(attempt(1).join(format!("snapshots/{shard}")))
+        .unwrap()
+        .count();
+    assert!(
+        kept < 5,
+        "keep = lines dropped some snapshots ({kept} files left)"
+    );
+    let mut two = staged_exec(dir, &config, "out", 2);
+    let (mut stdout, mut stderr) = (two.stdout.take().unwrap(), two.stderr.take().unwrap());
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut err).ok();
+        err
+    });
+    let status = wait_exit(&mut two, Duration::from_secs(120));
+    drop(two);
+    let err = reader.join().unwrap();
+    let _ = drain.join();
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("discarding a checkpoint") && err.contains("is gone"),
+        "{err}"
+    );
+    assert!(attempt(2).join("attempt.json").is_file());
+}
+
 #[test]
 fn run_embedded_resumes_after_ctrl_c_and_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();

@@ -127,6 +127,53 @@ fn the_report_opens_in_chromium_with_every_figure_and_a_row_per_run() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let again = std::fs::read_to_string(dir.join("again.html")).unwrap();
     assert_eq!(again.matches("<figure>").count(), 6);
+
+    // Summaries that lie or are damaged: the `interpolation` summary (as many shards, 41 rows
+    // each) copied over the `runs` one, and a truncated `trajectory` summary. The report
+    // still has a row per run and every figure, from the per-shard files, with a warning;
+    // `summarize` (the repair) rebuilds both.
+    let summaries = dir.join("linesweep-results/summaries");
+    let summary = |t: &str| summaries.join(format!("{t}/sweep=report/all.parquet"));
+    std::fs::copy(summary("interpolation"), summary("runs")).unwrap();
+    let trajectory = std::fs::read(summary("trajectory")).unwrap();
+    std::fs::write(summary("trajectory"), &trajectory[..trajectory.len() / 2]).unwrap();
+    let o = linesweep(
+        &["report", "--out", "lied.html"],
+        dir,
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("not using this summary"), "{err}");
+    let lied = std::fs::read_to_string(dir.join("lied.html")).unwrap();
+    assert_eq!(
+        lied.matches("<tr class=\"run\">").count(),
+        8,
+        "a row per run"
+    );
+    assert_eq!(lied.matches("<figure>").count(), 6);
+    let o = linesweep(
+        &["summarize", "report", "--results", "linesweep-results"],
+        dir,
+        Duration::from_secs(120),
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains("summaries/runs/sweep=report/all.parquet: 8 shards (8 added)")
+            && out.contains("summaries/trajectory/sweep=report/all.parquet: 8 shards (8 added)"),
+        "{out}"
+    );
+    let o = linesweep(
+        &["report", "--out", "repaired.html"],
+        dir,
+        Duration::from_secs(120),
+    );
+    assert!(
+        !text(&o.stderr).contains("not using this summary"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -181,9 +181,9 @@ fn a_child_starts_from_its_parents_snapshot() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("has no snapshot of shard")
-            && err.contains(&format!("snapshots/{parent}/step-00000005.safetensors"))
-            && err.contains("its snapshots end at step 8"),
+        err.contains("lists no snapshot at step 5")
+            && err.contains(&format!("snapshots/{parent}/manifest.json"))
+            && err.contains("it keeps steps 0, 4, 8"),
         "{err}"
     );
     let out = exec("bad-id.toml", &child_of(4).replace(&parent, "not an id"));
@@ -191,5 +191,42 @@ fn a_child_starts_from_its_parents_snapshot() {
     assert!(
         !out.status.success() && err.contains("train.init_from") && err.contains("not an id"),
         "{err}"
+    );
+
+    // Snapshots changed after they were committed (the last 200 floats of the parent's steps 4
+    // and 8 flipped, sizes unchanged): a child forked from step 4, and a pair ending at the
+    // parent's θ_c, are refused at once (exit 78: invalid shard), naming the file; nothing is
+    // computed from them.
+    for step in [4, 8] {
+        let file = snapshots.join(format!("{parent}/step-{step:08}.safetensors"));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 800..].iter_mut().for_each(|b| *b ^= 0x40);
+        std::fs::write(&file, &bytes).unwrap();
+    }
+    let pair = PARENT.replace("name = \"parent\"", "name = \"pair\"")
+        + &format!("[pair]\na = \"{child}\"\nb = \"{parent}\"\n");
+    for (name, config, step) in [
+        (
+            "damaged.toml",
+            child_of(4).replace("data_seed = 7", "data_seed = 8"),
+            4,
+        ),
+        ("pair.toml", pair, 8),
+    ] {
+        let out = exec(name, &config);
+        let err = text(&out.stderr);
+        let file = format!("snapshots/{parent}/step-{step:08}.safetensors");
+        assert_eq!(out.status.code(), Some(78), "{name}: {err}");
+        assert!(
+            err.contains(&file) && err.contains("is damaged"),
+            "{name}: {err}"
+        );
+    }
+    let committed = std::fs::read_dir(tmp.path().join("out/results/runs/sweep=exec"));
+    assert_eq!(
+        committed.unwrap().count(),
+        2,
+        "only the parent and the first child"
     );
 }

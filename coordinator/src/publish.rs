@@ -9,7 +9,8 @@
 use linesweep_storage::attempt::ShardKind;
 use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
 use linesweep_storage::ids::{Attempt, ShardId, SweepName};
-use linesweep_storage::layout::{shard_staging, snapshot_dir, staging_prefix, sweep_staging};
+use linesweep_storage::layout::{shard_staging, staging_prefix, sweep_staging};
+use linesweep_storage::snapshots::SnapshotManifest;
 use linesweep_storage::{Storage, StorageError};
 
 /// Why an attempt's output could not be published.
@@ -99,7 +100,9 @@ pub fn verify(
     Ok(manifest)
 }
 
-/// Every snapshot file that `snapshots/<shard>/manifest.json` names is in the attempt manifest.
+/// Every snapshot that `snapshots/<shard>/manifest.json` names is in the attempt manifest with
+/// the same size and SHA-256: the hash every later reader of the snapshot verifies is the one
+/// the worker computed from the bytes it wrote (whose staged size `verify` checked).
 fn check_snapshots(
     small: &std::collections::HashMap<&str, bytes::Bytes>,
     m: &AttemptManifest,
@@ -108,17 +111,19 @@ fn check_snapshots(
     let Some(bytes) = small.get(key.as_str()) else {
         return Err(format!("the attempt staged no snapshot manifest ({key})"));
     };
-    let snaps: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("{key} does not parse: {e}"))?;
-    let listed = snaps["snapshots"]
-        .as_array()
-        .ok_or_else(|| format!("{key} lists no snapshots"))?;
-    for s in listed {
-        let file = s["file"].as_str().unwrap_or_default();
-        let want = linesweep_storage::layout::placed(Some(&snapshot_dir(&m.shard)), file);
-        if file.is_empty() || !m.files.iter().any(|f| f.key == want) {
+    let snaps = SnapshotManifest::parse(bytes, &m.shard).map_err(|e| format!("{key}: {e}"))?;
+    for s in &snaps.snapshots {
+        let want = snaps.key_of(s);
+        let Some(staged) = m.files.iter().find(|f| f.key == want) else {
             return Err(format!(
                 "{key} names {want:?}, which the attempt did not stage"
+            ));
+        };
+        if (staged.bytes, staged.sha256.as_str()) != (s.bytes, s.sha256.as_str()) {
+            return Err(format!(
+                "{key} records {} bytes with SHA-256 {:?} for {want}, the attempt manifest {} \
+                 bytes with SHA-256 {}",
+                s.bytes, s.sha256, staged.bytes, staged.sha256
             ));
         }
     }
@@ -349,6 +354,7 @@ mod tests {
     use super::*;
     use linesweep_storage::attempt::StagedFile;
     use linesweep_storage::layout::{result_key, snapshot_key};
+    use linesweep_storage::snapshots::{SNAPSHOT_FORMAT, SnapshotEntry, SnapshotRole};
 
     fn sw() -> SweepName {
         SweepName::parse("sw").unwrap()
@@ -396,11 +402,16 @@ mod tests {
         tamper: impl FnOnce(&mut AttemptManifest),
     ) {
         let p = staging_prefix(&sw(), &abc(), attempt);
-        let snap = snapshot_key(&abc(), 0);
-        let snaps = br#"{"snapshots": [{"file": "step-00000000.safetensors"}]}"#.to_vec();
+        let snap = StagedFile::of(&snapshot_key(&abc(), 0), &[1u8]);
+        let snaps = serde_json::to_vec(&SnapshotManifest {
+            shard: abc(),
+            format: SNAPSHOT_FORMAT.into(),
+            snapshots: vec![SnapshotEntry::of(&snap, 0, 0.0, SnapshotRole::Init)],
+        })
+        .unwrap();
         let mut files = Vec::new();
         for (key, bytes) in [
-            (snap, vec![1u8]),
+            (snap.key, vec![1u8]),
             ("snapshots/abc/manifest.json".to_owned(), snaps),
             (result_key("interpolation", &sw(), &abc()), b"i".to_vec()),
             (result_key("trajectory", &sw(), &abc()), b"t".to_vec()),
@@ -512,6 +523,15 @@ mod tests {
                 runs_file("abc", 3, ""),
                 Box::new(|m| m.files[1].sha256 = "00".into()),
                 "differ from the manifest",
+            ),
+            (
+                "a snapshot whose hash the snapshot manifest does not record",
+                runs_file("abc", 3, ""),
+                Box::new(|m| {
+                    let f = m.files.iter_mut().find(|f| f.key.ends_with(".safetensors"));
+                    *f.unwrap() = StagedFile::of("snapshots/abc/step-00000000.safetensors", &[2]);
+                }),
+                "records 1 bytes with SHA-256",
             ),
             (
                 "an unstaged file",

@@ -15,12 +15,14 @@ use std::collections::BTreeSet;
 use arrow_array::{Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use linesweep_storage::attempt::{COMMIT_TABLES, ShardKind, all_tables};
+use linesweep_storage::coverage::{COVERAGE_KEY, Coverage};
 use linesweep_storage::ids::{ShardId, SweepName};
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 /// A summary could not be rewritten; the previous one (if any) is unchanged.
@@ -84,12 +86,61 @@ fn bad(key: &str, e: impl std::fmt::Display) -> SummaryError {
 
 /// Every batch of a Parquet file.
 fn read_batches(key: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, SummaryError> {
-    ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| bad(key, e))?
+    Ok(read_file(key, bytes)?.0)
+}
+
+/// Every batch of a Parquet file, and the coverage record in its footer (if any).
+fn read_file(key: &str, bytes: Bytes) -> Result<(Vec<RecordBatch>, Option<String>), SummaryError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(key, e))?;
+    let coverage = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == COVERAGE_KEY))
+        .and_then(|kv| kv.value.clone());
+    let batches = builder
         .build()
         .map_err(|e| bad(key, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(key, e))
+        .map_err(|e| bad(key, e))?;
+    Ok((batches, coverage))
+}
+
+/// The previous summary at `key` and the shards it holds, when it can be trusted: it reads,
+/// its coverage record says it is `table` of `sweep` with exactly the shards its rows name, and
+/// all of them are committed. Anything else is set aside with a warning (the per-shard files
+/// rebuild it): a summary is derived data, and a damaged one must not block its repair.
+fn previous(
+    storage: &Storage,
+    key: &str,
+    table: &str,
+    sweep: &SweepName,
+    committed: &BTreeSet<&ShardId>,
+) -> Result<(Vec<RecordBatch>, BTreeSet<String>), SummaryError> {
+    if storage.size(key)?.is_none() {
+        return Ok(Default::default());
+    }
+    let trusted = read_file(key, storage.get(key)?).and_then(|(batches, coverage)| {
+        let held = shards_in(key, &batches)?;
+        let coverage = Coverage::parse(coverage.as_deref()).map_err(|e| bad(key, e))?;
+        coverage
+            .check(sweep, table, held.iter().map(String::as_str))
+            .map_err(|e| bad(key, e))?;
+        if let Some(s) = held
+            .iter()
+            .find(|s| !committed.iter().any(|c| c.as_str() == *s))
+        {
+            return Err(bad(
+                key,
+                format!("it holds shard {s}, which is not committed"),
+            ));
+        }
+        Ok((batches, held))
+    });
+    Ok(trusted.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "setting a summary aside; rebuilding it from the per-shard files");
+        Default::default()
+    }))
 }
 
 /// The distinct values of the `shard` column.
@@ -117,11 +168,7 @@ fn rewrite_table(
     shards: &BTreeSet<&ShardId>,
 ) -> Result<(usize, usize), SummaryError> {
     let key = layout::summary_key(table, sweep);
-    let mut batches = match storage.size(&key)? {
-        Some(_) => read_batches(&key, storage.get(&key)?)?,
-        None => Vec::new(),
-    };
-    let held = shards_in(&key, &batches)?;
+    let (mut batches, held) = previous(storage, &key, table, sweep, shards)?;
     let missing: Vec<&&ShardId> = shards
         .iter()
         .filter(|s| !held.contains(s.as_str()))
@@ -132,6 +179,19 @@ fn rewrite_table(
     for shard in &missing {
         let file = layout::result_key(table, sweep, shard);
         let new = read_batches(&file, storage.get(&file)?)?;
+        // A file holding rows of another shard (or sweep: shard ids are the config's) under
+        // this shard's name is refused, never folded in.
+        if let Some(other) = shards_in(&file, &new)?
+            .iter()
+            .find(|s| *s != shard.as_str())
+        {
+            return Err(bad(
+                &file,
+                format!(
+                    "it holds rows of shard {other}, not only of shard {shard}; the summary keeps its previous contents"
+                ),
+            ));
+        }
         if let (Some(first), Some(b)) = (batches.first(), new.first())
             && first.schema().fields() != b.schema().fields()
         {
@@ -147,8 +207,18 @@ fn rewrite_table(
     let Some(schema) = batches.first().map(RecordBatch::schema) else {
         return Ok((0, 0));
     };
+    let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let all = held
+        .iter()
+        .map(String::as_str)
+        .chain(missing.iter().map(|s| s.as_str()));
+    let coverage = Coverage::of(sweep, table, columns, all);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            COVERAGE_KEY.to_owned(),
+            coverage.to_json(),
+        )]))
         .build();
     let mut bytes = Vec::new();
     let mut writer =
@@ -290,18 +360,60 @@ mod tests {
         let e = rewrite(&storage, &sweep).unwrap_err();
         assert!(e.to_string().contains("columns differ"), "{e}");
         assert_eq!(rows(&storage, "runs", &sweep), ["a1"]);
-        // A summary that is not Parquet is named.
+    }
+
+    /// A summary that does not read, that is another table's or sweep's, or that records no
+    /// coverage is set aside and rebuilt from the per-shard files; a per-shard file holding
+    /// another shard's rows is refused.
+    #[test]
+    fn a_damaged_or_foreign_summary_is_rebuilt_and_foreign_rows_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap()).unwrap();
+        let sweep = SweepName::parse("s").unwrap();
+        publish(&storage, &sweep, "a1", true);
+        publish(&storage, &sweep, "b2", true);
+        rewrite(&storage, &sweep).unwrap();
+        let summary = |t: &str| layout::summary_key(t, &sweep);
+        let interpolation = storage.get(&summary("interpolation")).unwrap();
+        for (what, bytes) in [
+            ("junk", b"junk".to_vec()),
+            ("empty", Vec::new()),
+            (
+                "truncated",
+                interpolation[..interpolation.len() / 2].to_vec(),
+            ),
+            ("another table's", interpolation.to_vec()),
+            ("without coverage", file("a1", 1, false)),
+        ] {
+            storage.put(&summary("runs"), bytes).unwrap();
+            rewrite(&storage, &sweep).unwrap();
+            assert_eq!(rows(&storage, "runs", &sweep), ["a1", "b2"], "{what}");
+        }
+        // Another sweep's summary of the same table, with the same shards.
+        let other = SweepName::parse("t").unwrap();
+        publish(&storage, &other, "a1", true);
+        publish(&storage, &other, "b2", true);
+        rewrite(&storage, &other).unwrap();
+        let theirs = storage.get(&layout::summary_key("runs", &other)).unwrap();
+        storage.put(&summary("runs"), theirs.to_vec()).unwrap();
+        rewrite(&storage, &sweep).unwrap();
+        let bytes = storage.get(&summary("runs")).unwrap();
+        let (_, coverage) = read_file("x", bytes).unwrap();
+        let coverage = Coverage::parse(coverage.as_deref()).unwrap();
+        assert_eq!((coverage.sweep, coverage.shards), (sweep.clone(), 2));
+        // A runs file of shard c3 holding shard zz's row is never folded in.
+        let c3 = ShardId::parse("c3").unwrap();
         storage
             .put(
-                &layout::summary_key("interpolation", &sweep),
-                b"junk".to_vec(),
+                &layout::result_key("runs", &sweep, &c3),
+                file("zz", 1, false),
             )
             .unwrap();
-        let e = rewrite(&storage, &sweep).unwrap_err();
+        let e = rewrite(&storage, &sweep).unwrap_err().to_string();
         assert!(
-            e.to_string()
-                .contains("summaries/interpolation/sweep=s/all.parquet"),
+            e.contains("rows of shard zz") && e.contains("c3.parquet"),
             "{e}"
         );
+        assert_eq!(rows(&storage, "runs", &sweep), ["a1", "b2"]);
     }
 }

@@ -12,6 +12,9 @@ use linesweep_proto::PROTOCOL_VERSION as V;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
 use linesweep_proto::pb::worker_service_client::WorkerServiceClient;
 use linesweep_proto::pb::{self, LeaseVerdict};
+use linesweep_storage::snapshots::{
+    SNAPSHOT_FORMAT, SnapshotEntry, SnapshotManifest, SnapshotRole,
+};
 use linesweep_storage::{Storage, layout};
 use tonic::Request;
 use tonic::transport::Channel;
@@ -50,12 +53,22 @@ fn stage_attempt(
     let mut out: Vec<(String, Vec<u8>)> = (0..snapshots)
         .map(|i| (layout::snapshot_key(shard, i), vec![i as u8; 64]))
         .collect();
-    let listed: Vec<serde_json::Value> = (0..snapshots)
-        .map(|i| serde_json::json!({ "file": format!("step-{i:08}.safetensors") }))
+    let listed = out
+        .iter()
+        .zip(0..)
+        .map(|((key, bytes), i)| {
+            let file = StagedFile::of(key, bytes);
+            SnapshotEntry::of(&file, i, 0.0, SnapshotRole::of(i, i + 1 == snapshots))
+        })
         .collect();
+    let manifest = SnapshotManifest {
+        shard: shard.clone(),
+        format: SNAPSHOT_FORMAT.into(),
+        snapshots: listed,
+    };
     out.push((
-        format!("{}/manifest.json", layout::snapshot_dir(shard)),
-        serde_json::to_vec(&serde_json::json!({ "snapshots": listed })).unwrap(),
+        layout::snapshot_manifest_key(shard),
+        serde_json::to_vec(&manifest).unwrap(),
     ));
     out.push((
         layout::result_key("interpolation", sweep, shard),

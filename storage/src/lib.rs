@@ -11,9 +11,11 @@
 //! coordinator) must call it from `spawn_blocking`.
 
 pub mod attempt;
+pub mod coverage;
 pub mod ids;
 pub mod layout;
 pub mod s3;
+pub mod snapshots;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

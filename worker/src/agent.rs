@@ -605,7 +605,13 @@ async fn attempt(
         readers.spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(%shard, "child: {line}");
+                // The child's warnings (a discarded checkpoint, a skipped image) are the
+                // user's to see; its other lines only at debug.
+                if line.contains(" WARN ") || line.contains(" ERROR ") {
+                    tracing::warn!(%shard, "child: {line}");
+                } else {
+                    tracing::debug!(%shard, "child: {line}");
+                }
                 tail.push(line);
             }
         });

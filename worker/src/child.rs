@@ -166,7 +166,7 @@ impl ExitReason {
 
     fn of_engine_error(e: &EngineError) -> Self {
         match e {
-            EngineError::Config(_) => Self::Deterministic,
+            EngineError::Config(_) | EngineError::Committed(_) => Self::Deterministic,
             // Storing a snapshot: the disk or the store.
             EngineError::Sink(_) => Self::Infrastructure,
             EngineError::Interrupted { .. } => Self::Interrupted,

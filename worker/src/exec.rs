@@ -12,7 +12,6 @@
 //! staging prefix instead, and the coordinator publishes it on commit.
 
 use crate::device::ComputeDevice;
-use serde::Serialize;
 
 use crate::config::{InitFrom, Keep, PairOf, ShardConfig};
 use crate::engine::{
@@ -25,6 +24,9 @@ use crate::storage::attempt::{
 };
 use crate::storage::ids::{Attempt, ShardId, SweepName};
 use crate::storage::layout;
+use crate::storage::snapshots::{
+    SNAPSHOT_FORMAT, SnapshotEntry, SnapshotManifest, SnapshotReadError, SnapshotRole,
+};
 use crate::storage::{Storage, StorageError};
 
 /// Running a shard against storage failed.
@@ -75,27 +77,12 @@ pub enum Placement {
     },
 }
 
-#[derive(Serialize)]
-struct ManifestEntry {
-    step: u64,
-    epoch: f64,
-    file: String,
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct Manifest<'a> {
-    shard: &'a str,
-    format: &'static str,
-    snapshots: &'a [ManifestEntry],
-}
-
 struct StorageSink<'a> {
     storage: &'a Storage,
     shard: &'a ShardId,
     /// This attempt's staging prefix (`None`: a direct `exec` writes the final keys).
     staging: Option<&'a str>,
-    entries: Vec<ManifestEntry>,
+    entries: Vec<SnapshotEntry>,
     written: Vec<String>,
     /// Staged runs only: every file staged so far, for the attempt manifest.
     files: Vec<StagedFile>,
@@ -105,7 +92,7 @@ struct StorageSink<'a> {
 }
 
 /// The small part of a checkpoint, written last: its presence marks the checkpoint complete.
-#[derive(Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointState {
     step: u64,
     last_loss: f64,
@@ -129,25 +116,6 @@ fn sink_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Sink(e.to_string())
 }
 
-impl StorageSink<'_> {
-    fn entry(&mut self, key: &str, step: u64, epoch: f64, is_final: bool) {
-        let kind = if step == 0 {
-            "init"
-        } else if is_final {
-            "final"
-        } else {
-            "periodic"
-        };
-        let file = key.rsplit('/').next().unwrap_or(key).to_owned();
-        self.entries.push(ManifestEntry {
-            step,
-            epoch,
-            file,
-            kind,
-        });
-    }
-}
-
 impl SnapshotSink for StorageSink<'_> {
     fn snapshot(
         &mut self,
@@ -157,13 +125,21 @@ impl SnapshotSink for StorageSink<'_> {
     ) -> Result<(), EngineError> {
         let key = snapshot_key(self.shard, snap.step);
         let bytes = snap.to_safetensors()?;
-        if self.staged.is_some() {
-            self.files.push(StagedFile::of(&key, &bytes));
-        }
+        // Hashed here, where the bytes are: every later reader verifies them against the
+        // snapshot manifest, and the coordinator checks only sizes.
+        let file = StagedFile::of(&key, &bytes);
         self.storage
             .put(&layout::placed(self.staging, &key), bytes)
             .map_err(|e| EngineError::Sink(e.to_string()))?;
-        self.entry(&key, snap.step, epoch, is_final);
+        self.entries.push(SnapshotEntry::of(
+            &file,
+            snap.step,
+            epoch,
+            SnapshotRole::of(snap.step, is_final),
+        ));
+        if self.staged.is_some() {
+            self.files.push(file);
+        }
         self.written.push(key);
         Ok(())
     }
@@ -175,35 +151,33 @@ impl SnapshotSink for StorageSink<'_> {
     fn parent_snapshot(&mut self, from: &InitFrom) -> Result<HostSnapshot, EngineError> {
         let parent = ShardId::parse(from.shard.clone())
             .map_err(|e| EngineError::Config(format!("train.init_from.shard: {e}")))?;
-        let key = snapshot_key(&parent, from.step);
-        // What the parent did keep, when it is committed: a run that diverged stops (and
-        // snapshots) early.
-        let kept = || {
-            Listed::of(self.storage, &parent).map_or(String::new(), |l| {
-                let last = l.snapshots.iter().map(|e| e.step).max().unwrap_or(0);
-                format!("; its snapshots end at step {last}")
-            })
-        };
-        let missing = || {
-            EngineError::Config(format!(
-                "train.init_from: {} has no snapshot of shard {parent} at step {} ({key}): \
-                 the parent is not committed there, did not train that far, or did not keep \
-                 that step (it keeps step 0, every `snapshot.every`-th step, its line starts \
-                 and its last step; `snapshot.keep = \"lines\"` drops the others){}",
-                self.storage.root(),
-                from.step,
-                kept()
+        let listed = SnapshotManifest::read(self.storage, &parent).map_err(committed_err)?;
+        // A run that diverged stops (and snapshots) early; `snapshot.keep = "lines"` drops
+        // the snapshots no line needs.
+        let entry = listed.at_step(from.step).ok_or_else(|| {
+            committed_err(listed.not_kept(
+                self.storage,
+                format!(
+                    "snapshot at step {} for train.init_from (a parent keeps step 0, every \
+                     `snapshot.every`-th step, its line starts and its last step; \
+                     `snapshot.keep = \"lines\"` drops the others)",
+                    from.step
+                ),
             ))
-        };
-        if !self.storage.exists(&key).map_err(sink_err)? {
-            return Err(missing());
-        }
-        let bytes = self.storage.get(&key).map_err(sink_err)?;
-        let snap = HostSnapshot::from_safetensors(&bytes, &key)?;
+        })?;
+        let bytes = listed
+            .read_verified(self.storage, entry)
+            .map_err(committed_err)?;
+        let snap = HostSnapshot::from_safetensors(&bytes, &listed.key_of(entry))?;
         if snap.step != from.step {
-            return Err(missing());
+            return Err(EngineError::Committed(format!(
+                "{} holds step {}, not step {}",
+                listed.key_of(entry),
+                snap.step,
+                from.step
+            )));
         }
-        tracing::info!(%parent, step = from.step, "θ_i is the parent's snapshot");
+        tracing::info!(%parent, step = from.step, "θ_i is the parent's snapshot (SHA-256 verified)");
         Ok(snap)
     }
 
@@ -351,20 +325,38 @@ impl StorageSink<'_> {
                 "it records no content hashes (an older version wrote it)".into(),
             ));
         }
-        let read = |key: &str| self.storage.get(key).map_err(sink_err);
-        let model = read(&layout::placed(Some(dir), layout::CHECKPOINT_MODEL))?.to_vec();
+        // A file that is gone (`snapshot.keep = "lines"` deleted it before a kill) makes the
+        // checkpoint unusable, like one whose contents changed: never a storage failure, which
+        // would be retried forever as the machine's fault.
+        let read = |key: &str| -> Result<Option<bytes::Bytes>, EngineError> {
+            if self.storage.size(key).map_err(sink_err)?.is_none() {
+                return Ok(None);
+            }
+            self.storage.get(key).map(Some).map_err(sink_err)
+        };
+        let gone = |key: &str| Ok(Err(format!("{key} is gone")));
+        let model_key = layout::placed(Some(dir), layout::CHECKPOINT_MODEL);
+        let Some(model) = read(&model_key)? else {
+            return gone(&model_key);
+        };
         if sha256_hex(&model) != state.model_sha256 {
             return Ok(Err("model.safetensors does not match its hash".into()));
         }
-        let optimizer = read(&layout::placed(Some(dir), layout::CHECKPOINT_OPTIMIZER))?.to_vec();
+        let optimizer_key = layout::placed(Some(dir), layout::CHECKPOINT_OPTIMIZER);
+        let Some(optimizer) = read(&optimizer_key)? else {
+            return gone(&optimizer_key);
+        };
         if sha256_hex(&optimizer) != state.optimizer_sha256 {
             return Ok(Err("optimizer.bpk does not match its hash".into()));
         }
+        let (model, optimizer) = (model.to_vec(), optimizer.to_vec());
         let old_prefix = layout::staging_prefix(sweep, self.shard, from);
         let mut snapshots = Vec::with_capacity(state.samples.len());
         for (m, hash) in state.samples.iter().zip(&state.snapshot_sha256) {
             let key = snapshot_key(self.shard, m.step);
-            let bytes = read(&layout::placed(Some(&old_prefix), &key))?;
+            let Some(bytes) = read(&layout::placed(Some(&old_prefix), &key))? else {
+                return gone(&key);
+            };
             if sha256_hex(&bytes) != *hash {
                 return Ok(Err(format!("the snapshot {key} does not match its hash")));
             }
@@ -391,11 +383,17 @@ impl StorageSink<'_> {
         } = loaded;
         let mut snapshots = Vec::with_capacity(files.len());
         for ((key, bytes, snap), m) in files.into_iter().zip(&state.samples) {
-            self.files.push(StagedFile::of(&key, &bytes));
+            let file = StagedFile::of(&key, &bytes);
             self.storage
                 .put(&layout::placed(self.staging, &key), bytes.to_vec())
                 .map_err(sink_err)?;
-            self.entry(&key, m.step, m.epoch, false);
+            self.entries.push(SnapshotEntry::of(
+                &file,
+                m.step,
+                m.epoch,
+                SnapshotRole::Periodic,
+            ));
+            self.files.push(file);
             self.written.push(key);
             snapshots.push(snap);
         }
@@ -504,10 +502,10 @@ pub fn run(
         sink.keep_only(&outcome.line_steps)?;
     }
     let manifest_rel = layout::snapshot_manifest_key(&shard);
-    let manifest = Manifest {
-        shard: shard.as_str(),
-        format: "safetensors",
-        snapshots: &sink.entries,
+    let manifest = SnapshotManifest {
+        shard: shard.clone(),
+        format: SNAPSHOT_FORMAT.into(),
+        snapshots: std::mem::take(&mut sink.entries),
     };
     let mut files = sink.files;
     put(
@@ -675,54 +673,26 @@ pub fn check_outside_parents(
     Ok(())
 }
 
-/// A snapshot manifest as read back: the part that says which steps a shard kept.
-#[derive(serde::Deserialize)]
-struct Listed {
-    snapshots: Vec<ListedEntry>,
-}
-
-#[derive(serde::Deserialize)]
-struct ListedEntry {
-    step: u64,
-    kind: String,
-}
-
-impl Listed {
-    /// The manifest of a committed shard (`None` when it has none, or one that does not read).
-    fn of(storage: &Storage, shard: &ShardId) -> Option<Self> {
-        let bytes = storage.get(&layout::snapshot_manifest_key(shard)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+/// A committed snapshot that cannot be used. Storage trouble stays the machine's
+/// (infrastructure); anything else (missing, damaged, unverifiable) fails the shard at once.
+fn committed_err(e: SnapshotReadError) -> EngineError {
+    match e {
+        SnapshotReadError::Storage(s) => EngineError::Sink(s.to_string()),
+        other => EngineError::Committed(other.to_string()),
     }
 }
 
-/// The final weights (θ_c) of a committed shard: the snapshot its manifest marks final.
+/// The final weights (θ_c) of a committed shard: the snapshot its manifest marks final,
+/// verified against the hash recorded when it was published.
 fn final_snapshot(storage: &Storage, shard: &ShardId) -> Result<HostSnapshot, ExecError> {
-    let key = layout::snapshot_manifest_key(shard);
-    let bad = |why: String| {
-        ExecError::Engine(EngineError::Config(format!(
-            "pair: shard {shard} in {}: {why}",
-            storage.root()
-        )))
-    };
-    if !storage.exists(&key)? {
-        return Err(bad(format!(
-            "no snapshot manifest ({key}): the shard is not committed there"
-        )));
-    }
-    let listed: Listed = serde_json::from_slice(&storage.get(&key)?)
-        .map_err(|e| bad(format!("{key} does not read: {e}")))?;
-    let step = listed
-        .snapshots
-        .iter()
-        .find(|e| e.kind == "final")
-        .map(|e| e.step)
-        .ok_or_else(|| {
-            bad(format!(
-                "{key} lists no final snapshot (did the run diverge?)"
-            ))
-        })?;
-    let snap_key = snapshot_key(shard, step);
-    let snap = HostSnapshot::from_safetensors(&storage.get(&snap_key)?, &snap_key)
-        .map_err(EngineError::from)?;
+    let listed = SnapshotManifest::read(storage, shard).map_err(committed_err)?;
+    let entry = listed.final_entry().ok_or_else(|| {
+        committed_err(listed.not_kept(storage, "final snapshot (did the run diverge?)".into()))
+    })?;
+    let bytes = listed
+        .read_verified(storage, entry)
+        .map_err(committed_err)?;
+    let snap =
+        HostSnapshot::from_safetensors(&bytes, &listed.key_of(entry)).map_err(EngineError::from)?;
     Ok(snap)
 }

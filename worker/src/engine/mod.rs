@@ -42,6 +42,10 @@ pub enum EngineError {
     /// The config is inconsistent with the data.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A committed shard's output that this shard reads (a parent's snapshot, a pair's θ_c)
+    /// is missing, damaged or cannot be verified: deterministic until that shard is rerun.
+    #[error("{0}")]
+    Committed(String),
     /// A checkpoint could not be applied.
     #[error("resuming from a checkpoint: {0}")]
     Resume(String),

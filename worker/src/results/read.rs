@@ -1,11 +1,12 @@
 //! Reading result tables back for figures: only the columns asked for (Parquet projection),
 //! as plain values, from a sweep's per-shard files or its summary file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int32Array, ListArray, StringArray, UInt64Array,
 };
+use linesweep_storage::coverage::{COVERAGE_KEY, Coverage};
 use linesweep_storage::ids::SweepName;
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
@@ -136,11 +137,27 @@ fn cell(col: &ArrayRef, i: usize) -> Value {
 
 /// The rows of one Parquet file, only `columns` (absent ones read as `Null`).
 pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec<Row>, ReadError> {
+    Ok(read_file(key, bytes, columns)?.0)
+}
+
+/// The rows of one Parquet file (only `columns`), and the summary coverage record in its
+/// footer, if any.
+fn read_file(
+    key: &str,
+    bytes: bytes::Bytes,
+    columns: &[&str],
+) -> Result<(Vec<Row>, Option<String>), ReadError> {
     let bad = |e: &dyn std::fmt::Display| ReadError::Parquet {
         key: key.to_owned(),
         message: e.to_string(),
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(&e))?;
+    let coverage = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == COVERAGE_KEY))
+        .and_then(|kv| kv.value.clone());
     let present: Vec<usize> = builder
         .schema()
         .fields()
@@ -165,11 +182,13 @@ pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec
             rows.push(Row(row));
         }
     }
-    Ok(rows)
+    Ok((rows, coverage))
 }
 
-/// `columns` of every committed row of `table` in `sweep`: from the summary file when it
-/// holds every committed shard that has the table, else from the per-shard files.
+/// `columns` of every committed row of `table` in `sweep`: from the summary file when its
+/// coverage record says it is this sweep's `table` holding exactly the committed shards that
+/// have the table, else (with a warning when a summary was set aside) from the per-shard
+/// files, each of which must hold only its own shard's rows.
 pub fn read_table(
     storage: &Storage,
     table: &str,
@@ -190,18 +209,52 @@ pub fn read_table(
     }
     let summary = layout::summary_key(table, sweep);
     if storage.size(&summary)?.is_some() {
-        let rows = read_rows(&summary, storage.get(&summary)?, &with_shard)?;
-        let shards: BTreeSet<String> = rows.iter().map(|r| r["shard"].label()).collect();
-        if shards.len() == expected.len() {
-            return Ok(rows);
+        let expected = expected.iter().map(|s| s.as_str());
+        match read_summary(storage, &summary, (sweep, table), &with_shard, expected) {
+            Ok(Some(rows)) => return Ok(rows),
+            Ok(None) => {}
+            Err(why) => tracing::warn!(
+                %summary,
+                %why,
+                "not using this summary (`linesweep summarize` rebuilds it); reading the \
+                 per-shard files"
+            ),
         }
     }
     let mut rows = Vec::new();
     for shard in expected {
         let key = layout::result_key(table, sweep, shard);
-        rows.extend(read_rows(&key, storage.get(&key)?, &with_shard)?);
+        let file = read_rows(&key, storage.get(&key)?, &with_shard)?;
+        if let Some(other) = file.iter().find(|r| r["shard"].label() != shard.as_str()) {
+            return Err(ReadError::Parquet {
+                key,
+                message: format!(
+                    "it holds a row of shard {}, not of shard {shard}",
+                    other["shard"].label()
+                ),
+            });
+        }
+        rows.extend(file);
     }
     Ok(rows)
+}
+
+/// The rows of a summary that can be trusted. `Ok(None)`: it is sound but does not cover
+/// `expected` yet (it lags the commits); `Err`: it cannot be used (unreadable, or not what it
+/// claims).
+fn read_summary<'a>(
+    storage: &Storage,
+    key: &str,
+    (sweep, table): (&SweepName, &str),
+    columns: &[&str],
+    expected: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<Vec<Row>>, String> {
+    let bytes = storage.get(key).map_err(|e| e.to_string())?;
+    let (rows, coverage) = read_file(key, bytes, columns).map_err(|e| e.to_string())?;
+    let coverage = Coverage::parse(coverage.as_deref())?;
+    let labels: Vec<String> = rows.iter().map(|r| r["shard"].label()).collect();
+    coverage.check(sweep, table, labels.iter().map(String::as_str))?;
+    Ok(coverage.covers(expected).then_some(rows))
 }
 
 /// The sweeps with at least one committed shard in `storage`.

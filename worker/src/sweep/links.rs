@@ -274,6 +274,18 @@ pub(super) fn plan_pairs(
                     ));
                 }
             };
+            // `a` and `b` selecting the same shard would give a line from θ_c to itself: a
+            // barrier of 0 that halves every mean it enters.
+            if y.id == x.id {
+                return Err(err(
+                    "b",
+                    format!(
+                        "groups `a` and `b` both select shard {}: a pair needs two different \
+                         shards (give `b` a value of its key that `a` does not have)",
+                        describe_of(x)
+                    ),
+                ));
+            }
             out.push(pair_shard(x, y));
         }
         if out.len() == before {

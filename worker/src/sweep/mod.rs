@@ -855,6 +855,12 @@ b = { data_seed = 8 }
         );
         let nothing = err(LMC.replace("a = { data_seed = 7 }", "a = { data_seed = 3 }"));
         assert!(nothing.contains("group `a` matches no shard"), "{nothing}");
+        // `a` and `b` selecting the same shards: X↔X is no pair (barrier 0), refused.
+        let same = err(LMC.replace("data_seed = 8 }", "data_seed = 7 }"));
+        assert!(
+            same.contains("field `pairs[0].b`") && same.contains("both select shard"),
+            "{same}"
+        );
     }
 
     #[test]
