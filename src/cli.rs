@@ -473,6 +473,11 @@ pub struct RetryArgs {
     /// Only these shards (repeatable); default: every failed or cancelled shard.
     #[arg(long = "shard")]
     pub shards: Vec<String>,
+    /// Run the named committed shards again (e.g. their snapshots were deleted or damaged):
+    /// their published results and snapshots are removed first, and the next attempt
+    /// publishes them once more. Needs --shard.
+    #[arg(long, requires = "shards")]
+    pub committed: bool,
     /// Where the coordinator is.
     #[command(flatten)]
     pub client: ClientArgs,

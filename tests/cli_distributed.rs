@@ -361,6 +361,72 @@ fn b_a_worker_killed_mid_shard_is_replaced_after_the_ttl() {
     assert!(report.starts_with("ok: 12 runs"), "{report}");
 }
 
+/// A worker that exits when idle does not leave while a dead worker's lease can still
+/// expire: with nothing pending but one shard leased by a killed worker, it waits out the
+/// TTL, runs the shard and only then exits (it used to exit at once, leaving the shard
+/// pending with no worker — Slurm arrays and Indexed Jobs end that way).
+#[test]
+fn m_an_idle_worker_waits_for_leases_that_may_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = dir.join("one.toml");
+    let text_spec = std::fs::read_to_string(self::spec(dir, "one", 300, "")).unwrap();
+    let one = text_spec
+        .replace("optimizer = [\"sgd\", \"adam\"]", "")
+        .replace("seed = [0, 1, 2, 3, 4, 5]", "seed = [0]");
+    std::fs::write(&spec, one).unwrap();
+    let (_server, url) = serve(&dir.join("state.db"), 0, 15);
+    assert!(
+        cli(dir, &url, &["submit", spec.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let victim = worker(&url, "victim", &dir.join("victim.log"));
+    wait_for(
+        dir,
+        &url,
+        "one",
+        Duration::from_secs(120),
+        "victim mid-shard",
+        |s| {
+            s["running"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["worker"] == "victim" && early_in_training(x))
+            })
+        },
+    );
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    let mut idle = Command::new(bin());
+    idle.args([
+        "worker",
+        "--coordinator",
+        &url,
+        "--token",
+        TOKEN,
+        "--name",
+        "idle",
+    ])
+    .args([
+        "--exit-when-idle",
+        "--max-backoff",
+        "0.5",
+        "--idle-poll",
+        "0.5",
+    ])
+    .env("RAYON_NUM_THREADS", "1")
+    .stdin(Stdio::null());
+    let o = run_with_deadline(idle, Duration::from_secs(300));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("may still need a worker"),
+        "{}",
+        text(&o.stderr)
+    );
+    let st = status(dir, &url, "one").unwrap();
+    assert_eq!(count(&st, "committed"), 1, "{st:#}");
+}
+
 #[test]
 fn c_the_coordinator_killed_mid_sweep_restarts_on_the_same_state() {
     let tmp = tempfile::tempdir().unwrap();

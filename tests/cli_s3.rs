@@ -79,6 +79,15 @@ fn the_quickstart_sweep_runs_with_its_results_on_s3() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert!(text(&again.stdout).contains("6 committed"));
     assert!(check_s3(&s3, "qs", "mnist-mli", 6).starts_with("ok: 6 runs"));
+    // The same bucket and prefix on another, empty endpoint is another location: its state is
+    // its own, so the sweep runs there (it used to report "6 committed" and write nothing).
+    let other = S3::start();
+    let there = linesweep_s3(&other, dir, &args, Duration::from_secs(600));
+    let stdout = text(&there.stdout);
+    assert!(there.status.success(), "{stdout}\n{}", text(&there.stderr));
+    assert!(stdout.contains("6 committed"), "{stdout}");
+    let report = check_s3(&other, "qs", "mnist-mli", 6);
+    assert!(report.starts_with("ok: 6 runs"), "{report}");
 }
 
 fn spec(dir: &Path) -> std::path::PathBuf {

@@ -571,6 +571,18 @@ impl Shard {
         })
     }
 
+    /// A committed shard to run again (`retry --committed`, or a commit whose marker is
+    /// missing from the results location): Committed → Pending with a fresh budget; `None`
+    /// otherwise. Its published files must be gone first (the new attempt publishes
+    /// create-only).
+    pub fn rerun(&self) -> Option<Shard> {
+        matches!(self.state, ShardState::Committed { .. }).then(|| Shard {
+            state: ShardState::Pending,
+            failures: 0,
+            ..self.clone()
+        })
+    }
+
     /// A user cancel: Pending, Waiting or Held → Cancelled, and with `running` also Leased → Cancelled (its
     /// next heartbeat is told to stop); `None` otherwise. Publishing shards always finish.
     pub fn cancel(&self, running: bool) -> Option<Shard> {

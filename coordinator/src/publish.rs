@@ -6,10 +6,10 @@
 //!
 //! **Architecture invariant:** the only module of the coordinator that touches storage.
 
-use linesweep_storage::attempt::ShardKind;
 use linesweep_storage::attempt::{ATTEMPT_MANIFEST, AttemptManifest, sha256_hex};
+use linesweep_storage::attempt::{COMMIT_TABLES, ShardKind, all_tables};
 use linesweep_storage::ids::{Attempt, ShardId, SweepName};
-use linesweep_storage::layout::{shard_staging, staging_prefix, sweep_staging};
+use linesweep_storage::layout::{shard_staging, snapshot_dir, staging_prefix, sweep_staging};
 use linesweep_storage::snapshots::SnapshotManifest;
 use linesweep_storage::{Storage, StorageError};
 
@@ -330,6 +330,49 @@ pub fn claim_owner(
             Ok(())
         }
     }
+}
+
+/// Removes what a committed shard published, so that it can run again and publish exactly
+/// once more: its commit markers first (from then on the location says "not committed"),
+/// then its other tables and its snapshots. Returns how many objects were removed. A crash
+/// part-way leaves a ledger commit without a marker, which [`missing_commits`] finds.
+pub fn unpublish(
+    storage: &Storage,
+    sweep: &SweepName,
+    shard: &ShardId,
+) -> Result<usize, StorageError> {
+    let tables = COMMIT_TABLES
+        .into_iter()
+        .chain(all_tables().filter(|t| !COMMIT_TABLES.contains(t)));
+    let mut removed = 0;
+    for table in tables {
+        let key = linesweep_storage::layout::result_key(table, sweep, shard);
+        if storage.size(&key)?.is_some() {
+            storage.delete(&key)?;
+            removed += 1;
+        }
+    }
+    removed += storage.delete_prefix(&format!("{}/", snapshot_dir(shard)))?;
+    Ok(removed)
+}
+
+/// Of `committed` (the ledger's committed shards of `sweep`), those whose commit marker is
+/// not in `storage`: one listing per marker table.
+pub fn missing_commits(
+    storage: &Storage,
+    sweep: &SweepName,
+    committed: &[String],
+) -> Result<Vec<String>, StorageError> {
+    let mut published = std::collections::HashSet::new();
+    for table in COMMIT_TABLES {
+        let shards = storage.published_shards(table, sweep)?;
+        published.extend(shards.into_iter().map(|s| s.as_str().to_owned()));
+    }
+    Ok(committed
+        .iter()
+        .filter(|id| !published.contains(id.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// Removes every attempt's staging of a shard (after its commit, or by `gc`).

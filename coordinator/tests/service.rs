@@ -198,6 +198,29 @@ async fn sweep_names_that_escape_the_layout_are_invalid_arguments() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}: {err}");
         assert!(err.message().contains("not a sweep name"), "{err}");
     }
+    // A results location relative to the coordinator's working directory, or one too long
+    // to report in an error, is refused with a message that says so.
+    let long = format!("/{}", "r".repeat(10_000));
+    for (results, says) in [
+        ("relative/dir", "is relative"),
+        (long.as_str(), "at most 1024"),
+    ] {
+        let sub = pb::SubmitRequest {
+            protocol_version: V,
+            sweep: "sw".into(),
+            shards: vec![pb::ShardSpec {
+                id: "s0".into(),
+                config_json: "{}".into(),
+                ..Default::default()
+            }],
+            results: results.into(),
+            ..Default::default()
+        };
+        let err = control.submit(authed(sub)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains(says), "{err}");
+    }
+    assert!(!std::path::Path::new("relative").exists());
 }
 
 #[tokio::test]

@@ -179,6 +179,7 @@ async fn ops_under_load(
                     protocol_version: PROTOCOL_VERSION,
                     sweep: "big".into(),
                     shards: Vec::new(),
+                    committed: false,
                 };
                 control.retry(request(msg, Some(TOKEN))?).await?;
             }
@@ -293,7 +294,9 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             let t = Instant::now();
             let mut control = connect(&url, &linesweep_proto::tls::ClientTls::default()).await?;
             let results = dir.path().join("results").display().to_string();
-            let (added, _, _) = submit_plan(&mut control, Some(TOKEN), &plan, &results, false).await?;
+            let added = submit_plan(&mut control, Some(TOKEN), &plan, &results, false)
+                .await?
+                .added;
             let submit_s = t.elapsed().as_secs_f64();
             let ledger_bytes = ledger_bytes(&state);
             let under_load = ops_under_load(&mut control, channels, args.workers, args.rate).await?;

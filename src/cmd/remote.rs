@@ -182,15 +182,27 @@ fn rpc_error(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("coordinator: {} ({:?})", e.message(), e.code())
 }
 
-/// Submits a plan in chunks; returns (added, existing, where the results go).
+/// What a submission did.
+pub(crate) struct Submitted {
+    /// Shards new to the ledger.
+    pub added: u64,
+    /// Shards it knew.
+    pub existing: u64,
+    /// Committed shards whose results were missing from the location, pending again.
+    pub rerun: u64,
+    /// Where the results go.
+    pub location: String,
+}
+
+/// Submits a plan in chunks.
 pub(crate) async fn submit_plan(
     c: &mut ControlServiceClient<Channel>,
     token: Option<&str>,
     plan: &SweepPlan,
     results: &str,
     allow_changed: bool,
-) -> anyhow::Result<(u64, u64, String)> {
-    let (mut added, mut existing, mut location) = (0, 0, String::new());
+) -> anyhow::Result<Submitted> {
+    let (mut added, mut existing, mut rerun, mut location) = (0, 0, 0, String::new());
     for (i, chunk) in plan.shards.chunks(SUBMIT_CHUNK).enumerate() {
         let msg = pb::SubmitRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -215,9 +227,15 @@ pub(crate) async fn submit_plan(
             .into_inner();
         added += r.added;
         existing += r.existing;
+        rerun += r.rerun;
         location = r.results;
     }
-    Ok((added, existing, location))
+    Ok(Submitted {
+        added,
+        existing,
+        rerun,
+        location,
+    })
 }
 
 /// A `file://` URL or path made absolute, so that workers started elsewhere agree on it.
@@ -244,14 +262,25 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         linesweep_worker::exec::check_outside_parents(&plan.shards, &storage)?;
     }
     let token = args.client.token.as_deref();
-    let (added, existing, location) = runtime()?.block_on(async {
+    let s = runtime()?.block_on(async {
         let mut c = open(&args.client).await?;
         submit_plan(&mut c, token, &plan, &results, args.new).await
     })?;
+    let rerun = if s.rerun > 0 {
+        format!(
+            "; {} committed shards whose results are missing there run again",
+            s.rerun
+        )
+    } else {
+        String::new()
+    };
     emit(&format!(
-        "sweep {}: {} shards, {added} added, {existing} already known; results in {location}\n",
+        "sweep {}: {} shards, {} added, {} already known; results in {}{rerun}\n",
         plan.name,
         plan.shards.len(),
+        s.added,
+        s.existing,
+        s.location,
     ))
 }
 
@@ -346,6 +375,7 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
             protocol_version: PROTOCOL_VERSION,
             sweep: args.sweep.clone(),
             shards: args.shards.clone(),
+            committed: args.committed,
         };
         anyhow::Ok(
             c.retry(request(msg, token)?)
@@ -355,8 +385,13 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
                 .retried,
         )
     })?;
+    let note = if args.committed {
+        "their published results and snapshots were removed"
+    } else {
+        "committed shards are rerun only with --committed"
+    };
     emit(&format!(
-        "sweep {}: {n} shards pending again (committed shards are never rerun)\n",
+        "sweep {}: {n} shards pending again ({note})\n",
         args.sweep
     ))
 }

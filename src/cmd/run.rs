@@ -110,7 +110,7 @@ pub(crate) const STATE_FILE: &str = "state.db";
 /// Where `run` keeps its sweep state: beside local results (`<root>/.linesweep/`), so that
 /// moving the folder moves both; for an object store (SQLite needs a local file) under the
 /// user's state directory (`$XDG_STATE_HOME/linesweep/`, default `~/.local/state/linesweep/`),
-/// one folder per location.
+/// one folder per location (bucket, prefix and endpoint).
 pub(crate) fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
     if let Some(dir) = storage.local_dir() {
         return Ok(dir.join(".linesweep"));
@@ -121,7 +121,7 @@ pub(crate) fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
             .context("no home directory for the sweep state of an object-store location (set XDG_STATE_HOME)")?
             .join(".local/state"),
     };
-    let name: String = storage
+    let readable: String = storage
         .root()
         .chars()
         .map(|c| {
@@ -132,7 +132,12 @@ pub(crate) fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
             }
         })
         .collect();
-    Ok(base.join("linesweep").join(name))
+    // Keyed by the whole location: the same bucket and prefix on another endpoint is another
+    // store, whose results this state does not describe.
+    let digest = linesweep_storage::attempt::sha256_hex(storage.identity().as_bytes());
+    Ok(base
+        .join("linesweep")
+        .join(format!("{readable}-{}", &digest[..12])))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -208,8 +213,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = server_stopped.await;
         }));
         let mut control = connect_retrying(&url).await?;
-        let (added, existing, _) =
-            submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
+        let submitted = submit_plan(&mut control, Some(&token), &plan, &root, args.new).await?;
+        let (added, existing) = (submitted.added, submitted.existing);
+        if submitted.rerun > 0 {
+            tracing::warn!(
+                shards = submitted.rerun,
+                results = %root,
+                "the sweep state records commits whose results are not in the results location: they run again"
+            );
+        }
         let first = fetch_status(&mut control, Some(&token), plan.name.as_str()).await?;
         let committed = count(&first, StateKind::Committed);
         tracing::info!(

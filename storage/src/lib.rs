@@ -52,6 +52,8 @@ pub struct Storage {
     root: String,
     /// The directory of a local root (`None`: an object store).
     local: Option<PathBuf>,
+    /// The endpoint of an object store (`None`: a local root).
+    endpoint: Option<String>,
     rt: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
 }
 
@@ -103,6 +105,7 @@ impl Storage {
             store: Arc::new(fs),
             root: dir.display().to_string(),
             local: Some(dir),
+            endpoint: None,
             rt: std::mem::ManuallyDrop::new(io_runtime().map_err(bad)?),
         })
     }
@@ -114,11 +117,12 @@ impl Storage {
             location: location.to_owned(),
             problem,
         };
-        let store = s3::open(location).map_err(bad)?;
+        let (store, endpoint) = s3::open(location).map_err(bad)?;
         let storage = Self {
             store,
             root: location.trim_end_matches('/').to_owned(),
             local: None,
+            endpoint: Some(endpoint),
             rt: std::mem::ManuallyDrop::new(io_runtime().map_err(bad)?),
         };
         // A listing first: some stores create a missing bucket on a write.
@@ -149,7 +153,16 @@ impl Storage {
         }
     }
 
-    /// Human-readable root of the store.
+    /// The whole location: the root, and for an object store the endpoint it talks to (one
+    /// bucket and prefix on two endpoints are two locations).
+    pub fn identity(&self) -> String {
+        match &self.endpoint {
+            Some(e) => format!("{} at {e}", self.root),
+            None => self.root.clone(),
+        }
+    }
+
+    /// The location as given (a directory, or `s3://bucket/prefix`).
     pub fn root(&self) -> &str {
         &self.root
     }

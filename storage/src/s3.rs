@@ -24,8 +24,9 @@ use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
 use crate::StorageError;
 
-/// Builds the store of `location` (`s3://bucket/prefix`); no request is made yet.
-pub fn open(location: &str) -> Result<Arc<dyn ObjectStore>, String> {
+/// Builds the store of `location` (`s3://bucket/prefix`); no request is made yet. Returns it
+/// with the endpoint it talks to (AWS's own when none is set).
+pub fn open(location: &str) -> Result<(Arc<dyn ObjectStore>, String), String> {
     // reqwest is built without a default crypto provider; ring is the one the build has. A
     // second install (another location opened) is refused harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -67,15 +68,23 @@ pub fn open(location: &str) -> Result<Arc<dyn ObjectStore>, String> {
     if plain(AmazonS3ConfigKey::Endpoint) || plain(AmazonS3ConfigKey::S3Endpoint) {
         b = b.with_allow_http(true);
     }
+    let endpoint = [AmazonS3ConfigKey::Endpoint, AmazonS3ConfigKey::S3Endpoint]
+        .into_iter()
+        .find_map(|k| b.get_config_value(&k))
+        .unwrap_or_else(|| {
+            let region = b.get_config_value(&AmazonS3ConfigKey::Region);
+            format!("aws:{}", region.as_deref().unwrap_or("us-east-1"))
+        });
     let s3 = b
         .with_bucket_name(bucket)
         .build()
         .map_err(|e| e.to_string())?;
-    Ok(if prefix.is_empty() {
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
         Arc::new(s3)
     } else {
         Arc::new(PrefixStore::new(s3, prefix.as_str()))
-    })
+    };
+    Ok((store, endpoint))
 }
 
 /// What a failed probe most likely means, in front of the store's own message.

@@ -427,6 +427,7 @@ async fn run_slot(
     } else {
         cfg.name.clone()
     };
+    let mut said_waiting = false;
     loop {
         if *stop.borrow() {
             return;
@@ -454,9 +455,16 @@ async fn run_slot(
         };
         let (granted, waiting) = granted;
         let Some(granted) = granted else {
-            // Shards waiting for others still running will become pending: not idle yet.
+            // Shards waiting for others, or leases held elsewhere that may expire or fail,
+            // can still become pending: not idle yet.
             if cfg.exit_when_idle && !waiting {
                 return;
+            }
+            if cfg.exit_when_idle && !said_waiting {
+                tracing::info!(
+                    "nothing to lease, but shards running elsewhere (or waiting for them) may still need a worker; polling"
+                );
+                said_waiting = true;
             }
             tokio::select! {
                 _ = tokio::time::sleep(cfg.idle_poll) => {}

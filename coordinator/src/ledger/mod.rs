@@ -822,6 +822,17 @@ impl Ledger {
         self.bulk_all(sweep, now, Bulk::Retry)
     }
 
+    /// Runs the committed shards `only` of `sweep` again ([`Shard::rerun`]); the caller has
+    /// removed their published files. Returns how many went back to pending.
+    pub fn rerun(
+        &mut self,
+        sweep: &str,
+        only: &[String],
+        now: Millis,
+    ) -> Result<usize, LedgerError> {
+        self.bulk_named(sweep, only, now, Bulk::Rerun)
+    }
+
     /// Cancels the pending shards of `sweep`, and with `running` the leased ones too.
     /// Returns how many.
     pub fn cancel(
@@ -932,6 +943,11 @@ impl Ledger {
         self.reads().counts(sweep)
     }
 
+    /// The ids of the committed shards of `sweep`.
+    pub fn committed_ids(&self, sweep: &str) -> Result<Vec<String>, LedgerError> {
+        self.reads().committed_ids(sweep)
+    }
+
     /// Every shard of `sweep`, in submission order.
     pub fn shards(&self, sweep: &str) -> Result<Vec<ShardRow>, LedgerError> {
         self.reads().shards(sweep)
@@ -969,6 +985,8 @@ pub enum Bulk {
     Retry,
     /// Pending (and with `running` leased) shards to cancelled ([`Shard::cancel`]).
     Cancel { running: bool },
+    /// Committed shards back to pending ([`Shard::rerun`]); named shards only.
+    Rerun,
 }
 
 impl Bulk {
@@ -976,6 +994,7 @@ impl Bulk {
     fn states(self) -> &'static [StateKind] {
         match self {
             Self::Retry => &[StateKind::Failed, StateKind::Cancelled],
+            Self::Rerun => &[StateKind::Committed],
             Self::Cancel { running: false } => {
                 &[StateKind::Pending, StateKind::Waiting, StateKind::Held]
             }
@@ -991,6 +1010,7 @@ impl Bulk {
     fn apply(self, s: &Shard) -> Option<Shard> {
         match self {
             Self::Retry => s.retry(),
+            Self::Rerun => s.rerun(),
             Self::Cancel { running } => s.cancel(running),
         }
     }
@@ -998,6 +1018,7 @@ impl Bulk {
     fn event(self) -> &'static str {
         match self {
             Self::Retry => "retried",
+            Self::Rerun => "rerun",
             Self::Cancel { .. } => "cancelled",
         }
     }
@@ -1032,7 +1053,7 @@ fn bulk_one(
     let Some(mut next) = op.apply(&current) else {
         return Ok(false);
     };
-    if op == Bulk::Retry {
+    if matches!(op, Bulk::Retry | Bulk::Rerun) {
         next = next.gate(deps::needs_of(tx, sweep, id)?);
     }
     store(tx, sweep, id, &next)?;

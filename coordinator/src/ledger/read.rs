@@ -161,6 +161,17 @@ impl Reads<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The ids of the committed shards of `sweep`, sorted.
+    pub fn committed_ids(&self, sweep: &str) -> Result<Vec<String>, LedgerError> {
+        let mut q = self
+            .conn
+            .prepare("select id from shards where sweep = ?1 and state = ?2 order by id")?;
+        let ids = q
+            .query_map([sweep, StateKind::Committed.name()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     /// Every shard of `sweep`, in submission order.
     pub fn shards(&self, sweep: &str) -> Result<Vec<ShardRow>, LedgerError> {
         self.rows(sweep, &[], usize::MAX)
@@ -275,12 +286,15 @@ impl Reads<'_> {
         })
     }
 
-    /// Whether any shard of any sweep is waiting for shards it needs: nothing may be pending
-    /// now, but work will appear when those commit.
-    pub fn any_waiting(&self) -> Result<bool, LedgerError> {
+    /// Whether work may still appear although nothing is pending now: a shard waits for
+    /// shards it needs, or a shard is leased or being published (a lease whose worker died
+    /// expires and the shard is pending again; a failed attempt may be retried).
+    pub fn more_may_come(&self) -> Result<bool, LedgerError> {
+        let [a, b, c] = [StateKind::Waiting, StateKind::Leased, StateKind::Publishing];
         Ok(self.conn.query_row(
-            "select exists(select 1 from shards indexed by shards_by_state where state = ?1)",
-            [StateKind::Waiting.name()],
+            "select exists(select 1 from shards indexed by shards_by_state \
+             where state in (?1, ?2, ?3))",
+            [a.name(), b.name(), c.name()],
             |r| r.get(0),
         )?)
     }

@@ -215,3 +215,75 @@ impl Coordinator {
         .map_err(|e| Status::unavailable(e.to_string()))
     }
 }
+
+impl Coordinator {
+    /// Runs the committed shards `shards` of `sweep` again (`retry --committed`): under each
+    /// shard's publish gate, its published files are removed (commit marker first) and the
+    /// ledger sends it back to pending, so that its next attempt publishes exactly once.
+    /// Shards that are not committed are left alone. Returns how many run again.
+    pub async fn rerun_committed(
+        &self,
+        sweep: &SweepName,
+        shards: &[String],
+    ) -> Result<usize, Status> {
+        let results = self
+            .read_ledger(|l, _| l.results(sweep.as_str()))
+            .map_err(status)?;
+        let storage = self.storage(&results).await?;
+        let mut rerun = 0;
+        for id in shards {
+            let shard =
+                ShardId::parse(id.as_str()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let _gate = self.publish_gate(sweep.as_str(), id).await;
+            let current = self
+                .read_ledger(|l, _| l.shard(sweep.as_str(), id))
+                .map_err(status)?;
+            if !matches!(current.state, ShardState::Committed { .. }) {
+                continue;
+            }
+            let (st, sw) = (storage.clone(), sweep.clone());
+            let removed = tokio::task::spawn_blocking(move || publish::unpublish(&st, &sw, &shard))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            rerun += self
+                .with_ledger(|l, now| l.rerun(sweep.as_str(), std::slice::from_ref(id), now))
+                .await?
+                .map_err(status)?;
+            tracing::warn!(%sweep, shard = %id, removed, "a committed shard runs again; its published files were removed");
+        }
+        Ok(rerun)
+    }
+
+    /// Checks the ledger's commits of `sweep` against the results location (one listing per
+    /// marker table): a commit whose marker is missing there (results deleted, another
+    /// endpoint, a rerun cut short) is reported and run again, never reported as committed.
+    /// Returns how many.
+    pub async fn reconcile(&self, sweep: &SweepName, results: &str) -> Result<usize, Status> {
+        let committed = self
+            .read_ledger(|l, _| l.committed_ids(sweep.as_str()))
+            .map_err(status)?;
+        if committed.is_empty() {
+            return Ok(0);
+        }
+        let storage = self.storage(results).await?;
+        let sw = sweep.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            publish::missing_commits(&storage, &sw, &committed)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            %sweep,
+            results,
+            shards = missing.len(),
+            first = %missing[0],
+            "the ledger records commits whose results are not in the results location; running them again"
+        );
+        self.rerun_committed(sweep, &missing).await
+    }
+}

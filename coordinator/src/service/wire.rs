@@ -137,7 +137,7 @@ impl pb::worker_service_server::WorkerService for Coordinator {
                         let results = l.results(&lease.sweep)?;
                         Ok((Some((lease, results)), false))
                     }
-                    None => Ok((None, l.reads().any_waiting()?)),
+                    None => Ok((None, l.reads().more_may_come()?)),
                 });
                 (lease, l.policy().ttl_ms)
             })
@@ -320,6 +320,7 @@ impl pb::control_service_server::ControlService for Coordinator {
                 "the sweep names no results location ([storage] results) and the coordinator has no default (serve --results)",
             ));
         }
+        check_location(&results)?;
         if !req.results.is_empty()
             && !self.default_results.is_empty()
             && req.results != self.default_results
@@ -353,10 +354,18 @@ impl pb::control_service_server::ControlService for Coordinator {
             .with_ledger(|l, now| l.submit_sweep(sweep.as_str(), &meta, mode, &shards, now))
             .await?
             .map_err(status)?;
+        // Once per submission: the commits a rerun would report are checked against the
+        // location first.
+        let rerun = if req.continuation {
+            0
+        } else {
+            self.reconcile(&sweep, &results).await?
+        };
         Ok(Response::new(pb::SubmitReply {
             added: r.added as u64,
             existing: r.existing as u64,
             results,
+            rerun: rerun as u64,
         }))
     }
 
@@ -415,7 +424,15 @@ impl pb::control_service_server::ControlService for Coordinator {
     ) -> Result<Response<pb::RetryReply>, Status> {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
-        let n = if req.shards.is_empty() {
+        let n = if req.committed {
+            if req.shards.is_empty() {
+                return Err(Status::invalid_argument(
+                    "retry --committed reruns only the shards it names (--shard ID)",
+                ));
+            }
+            self.rerun_committed(&sweep_name(&req.sweep)?, &req.shards)
+                .await?
+        } else if req.shards.is_empty() {
             self.bulk(&req.sweep, Bulk::Retry).await?
         } else {
             self.with_ledger(|l, now| l.retry(&req.sweep, Some(&req.shards), now))
@@ -513,4 +530,28 @@ mod tests {
         );
         assert_eq!(d, "train.epochs: 3 → 5; train.lr: (unset) → 0.1");
     }
+}
+
+/// The longest results location a submission may name (an S3 URL or a path; longer ones are
+/// refused here rather than overflowing gRPC metadata in an error message).
+const MAX_LOCATION: usize = 1024;
+
+/// A submitted results location is absolute: a URL (`s3://`, `file://`) or an absolute
+/// path. A relative one would be resolved against the coordinator's working directory, which
+/// no worker shares.
+fn check_location(results: &str) -> Result<(), Status> {
+    if results.len() > MAX_LOCATION {
+        return Err(Status::invalid_argument(format!(
+            "the results location is {} bytes long; at most {MAX_LOCATION} are accepted",
+            results.len()
+        )));
+    }
+    if !results.contains("://") && !std::path::Path::new(results).is_absolute() {
+        let shown: String = results.chars().take(80).collect();
+        return Err(Status::invalid_argument(format!(
+            "the results location `{shown}` is relative; submit an absolute path or a URL \
+             (`linesweep submit` makes [storage] results absolute)"
+        )));
+    }
+    Ok(())
 }

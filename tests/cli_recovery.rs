@@ -1,0 +1,137 @@
+//! Ways out of states that used to be dead ends: results deleted under a sweep state that
+//! recorded them as committed, and a committed shard that has to run again
+//! (`retry --committed`), as real processes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The shard ids with a published `runs` file in `root`.
+fn committed(root: &Path, sweep: &str) -> Vec<String> {
+    let dir = root.join(format!("results/runs/sweep={sweep}"));
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.trim_end_matches(".parquet").to_owned()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// `linesweep run` a second time after `results/` was deleted: the state's commits are
+/// checked against the location, the missing ones reported and trained again — never
+/// "8 committed" over an empty folder.
+#[test]
+fn results_deleted_under_the_sweep_state_are_rerun_not_reported_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = tiny_grid_spec(dir, "gone", "");
+    let run = || {
+        linesweep(
+            &["run", spec.to_str().unwrap(), "--workers", "2"],
+            dir,
+            Duration::from_secs(300),
+        )
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("8 committed"),
+        "{}",
+        text(&o.stdout)
+    );
+    let root = dir.join("linesweep-results");
+    let before = committed(&root, "gone");
+    assert_eq!(before.len(), 8);
+    std::fs::remove_dir_all(root.join("results")).unwrap();
+    let o = run();
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        err.contains("records commits whose results are not in the results location"),
+        "{err}"
+    );
+    assert!(out.contains("8 committed"), "{out}");
+    assert_eq!(
+        committed(&root, "gone"),
+        before,
+        "every shard published again"
+    );
+}
+
+/// `retry --committed --shard X` on a coordinator: X's published results and snapshots are
+/// removed, X runs again and is published exactly once more; the other shards are untouched.
+#[test]
+fn retry_committed_reruns_a_committed_shard_and_publishes_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = dir.join("results");
+    let (_server, url) = serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "tok",
+            "--results",
+            root.to_str().unwrap(),
+        ],
+        &dir.join("state.db"),
+    );
+    let client = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--coordinator", &url, "--token", "tok"]);
+        linesweep(&all, dir, Duration::from_secs(60))
+    };
+    let work = || {
+        let mut w = Command::new(bin());
+        w.args(["worker", "--coordinator", &url, "--token", "tok"])
+            .args(["--exit-when-idle", "--max-backoff", "0.5"])
+            .current_dir(dir);
+        let o = run_with_deadline(w, Duration::from_secs(300));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    let spec = tiny_grid_spec(dir, "again", "");
+    let o = client(&["submit", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    work();
+    let before = committed(&root, "again");
+    assert_eq!(before.len(), 8);
+    let x = before[3].clone();
+    let runs_x = root.join(format!("results/runs/sweep=again/{x}.parquet"));
+    let other = root.join(format!("results/runs/sweep=again/{}.parquet", before[0]));
+    let untouched = std::fs::read(&other).unwrap();
+
+    // Without naming shards: refused (clap), nothing changes.
+    let o = client(&["retry", "again", "--committed"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--shard"));
+    let o = client(&["retry", "again", "--committed", "--shard", &x]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("1 shards pending again"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!runs_x.exists() && !root.join(format!("snapshots/{x}")).exists());
+    work();
+    assert_eq!(committed(&root, "again"), before);
+    assert_eq!(std::fs::read(&other).unwrap(), untouched);
+    let attempt = duckdb_value(&format!(
+        "select attempt from read_parquet('{}')",
+        runs_x.display()
+    ));
+    assert_eq!(attempt, "2", "the rerun is the shard's second attempt");
+    let o = client(&["status", "again"]);
+    assert!(
+        text(&o.stdout).contains("8 committed"),
+        "{}",
+        text(&o.stdout)
+    );
+}
