@@ -391,6 +391,10 @@ pub struct RunArgs {
     /// Checkpoint every N optimizer steps (0: never).
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: u64,
+    /// Run this sweep's failed and cancelled shards again (with a fresh failure budget), e.g.
+    /// once the cause of their failure is fixed. Committed shards never rerun.
+    #[arg(long)]
+    pub retry_failed: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -473,7 +477,8 @@ pub struct RetryArgs {
     /// Only these shards (repeatable); default: every failed or cancelled shard.
     #[arg(long = "shard")]
     pub shards: Vec<String>,
-    /// Run the named committed shards again (e.g. their snapshots were deleted or damaged):
+    /// Run the named shards again from nothing, committed ones included (e.g. their
+    /// snapshots were deleted or damaged, or a failed shard's keys hold another run's files):
     /// their published results and snapshots are removed first, and the next attempt
     /// publishes them once more. Needs --shard.
     #[arg(long, requires = "shards")]

@@ -183,7 +183,10 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
     let spec = tiny_grid_spec(
         dir,
         "broken",
-        "dataset = \"mnist\"\ndir = \"/nonexistent/mnist\"",
+        &format!(
+            "dataset = \"mnist\"\ndir = \"{}\"",
+            dir.join("mnist").display()
+        ),
     );
     let o = linesweep(
         &["run", spec.to_str().unwrap(), "--workers", "2"],
@@ -194,6 +197,14 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
         text(&o.stdout).contains("8 failed"),
         "{}{}",
         text(&o.stdout),
+        text(&o.stderr)
+    );
+    // A sweep with failed shards is no success: `run` exits non-zero and says the way out.
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("8 shards of sweep broken failed")
+            && text(&o.stderr).contains("--retry-failed"),
+        "{}",
         text(&o.stderr)
     );
     // No sweep has a committed shard: naming none is an error that says so.
@@ -217,7 +228,9 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
         "{dom}"
     );
     assert!(
-        dom.matches("/nonexistent/mnist").count() >= 8,
+        dom.matches(&*dir.join("mnist").display().to_string())
+            .count()
+            >= 8,
         "every failure with its error: {dom}"
     );
     assert_eq!(dom.matches("<figure>").count(), 0);
@@ -233,5 +246,26 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
         text(&o.stderr).contains("no committed shard of any sweep"),
         "{}",
         text(&o.stderr)
+    );
+    // The cause fixed (the missing folder now holds MNIST files, the sample's): `run
+    // --retry-failed` runs the failed shards again.
+    std::fs::create_dir(dir.join("mnist")).unwrap();
+    for f in std::fs::read_dir(repo().join("data/mnist-10k")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join("mnist").join(f.file_name().unwrap())).unwrap();
+    }
+    let again = |extra: &[&str]| {
+        let mut args = vec!["run", spec.to_str().unwrap(), "--workers", "2"];
+        args.extend(extra);
+        linesweep(&args, dir, Duration::from_secs(300))
+    };
+    let o = again(&[]);
+    assert!(!o.status.success(), "without the flag nothing reruns");
+    let o = again(&["--retry-failed"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("8 committed"),
+        "{}",
+        text(&o.stdout)
     );
 }

@@ -571,12 +571,17 @@ impl Shard {
         })
     }
 
-    /// A committed shard to run again (`retry --committed`, or a commit whose marker is
-    /// missing from the results location): Committed → Pending with a fresh budget; `None`
-    /// otherwise. Its published files must be gone first (the new attempt publishes
-    /// create-only).
+    /// A shard to run again from nothing (`retry --committed`, or a commit whose marker is
+    /// missing from the results location): Committed, Failed or Cancelled → Pending with a
+    /// fresh budget; `None` otherwise. Its published files must be gone first (the new attempt
+    /// publishes create-only): that is also the way out for a failed shard whose publish met
+    /// other contents at its keys.
     pub fn rerun(&self) -> Option<Shard> {
-        matches!(self.state, ShardState::Committed { .. }).then(|| Shard {
+        let ended = matches!(
+            self.state,
+            ShardState::Committed { .. } | ShardState::Failed | ShardState::Cancelled
+        );
+        ended.then(|| Shard {
             state: ShardState::Pending,
             failures: 0,
             ..self.clone()

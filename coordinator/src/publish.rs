@@ -23,7 +23,11 @@ pub enum PublishError {
     #[error("attempt {attempt} cannot be published: {reason}")]
     Invalid { attempt: Attempt, reason: String },
     /// A different object already sits at a final key.
-    #[error("{key} already exists with other contents; the attempt's results were not published")]
+    #[error(
+        "{key} already exists with other contents; the attempt's results were not published \
+         (if those files are damaged or another run's, `linesweep retry SWEEP --committed \
+         --shard ID` removes the shard's published files and runs it again)"
+    )]
     Conflict { key: String },
     /// Storage failed; the publish can be repeated.
     #[error(transparent)]

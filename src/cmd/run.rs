@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use linesweep_coordinator::lease::{LeasePolicy, StateKind};
-use linesweep_coordinator::ledger::Ledger;
+use linesweep_coordinator::ledger::{Ledger, LedgerError};
 use linesweep_coordinator::server::{ServeConfig, serve};
 use linesweep_coordinator::service::{count, is_finished, system_clock};
 use linesweep_proto::pb;
@@ -178,6 +178,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let now = (system_clock())();
     // Leases in this file belong to workers of an earlier run of this command, which died
     // with it: give them back now instead of waiting a TTL.
+    if args.retry_failed {
+        match ledger.retry(plan.name.as_str(), None, now) {
+            Ok(n) => tracing::info!(shards = n, "failed and cancelled shards are pending again"),
+            // A sweep this state has never run has nothing to retry.
+            Err(LedgerError::UnknownSweep(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let released = ledger.release_all(now)?;
     if released > 0 {
         tracing::info!(
@@ -368,7 +376,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             plan.name
         )),
     }
-    emit(&out)
+    emit(&out)?;
+    // A sweep with failed shards is not a success, whatever was committed beside them.
+    let failed = count(&summary, StateKind::Failed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} shards of sweep {} failed (the report lists why); fix the cause, then run the same command with --retry-failed",
+        plan.name
+    );
+    Ok(())
 }
 
 /// Records why a local worker ended, if it gave up as unhealthy.

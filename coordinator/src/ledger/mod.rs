@@ -985,7 +985,8 @@ pub enum Bulk {
     Retry,
     /// Pending (and with `running` leased) shards to cancelled ([`Shard::cancel`]).
     Cancel { running: bool },
-    /// Committed shards back to pending ([`Shard::rerun`]); named shards only.
+    /// Committed (and failed or cancelled) shards back to pending ([`Shard::rerun`]); named
+    /// shards only.
     Rerun,
 }
 
@@ -994,7 +995,11 @@ impl Bulk {
     fn states(self) -> &'static [StateKind] {
         match self {
             Self::Retry => &[StateKind::Failed, StateKind::Cancelled],
-            Self::Rerun => &[StateKind::Committed],
+            Self::Rerun => &[
+                StateKind::Committed,
+                StateKind::Failed,
+                StateKind::Cancelled,
+            ],
             Self::Cancel { running: false } => {
                 &[StateKind::Pending, StateKind::Waiting, StateKind::Held]
             }

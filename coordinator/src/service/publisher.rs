@@ -220,7 +220,8 @@ impl Coordinator {
     /// Runs the committed shards `shards` of `sweep` again (`retry --committed`): under each
     /// shard's publish gate, its published files are removed (commit marker first) and the
     /// ledger sends it back to pending, so that its next attempt publishes exactly once.
-    /// Shards that are not committed are left alone. Returns how many run again.
+    /// Failed and cancelled shards are treated alike (their leftovers removed); pending,
+    /// running and waiting ones are left alone. Returns how many run again.
     pub async fn rerun_committed(
         &self,
         sweep: &SweepName,
@@ -238,7 +239,7 @@ impl Coordinator {
             let current = self
                 .read_ledger(|l, _| l.shard(sweep.as_str(), id))
                 .map_err(status)?;
-            if !matches!(current.state, ShardState::Committed { .. }) {
+            if current.rerun().is_none() {
                 continue;
             }
             let (st, sw) = (storage.clone(), sweep.clone());
