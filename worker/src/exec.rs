@@ -391,7 +391,7 @@ impl StorageSink<'_> {
                 &file,
                 m.step,
                 m.epoch,
-                SnapshotRole::Periodic,
+                SnapshotRole::of(m.step, false),
             ));
             self.files.push(file);
             self.written.push(key);
