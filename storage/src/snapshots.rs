@@ -128,18 +128,13 @@ pub enum SnapshotReadError {
         key: String,
         shard: ShardId,
     },
-    /// The file is missing or its contents are not what was published.
-    #[error(
-        "{key} in {root} is damaged: {found}, but its manifest recorded {bytes} bytes with \
-         SHA-256 {sha256}; rerun shard {shard} (`linesweep retry --committed`)"
-    )]
+    /// The file is missing or its contents are not what was published (`why` says how,
+    /// and what the manifest recorded).
+    #[error("{key} in {root} is damaged: {why}")]
     Damaged {
         root: String,
         key: String,
-        shard: ShardId,
-        found: String,
-        bytes: u64,
-        sha256: String,
+        why: String,
     },
     /// Storage failed (the file may be fine).
     #[error(transparent)]
@@ -244,10 +239,11 @@ impl SnapshotManifest {
         let damaged = |found: String| SnapshotReadError::Damaged {
             root: root.clone(),
             key: key.clone(),
-            shard: self.shard.clone(),
-            found,
-            bytes: e.bytes,
-            sha256: e.sha256.clone(),
+            why: format!(
+                "{found}, but its manifest recorded {} bytes with SHA-256 {}; rerun shard {} \
+                 (`linesweep retry --committed`)",
+                e.bytes, e.sha256, self.shard
+            ),
         };
         if storage.size(&key)?.is_none() {
             return Err(damaged("the file is missing".into()));

@@ -518,20 +518,6 @@ fn bounded(text: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diffs_name_each_changed_setting() {
-        let d = diff(
-            r#"{"train.epochs":3,"model.hidden":[512]}"#,
-            r#"{"train.epochs":5,"model.hidden":[512],"train.lr":0.1}"#,
-        );
-        assert_eq!(d, "train.epochs: 3 → 5; train.lr: (unset) → 0.1");
-    }
-}
-
 /// The longest results location a submission may name (an S3 URL or a path; longer ones are
 /// refused here rather than overflowing gRPC metadata in an error message).
 const MAX_LOCATION: usize = 1024;
@@ -554,4 +540,18 @@ fn check_location(results: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_name_each_changed_setting() {
+        let d = diff(
+            r#"{"train.epochs":3,"model.hidden":[512]}"#,
+            r#"{"train.epochs":5,"model.hidden":[512],"train.lr":0.1}"#,
+        );
+        assert_eq!(d, "train.epochs: 3 → 5; train.lr: (unset) → 0.1");
+    }
 }
