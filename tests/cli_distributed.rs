@@ -118,6 +118,25 @@ fn wait_for(
     poll_until(limit, what, || status(dir, url, sweep), done)
 }
 
+/// A worker named `victim`, returned once `sweep`'s status shows it early in training.
+fn victim_mid_shard(dir: &Path, url: &str, sweep: &str) -> Proc {
+    let victim = worker(url, "victim", &dir.join("victim.log"));
+    wait_for(
+        dir,
+        url,
+        sweep,
+        Duration::from_secs(120),
+        "victim mid-shard",
+        |s| {
+            s["running"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["worker"] == "victim" && early_in_training(x))
+            })
+        },
+    );
+    victim
+}
+
 /// A running shard in its first third of training: there is time left to interfere.
 fn early_in_training(x: &serde_json::Value) -> bool {
     let (done, total) = (
@@ -312,20 +331,7 @@ fn b_a_worker_killed_mid_shard_is_replaced_after_the_ttl() {
             .status
             .success()
     );
-    let victim = worker(&url, "victim", &dir.join("victim.log"));
-    wait_for(
-        dir,
-        &url,
-        "kill",
-        Duration::from_secs(120),
-        "victim mid-shard",
-        |s| {
-            s["running"].as_array().is_some_and(|r| {
-                r.iter()
-                    .any(|x| x["worker"] == "victim" && early_in_training(x))
-            })
-        },
-    );
+    let victim = victim_mid_shard(dir, &url, "kill");
     let orphans = children_of(victim.0.id());
     assert!(!orphans.is_empty(), "the victim runs its shard in a child");
     victim.signal(libc::SIGKILL);
@@ -381,20 +387,7 @@ fn m_an_idle_worker_waits_for_leases_that_may_come_back() {
             .status
             .success()
     );
-    let victim = worker(&url, "victim", &dir.join("victim.log"));
-    wait_for(
-        dir,
-        &url,
-        "one",
-        Duration::from_secs(120),
-        "victim mid-shard",
-        |s| {
-            s["running"].as_array().is_some_and(|r| {
-                r.iter()
-                    .any(|x| x["worker"] == "victim" && early_in_training(x))
-            })
-        },
-    );
+    let victim = victim_mid_shard(dir, &url, "one");
     victim.signal(libc::SIGKILL);
     drop(victim);
     let mut idle = Command::new(bin());

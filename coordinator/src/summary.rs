@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use arrow_array::{Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use linesweep_storage::attempt::{COMMIT_TABLES, ShardKind, all_tables};
-use linesweep_storage::coverage::{COVERAGE_KEY, Coverage};
+use linesweep_storage::coverage::{COVERAGE_KEY, Coverage, in_footer};
 use linesweep_storage::ids::{ShardId, SweepName};
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
@@ -92,12 +92,13 @@ fn read_batches(key: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, SummaryErro
 /// Every batch of a Parquet file, and the coverage record in its footer (if any).
 fn read_file(key: &str, bytes: Bytes) -> Result<(Vec<RecordBatch>, Option<String>), SummaryError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(key, e))?;
-    let coverage = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|kv| kv.key == COVERAGE_KEY))
-        .and_then(|kv| kv.value.clone());
+    let footer = builder.metadata().file_metadata().key_value_metadata();
+    let coverage = in_footer(
+        footer
+            .into_iter()
+            .flatten()
+            .map(|kv| (kv.key.as_str(), kv.value.as_deref())),
+    );
     let batches = builder
         .build()
         .map_err(|e| bad(key, e))?

@@ -179,12 +179,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Leases in this file belong to workers of an earlier run of this command, which died
     // with it: give them back now instead of waiting a TTL.
     if args.retry_failed {
-        match ledger.retry(plan.name.as_str(), None, now) {
-            Ok(n) => tracing::info!(shards = n, "failed and cancelled shards are pending again"),
-            // A sweep this state has never run has nothing to retry.
-            Err(LedgerError::UnknownSweep(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        retry_failed(&mut ledger, &plan, now)?;
     }
     let released = ledger.release_all(now)?;
     if released > 0 {
@@ -377,8 +372,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         )),
     }
     emit(&out)?;
-    // A sweep with failed shards is not a success, whatever was committed beside them.
-    let failed = count(&summary, StateKind::Failed);
+    none_failed(&summary, &plan)
+}
+
+/// `--retry-failed`: the sweep's failed and cancelled shards back to pending.
+fn retry_failed(
+    ledger: &mut Ledger,
+    plan: &SweepPlan,
+    now: linesweep_coordinator::lease::Millis,
+) -> anyhow::Result<()> {
+    match ledger.retry(plan.name.as_str(), None, now) {
+        Ok(n) => tracing::info!(shards = n, "failed and cancelled shards are pending again"),
+        // A sweep this state has never run has nothing to retry.
+        Err(LedgerError::UnknownSweep(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// A sweep with failed shards is not a success, whatever was committed beside them.
+fn none_failed(summary: &pb::StatusReply, plan: &SweepPlan) -> anyhow::Result<()> {
+    let failed = count(summary, StateKind::Failed);
     anyhow::ensure!(
         failed == 0,
         "{failed} shards of sweep {} failed (the report lists why); fix the cause, then run the same command with --retry-failed",

@@ -91,6 +91,17 @@ impl Coverage {
     }
 }
 
+/// The coverage record among a Parquet footer's key-value pairs (key, value), if any: the
+/// one lookup the coordinator and the readers share.
+pub fn in_footer<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> Option<String> {
+    pairs
+        .into_iter()
+        .find(|(k, _)| *k == COVERAGE_KEY)
+        .and_then(|(_, v)| v.map(str::to_owned))
+}
+
 /// (distinct ids, SHA-256 of the sorted distinct ids each followed by `\n`).
 fn digest<'a>(shards: impl IntoIterator<Item = &'a str>) -> (u64, String) {
     let sorted: std::collections::BTreeSet<&str> = shards.into_iter().collect();

@@ -533,6 +533,16 @@ impl Tail {
     }
 }
 
+/// A line of a child's stderr in the agent's log: the child's warnings (a discarded
+/// checkpoint, a skipped image) are the user's to see; its other lines only at debug.
+fn relay_child_line(shard: &impl std::fmt::Display, line: &str) {
+    if line.contains(" WARN ") || line.contains(" ERROR ") {
+        tracing::warn!(%shard, "child: {line}");
+    } else {
+        tracing::debug!(%shard, "child: {line}");
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     slot: usize,
@@ -613,13 +623,7 @@ async fn attempt(
         readers.spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                // The child's warnings (a discarded checkpoint, a skipped image) are the
-                // user's to see; its other lines only at debug.
-                if line.contains(" WARN ") || line.contains(" ERROR ") {
-                    tracing::warn!(%shard, "child: {line}");
-                } else {
-                    tracing::debug!(%shard, "child: {line}");
-                }
+                relay_child_line(&shard, &line);
                 tail.push(line);
             }
         });

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int32Array, ListArray, StringArray, UInt64Array,
 };
-use linesweep_storage::coverage::{COVERAGE_KEY, Coverage};
+use linesweep_storage::coverage::{Coverage, in_footer};
 use linesweep_storage::ids::SweepName;
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
@@ -152,12 +152,13 @@ fn read_file(
         message: e.to_string(),
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(&e))?;
-    let coverage = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|kv| kv.key == COVERAGE_KEY))
-        .and_then(|kv| kv.value.clone());
+    let footer = builder.metadata().file_metadata().key_value_metadata();
+    let coverage = in_footer(
+        footer
+            .into_iter()
+            .flatten()
+            .map(|kv| (kv.key.as_str(), kv.value.as_deref())),
+    );
     let present: Vec<usize> = builder
         .schema()
         .fields()
