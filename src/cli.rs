@@ -314,6 +314,12 @@ pub struct ServeArgs {
     /// ... and as soon as this many commits are not in them yet.
     #[arg(long, default_value_t = 1000)]
     pub summary_commits: u64,
+    /// Connections served at once; more are closed at once (workers retry). Lowered to what
+    /// the open-file limit allows, keeping a quarter of it (at least 64) for the ledger and
+    /// storage; the soft limit is first raised to the hard one. A connection that sends no
+    /// request, or does not finish its TLS handshake, within 10 s is closed.
+    #[arg(long, default_value_t = linesweep_coordinator::limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// `linesweep worker`.

@@ -266,3 +266,214 @@ fn serve_refuses_an_expired_certificate_or_a_key_that_is_not_its_own() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// `serve` started by bash with its open-file limit (soft and hard) at `nofile`; returns it and
+/// its URL from the first stdout line.
+fn serve_limited(nofile: u32, args: &[&str], state: &Path) -> (Proc, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" -q serve \"$@\""))
+        .arg(bin())
+        .args(args)
+        .arg("--state")
+        .arg(state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let proc = Proc(child);
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("coordinator on ")
+        .unwrap()
+        .to_owned();
+    (proc, url)
+}
+
+/// Whether `p` exits within `limit`.
+fn exits_within(p: &mut Proc, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if p.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Whether the server closed `conn` (end of file or a reset) within `limit`.
+fn closed_by_server(conn: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut byte = [0u8; 1];
+    match conn.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Hundreds of connections that never start a TLS handshake, against a coordinator allowed
+/// 256 open files: the ones over the cap are closed at once, the rest after the handshake
+/// timeout, and a worker still completes the sweep. (1,100 of them against 1,024 descriptors
+/// used to stall a sweep for minutes: the coordinator could not open staged files.)
+#[test]
+fn connections_that_never_handshake_do_not_stall_a_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = pki(dir);
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--tls-cert",
+        path(&pki.cert),
+        "--tls-key",
+        path(&pki.key),
+    ];
+    let (_server, url) = serve_limited(256, &args, &dir.join("state.db"));
+    let trusted = ["--token", TOKEN, "--tls-ca", path(&pki.ca)];
+    let (ok, out, err) = client(&["submit", path(&spec(dir))], &url, &trusted, dir);
+    assert!(ok, "{out}{err}");
+
+    let addr = url.trim_start_matches("https://").to_owned();
+    let mut idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let worker = [
+        "worker",
+        "--exit-when-idle",
+        "--idle-poll",
+        "0.2",
+        "--max-backoff",
+        "1",
+    ];
+    let (ok, out, err) = client(&worker, &url, &trusted, dir);
+    assert!(ok, "worker: {out}{err}");
+    let (ok, out, err) = client(&["status", "tls", "--json"], &url, &trusted, dir);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["counts"]["committed"], 2, "{out}");
+    // Every idle connection was closed by the coordinator, none is still held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut open = 0;
+    for c in &mut idle {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !closed_by_server(c, left.max(Duration::from_millis(10))) {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "connections the coordinator still holds");
+    let out = linesweep(&["serve", "--help"], dir, LIMIT);
+    assert!(text(&out.stdout).contains("--max-connections"));
+}
+
+/// An endpoint that accepts connections and never answers (`nc -l`, a hung proxy): every
+/// client gives up within its connect bound, and a worker waiting on it stops at SIGTERM.
+#[test]
+fn clients_and_workers_do_not_hang_on_an_endpoint_that_never_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    for scheme in ["https", "http"] {
+        let url = format!("{scheme}://{addr}");
+        // Connecting is bounded by 20 s in all; past 30 s the command counts as hung (before
+        // the bound, https waited well over a minute).
+        let out = linesweep(
+            &["status", "x", "--coordinator", &url, "--token", TOKEN],
+            dir,
+            Duration::from_secs(30),
+        );
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("cannot reach the coordinator"),
+            "{err}"
+        );
+    }
+    while accepted.try_recv().is_ok() {}
+    let worker = std::process::Command::new(bin())
+        .args(["-q", "worker", "--max-backoff", "1", "--token", TOKEN])
+        .args(["--coordinator", &format!("https://{addr}")])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut worker = Proc(worker);
+    accepted
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the worker connected");
+    std::thread::sleep(Duration::from_millis(500));
+    worker.signal(libc::SIGTERM);
+    assert!(
+        exits_within(&mut worker, Duration::from_secs(5)),
+        "the worker ignored SIGTERM while connecting"
+    );
+}
+
+/// SIGTERM stops the coordinator within its grace period although a `watch` client and a
+/// connection that never sent a byte are open.
+#[test]
+fn serve_stops_at_sigterm_with_a_watch_client_and_an_idle_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut server, url) = serve(
+        &["--listen", "127.0.0.1:0", "--token", TOKEN],
+        &dir.join("state.db"),
+    );
+    let (ok, out, err) = client(
+        &["submit", path(&spec(dir))],
+        &url,
+        &["--token", TOKEN],
+        dir,
+    );
+    assert!(ok, "{out}{err}");
+    let watch = std::process::Command::new(bin())
+        .args([
+            "-q",
+            "watch",
+            "tls",
+            "--coordinator",
+            &url,
+            "--token",
+            TOKEN,
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _watch = Proc(watch);
+    let _idle = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.signal(libc::SIGTERM);
+    assert!(
+        exits_within(&mut server, Duration::from_secs(15)),
+        "serve still running 15 s after SIGTERM"
+    );
+}

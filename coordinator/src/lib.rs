@@ -22,6 +22,7 @@
 
 pub mod lease;
 pub mod ledger;
+pub mod limits;
 pub mod publish;
 pub mod recover;
 pub mod server;

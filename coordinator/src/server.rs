@@ -35,7 +35,14 @@ pub struct ServeConfig {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// When per-sweep summary files are rewritten ([`SummaryPolicy::OFF`]: never).
     pub summaries: SummaryPolicy,
+    /// Connections served at once (lowered to what the descriptor limit allows with headroom
+    /// for storage I/O: [`crate::limits::connection_cap`]).
+    pub max_connections: usize,
 }
+
+/// How long shutdown waits for open calls to end (a `watch` stream never does by itself) and
+/// idle connections to close, before it closes them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Checks `authorization: Bearer <token>` in constant time. Never logs the token.
 pub fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
@@ -74,6 +81,35 @@ async fn stall_grace(c: &Coordinator, stall: Duration, ttl: Duration) {
         Ok(Err(e)) => tracing::error!(error = %e, "stall grace failed"),
         Err(e) => tracing::error!(error = e.message(), "stall grace failed"),
     }
+}
+
+/// The listener's connections under the cap, after raising the descriptor limit.
+fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::limits::Limited>> + Send + 'static {
+    let descriptors = match crate::limits::raise_descriptor_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let cap = crate::limits::connection_cap(max, descriptors);
+    tracing::info!(
+        connections = cap,
+        open_files = descriptors,
+        "serving at most this many connections at once"
+    );
+    crate::limits::incoming(listener, cap, crate::limits::HANDSHAKE_TIMEOUT)
+}
+
+/// Resolves [`SHUTDOWN_GRACE`] after `closing` turns true (never, if it never does).
+async fn grace_after(mut closing: tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
 /// Serves both services (and `grpc.health.v1`, without a token, for probes) on `listener`
@@ -153,17 +189,31 @@ pub async fn serve(
     health
         .set_serving::<ControlServiceServer<Coordinator>>()
         .await;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = limited_incoming(listener, config.max_connections);
+    let mut builder = tonic::transport::Server::builder()
+        // Idle connections are pinged; one whose peer stopped answering is closed.
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = config.tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(crate::limits::HANDSHAKE_TIMEOUT))?;
     }
-    let result = builder
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_tx.send(true);
+    };
+    let serving = builder
         .add_service(health_service)
         .add_service(worker)
         .add_service(control)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let result = tokio::select! {
+        r = serving => r,
+        () = grace_after(closing) => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "calls or connections were still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     let _ = reaper.await;
     // What committed since the last rewrite reaches the summaries before the process ends.

@@ -123,6 +123,7 @@ async fn start(ttl_ms: i64) -> Running {
         take_over: false,
         tls: None,
         summaries: linesweep_coordinator::service::SummaryPolicy::OFF,
+        max_connections: linesweep_coordinator::limits::DEFAULT_MAX_CONNECTIONS,
     };
     let ledger = Ledger::in_memory(LeasePolicy {
         ttl_ms,
@@ -539,4 +540,96 @@ async fn concurrent_completions_of_one_attempt_publish_exactly_once() {
         .await
         .expect("serve did not stop")
         .unwrap();
+}
+
+/// `ListShards` pages: a sweep far larger than one page is read whole, in submission order,
+/// each shard once (above about 190k shards one reply used to exceed gRPC's 4 MiB limit).
+#[tokio::test]
+async fn a_large_sweep_is_listed_page_by_page() {
+    let mut run = start(60_000).await;
+    let mut control = ControlServiceClient::new(channel(&run.addr).await);
+    let n = 25_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("s{i:05}")).collect();
+    for chunk in ids.chunks(2_000) {
+        let sub = pb::SubmitRequest {
+            protocol_version: V,
+            sweep: "big".into(),
+            shards: chunk
+                .iter()
+                .map(|id| pb::ShardSpec {
+                    id: id.clone(),
+                    config_json: "{}".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            continuation: chunk[0] != ids[0],
+            ..Default::default()
+        };
+        control.submit(authed(sub)).await.unwrap();
+    }
+    let (mut listed, mut pages, mut page_token) = (Vec::new(), 0, String::new());
+    loop {
+        let msg = pb::ListShardsRequest {
+            protocol_version: V,
+            sweep: "big".into(),
+            page_token,
+        };
+        let page = control.list_shards(authed(msg)).await.unwrap().into_inner();
+        pages += 1;
+        assert!(pages <= 10, "paging does not end");
+        listed.extend(page.shards.into_iter().map(|s| s.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(listed, ids);
+    let bad = pb::ListShardsRequest {
+        protocol_version: V,
+        sweep: "big".into(),
+        page_token: "junk".into(),
+    };
+    let err = control.list_shards(authed(bad)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let _ = run.stop.take().unwrap().send(());
+    tokio::time::timeout(Duration::from_secs(5), &mut run.task)
+        .await
+        .expect("serve did not stop")
+        .unwrap();
+}
+
+/// Shutdown ends within a bounded time although a `watch` stream (which never ends while its
+/// sweep runs) and a connection that never sent a byte are open.
+#[tokio::test]
+async fn shutdown_is_bounded_with_a_watch_stream_and_a_silent_connection_open() {
+    let mut run = start(60_000).await;
+    let mut control = ControlServiceClient::new(channel(&run.addr).await);
+    let sub = pb::SubmitRequest {
+        protocol_version: V,
+        sweep: "w".into(),
+        shards: vec![pb::ShardSpec {
+            id: "s0".into(),
+            config_json: "{}".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    control.submit(authed(sub)).await.unwrap();
+    let watch = pb::StatusRequest {
+        protocol_version: V,
+        sweep: "w".into(),
+    };
+    let mut stream = control.watch(authed(watch)).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let silent = tokio::net::TcpStream::connect(run.addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let _ = run.stop.take().unwrap().send(());
+    let limit = linesweep_coordinator::server::SHUTDOWN_GRACE + Duration::from_secs(5);
+    tokio::time::timeout(limit, &mut run.task)
+        .await
+        .expect("serve did not stop with a watch stream open")
+        .unwrap();
+    drop(silent);
 }

@@ -21,8 +21,10 @@ pub mod pb {
 /// not write one, so they are refused rather than failing every shard. 3: a failure says its
 /// kind (application, infrastructure, deterministic), workers report being unhealthy, and
 /// shard states are the `ShardState` enum instead of names. 4: shards can need other shards
-/// (`ShardSpec.needs`), with the states waiting and held.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// (`ShardSpec.needs`), with the states waiting and held. 5: `ListShards` is paged
+/// (`page_token`, `next_page_token`); a client of version 4 would take the first page for the
+/// whole sweep.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub use linesweep_storage::ids::LeaseToken;
 

@@ -135,9 +135,15 @@ pub struct ClientTls {
     pub ca: Option<PathBuf>,
 }
 
+/// How long any caller waits for the coordinator to accept a connection and, over `https://`,
+/// to finish the TLS handshake: one bound for every client, so that an endpoint that accepts
+/// and never answers cannot hang a command or a worker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The endpoint of the coordinator at `url`: `http://` in plain text, `https://` with TLS
 /// (trusting `tls.ca`, or the system's roots). A CA with an `http://` URL is refused rather
-/// than silently ignored.
+/// than silently ignored. Connecting and the TLS handshake are each bounded by
+/// `connect_timeout` (tonic's connect timeout covers only the TCP connection).
 pub fn endpoint(
     url: &str,
     tls: &ClientTls,
@@ -157,7 +163,9 @@ pub fn endpoint(
         )),
         (Some("https"), ca) => {
             let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-            let mut config = ClientTlsConfig::new().domain_name(host);
+            let mut config = ClientTlsConfig::new()
+                .domain_name(host)
+                .timeout(connect_timeout);
             config = match ca {
                 Some(path) => {
                     let pem = read("--tls-ca", path)?;

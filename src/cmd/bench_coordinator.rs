@@ -250,6 +250,7 @@ pub fn run(args: CoordinatorBenchArgs) -> anyhow::Result<()> {
             take_over: false,
             tls: None,
             summaries: linesweep_coordinator::service::SummaryPolicy::OFF,
+            max_connections: linesweep_coordinator::limits::DEFAULT_MAX_CONNECTIONS,
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = stopped.await;

@@ -11,7 +11,7 @@ use linesweep_coordinator::service::{is_finished, system_clock};
 use linesweep_proto::PROTOCOL_VERSION;
 use linesweep_proto::pb;
 use linesweep_proto::pb::control_service_client::ControlServiceClient;
-use linesweep_proto::tls::ClientTls;
+use linesweep_proto::tls::{CONNECT_TIMEOUT, ClientTls};
 use linesweep_worker::sweep::{self, SweepPlan};
 use tonic::Request;
 use tonic::transport::Channel;
@@ -84,6 +84,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 every_commits: args.summary_commits,
                 every: Duration::from_secs(args.summary_every),
             },
+            max_connections: args.max_connections,
         };
         let shutdown = async {
             shutdown_signal().await;
@@ -151,25 +152,38 @@ pub(crate) fn request<T>(msg: T, token: Option<&str>) -> anyhow::Result<Request<
 }
 
 /// A control-service client of the coordinator at `url`, over TLS for `https://`
-/// (`linesweep_proto::tls`: the same rules as the worker agent's).
+/// (`linesweep_proto::tls`: the same rules as the worker agent's). Connecting, the handshake
+/// and the first answer are bounded ([`CONNECT_TIMEOUT`] each), so a coordinator that accepts
+/// and never answers is an error within seconds, not a hang.
 pub(crate) async fn connect(
     url: &str,
     tls: &ClientTls,
 ) -> anyhow::Result<ControlServiceClient<Channel>> {
-    let endpoint = linesweep_proto::tls::endpoint(url, tls, Duration::from_secs(10))?;
+    let endpoint = linesweep_proto::tls::endpoint(url, tls, CONNECT_TIMEOUT)?;
     let unreachable = |e: &(dyn std::error::Error + 'static)| {
         anyhow::anyhow!(
             "cannot reach the coordinator at {url}: {}",
             linesweep_proto::tls::explain(url, e)
         )
     };
-    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
-    // HTTP/2 is set up lazily: a plain-text client of a TLS server only finds out at its first
-    // call, as "operation was canceled". Make that first call the health check.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let mut check = Request::new(tonic_health::pb::HealthCheckRequest::default());
-    check.set_timeout(Duration::from_secs(10));
-    health.check(check).await.map_err(|e| unreachable(&e))?;
+    let reach = async {
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        // HTTP/2 is set up lazily: a plain-text client of a TLS server only finds out at its
+        // first call, as "operation was canceled". Make that first call the health check.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let mut check = Request::new(tonic_health::pb::HealthCheckRequest::default());
+        check.set_timeout(CONNECT_TIMEOUT);
+        health.check(check).await.map_err(|e| unreachable(&e))?;
+        anyhow::Ok(channel)
+    };
+    // Belt and braces over the two bounds above: nothing in reaching it waits longer.
+    let limit = CONNECT_TIMEOUT * 2;
+    let channel = tokio::time::timeout(limit, reach).await.map_err(|_| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: no answer within {} s (it accepted the connection but never answered; is the address a coordinator's?)",
+            limit.as_secs()
+        )
+    })??;
     Ok(ControlServiceClient::new(channel))
 }
 
@@ -305,21 +319,40 @@ async fn status_of(client: &ClientArgs, sweep: &str) -> anyhow::Result<pb::Statu
     fetch_status(&mut c, client.token.as_deref(), sweep).await
 }
 
+/// Every shard of `sweep`, page by page (a sweep of any size fits no single message).
+async fn list_shards(
+    c: &mut ControlServiceClient<Channel>,
+    token: Option<&str>,
+    sweep: &str,
+) -> anyhow::Result<Vec<pb::ShardInfo>> {
+    let mut shards = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let msg = pb::ListShardsRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sweep: sweep.to_owned(),
+            page_token,
+        };
+        let page = c
+            .list_shards(request(msg, token)?)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        shards.extend(page.shards);
+        if page.next_page_token.is_empty() {
+            return Ok(shards);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let token = args.client.token.as_deref();
     let (st, shards) = runtime()?.block_on(async {
         let st = status_of(&args.client, &args.sweep).await?;
         let shards = if args.shards {
             let mut c = open(&args.client).await?;
-            let msg = pb::ListShardsRequest {
-                protocol_version: PROTOCOL_VERSION,
-                sweep: args.sweep.clone(),
-            };
-            c.list_shards(request(msg, token)?)
-                .await
-                .map_err(rpc_error)?
-                .into_inner()
-                .shards
+            list_shards(&mut c, token, &args.sweep).await?
         } else {
             Vec::new()
         };

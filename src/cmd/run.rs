@@ -211,6 +211,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             take_over: false,
             tls: None,
             summaries: Default::default(),
+            max_connections: linesweep_coordinator::limits::DEFAULT_MAX_CONNECTIONS,
         };
         let server = tokio::spawn(serve(listener, ledger, config, async {
             let _ = server_stopped.await;

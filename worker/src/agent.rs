@@ -191,7 +191,13 @@ impl Client {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
         loop {
-            match f(self.inner.clone()).await {
+            // The call itself races `stop` too: a coordinator that accepts and never answers
+            // must not keep a stopping worker (SIGTERM) waiting out a deadline.
+            let call = tokio::select! {
+                r = f(self.inner.clone()) => r,
+                _ = stop.changed() => return None,
+            };
+            match call {
                 Ok(r) => {
                     if failures > 0 {
                         tracing::info!(what, "coordinator reachable again");
@@ -225,13 +231,16 @@ pub async fn run(
     events: Arc<dyn AgentEvents>,
     stop: watch::Receiver<bool>,
 ) -> Result<AgentReport, AgentError> {
-    let channel =
-        linesweep_proto::tls::endpoint(&cfg.coordinator, &cfg.tls, Duration::from_secs(5))
-            .map_err(|e| AgentError::Url {
-                url: cfg.coordinator.clone(),
-                message: e.to_string(),
-            })?
-            .connect_lazy();
+    let channel = linesweep_proto::tls::endpoint(
+        &cfg.coordinator,
+        &cfg.tls,
+        linesweep_proto::tls::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| AgentError::Url {
+        url: cfg.coordinator.clone(),
+        message: e.to_string(),
+    })?
+    .connect_lazy();
     let credentials =
         Credentials::new(cfg.token.as_deref()).map_err(|e| AgentError::Refused(e.to_string()))?;
     let client = Client {

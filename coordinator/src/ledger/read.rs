@@ -177,6 +177,27 @@ impl Reads<'_> {
         self.rows(sweep, &[], usize::MAX)
     }
 
+    /// At most `limit` shards of `sweep` in submission order, starting after the one at
+    /// position `after` (0: from the first), each with its position: a page of a listing
+    /// that any size of sweep can be read through.
+    pub fn shards_after(
+        &self,
+        sweep: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ShardRow)>, LedgerError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut q = self.conn.prepare(&format!(
+            "select rowid, {SHARD_COLUMNS} from shards where sweep = ?1 and rowid > ?2 order by rowid limit ?3"
+        ))?;
+        let mut rows = q.query(params![sweep, after, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push((r.get(0)?, decode_offset(r, 1, self.path, sweep)?));
+        }
+        Ok(out)
+    }
+
     /// Shards of `sweep` in `states` (all when empty), in submission order, at most `limit`.
     pub(super) fn rows(
         &self,

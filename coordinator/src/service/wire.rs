@@ -288,6 +288,38 @@ impl pb::worker_service_server::WorkerService for Coordinator {
     }
 }
 
+/// Shards read for one page of `ListShards`.
+const PAGE_SHARDS: usize = 10_000;
+
+/// Bytes of shard entries in one page of `ListShards`: a quarter of gRPC's default 4 MiB
+/// limit, whatever the length of the shards' last errors.
+const PAGE_BYTES: usize = 1 << 20;
+
+/// The reply for `rows` (positions and shards): as many as fit in [`PAGE_BYTES`] (at least
+/// one), and the token of the next page unless these were the last.
+fn page(rows: &[(i64, ShardRow)]) -> pb::ListShardsReply {
+    let mut shards = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    for (pos, row) in rows {
+        let info = shard_info(row);
+        bytes += prost::Message::encoded_len(&info) + 4;
+        if bytes > PAGE_BYTES && !shards.is_empty() {
+            break;
+        }
+        shards.push(info);
+        last = Some(*pos);
+    }
+    let more = shards.len() < rows.len() || rows.len() == PAGE_SHARDS;
+    pb::ListShardsReply {
+        shards,
+        next_page_token: match (more, last) {
+            (true, Some(pos)) => pos.to_string(),
+            _ => String::new(),
+        },
+    }
+}
+
 pub(super) type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusReply, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -463,15 +495,21 @@ impl pb::control_service_server::ControlService for Coordinator {
         let req = req.into_inner();
         check_version(req.protocol_version)?;
         let sweep = req.sweep.clone();
+        let after = match req.page_token.as_str() {
+            "" => 0,
+            t => t.parse::<i64>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page token `{t}` is not one this coordinator gave"
+                ))
+            })?,
+        };
         let rows = self
             .read_committed(move |r| {
                 r.results(&sweep)?;
-                r.shards(&sweep)
+                r.shards_after(&sweep, after, PAGE_SHARDS)
             })
             .await?;
-        Ok(Response::new(pb::ListShardsReply {
-            shards: rows.iter().map(shard_info).collect(),
-        }))
+        Ok(Response::new(page(&rows)))
     }
 
     async fn list_workers(
@@ -553,5 +591,34 @@ mod tests {
             r#"{"train.epochs":5,"model.hidden":[512],"train.lr":0.1}"#,
         );
         assert_eq!(d, "train.epochs: 3 → 5; train.lr: (unset) → 0.1");
+    }
+
+    fn row(i: i64, error: &str) -> (i64, ShardRow) {
+        let shard = crate::lease::Shard {
+            last_error: Some(error.to_owned()),
+            ..Default::default()
+        };
+        let id = format!("s{i}");
+        (i, ShardRow { id, shard })
+    }
+
+    #[test]
+    fn a_page_stays_under_its_byte_budget_and_says_where_the_next_starts() {
+        // 3,000 shards with 1 KB errors: about 3 MB, three quarters of gRPC's limit.
+        let long = "e".repeat(1000);
+        let rows: Vec<_> = (1..=3_000).map(|i| row(i, &long)).collect();
+        let first = page(&rows);
+        let bytes: usize = first.shards.iter().map(prost::Message::encoded_len).sum();
+        assert!(bytes <= PAGE_BYTES && bytes > PAGE_BYTES / 2, "{bytes}");
+        let n = first.shards.len();
+        assert_eq!(first.next_page_token, n.to_string());
+        // A short read is the last page; a full read may have more behind it.
+        let last = page(&rows[2_990..]);
+        assert_eq!((last.shards.len(), last.next_page_token.as_str()), (10, ""));
+        let full: Vec<_> = (1..=PAGE_SHARDS as i64).map(|i| row(i, "")).collect();
+        assert_eq!(page(&full).next_page_token, PAGE_SHARDS.to_string());
+        // One entry bigger than the budget still goes, alone.
+        let huge = [row(7, &"x".repeat(2 * PAGE_BYTES))];
+        assert_eq!(page(&huge).shards.len(), 1);
     }
 }
