@@ -193,7 +193,15 @@ pub struct Shard {
     pub interruptions: u32,
     /// The last failure's message.
     pub last_error: Option<String>,
+    /// The distinct workers on which an attempt failed with an infrastructure failure since
+    /// the last user retry: at [`INFRASTRUCTURE_WORKERS`] the shard itself is the likely cause.
+    pub infra_workers: Vec<String>,
 }
+
+/// Infrastructure failures of one shard on this many different workers fail it: a shard that
+/// runs every machine out of memory or disk would otherwise be retried for ever, and one
+/// broken machine (which goes unhealthy on its own) cannot fail a shard alone.
+pub const INFRASTRUCTURE_WORKERS: usize = 3;
 
 /// How a failed attempt counts against its shard (the worker's classification of its child's
 /// exit, or the publisher's of a staging it could not publish).
@@ -290,6 +298,7 @@ impl Shard {
             failures: 0,
             interruptions: 0,
             last_error: None,
+            infra_workers: Vec::new(),
         }
     }
 
@@ -453,12 +462,7 @@ impl Shard {
     fn failed(&self, kind: Failure, error: &str, policy: &LeasePolicy) -> Shard {
         let last_error = Some(error.to_owned());
         match kind {
-            Failure::Infrastructure => Shard {
-                state: ShardState::Pending,
-                interruptions: self.interruptions + 1,
-                last_error,
-                ..self.clone()
-            },
+            Failure::Infrastructure => self.infrastructure_failed(error),
             Failure::Application | Failure::Deterministic => {
                 let failures = self.failures + 1;
                 let spent = kind == Failure::Deterministic || failures >= policy.max_failures;
@@ -473,6 +477,38 @@ impl Shard {
                     ..self.clone()
                 }
             }
+        }
+    }
+
+    /// An infrastructure failure: Pending again with the budget untouched, unless attempts
+    /// have now failed so on [`INFRASTRUCTURE_WORKERS`] different workers.
+    fn infrastructure_failed(&self, error: &str) -> Shard {
+        let mut infra_workers = self.infra_workers.clone();
+        if let ShardState::Leased { worker, .. } = &self.state
+            && !infra_workers.contains(worker)
+        {
+            infra_workers.push(worker.clone());
+        }
+        let spent = infra_workers.len() >= INFRASTRUCTURE_WORKERS;
+        let last_error = if spent {
+            format!(
+                "infrastructure failures on {} different workers ({}), the last: {error}. The shard itself is the likely cause (does it need more memory or disk than a worker has?): fix that, then `linesweep retry`",
+                infra_workers.len(),
+                infra_workers.join(", ")
+            )
+        } else {
+            error.to_owned()
+        };
+        Shard {
+            state: if spent {
+                ShardState::Failed
+            } else {
+                ShardState::Pending
+            },
+            interruptions: self.interruptions + 1,
+            last_error: Some(last_error),
+            infra_workers,
+            ..self.clone()
         }
     }
 
@@ -567,6 +603,7 @@ impl Shard {
         matches!(self.state, ShardState::Failed | ShardState::Cancelled).then(|| Shard {
             state: ShardState::Pending,
             failures: 0,
+            infra_workers: Vec::new(),
             ..self.clone()
         })
     }
@@ -584,6 +621,7 @@ impl Shard {
         ended.then(|| Shard {
             state: ShardState::Pending,
             failures: 0,
+            infra_workers: Vec::new(),
             ..self.clone()
         })
     }
@@ -841,6 +879,45 @@ mod tests {
             .fail(a, Failure::Deterministic, "eval.starts: step 9999", 10, &P)
             .unwrap();
         assert_eq!((f.state, f.failures), (ShardState::Failed, 1));
+    }
+
+    #[test]
+    fn infrastructure_failures_on_enough_different_workers_fail_the_shard() {
+        let mut s = Shard::new();
+        let mut now = 0;
+        let mut fail_on = |s: &Shard, worker: &str| {
+            now += 1;
+            let (leased, a) = s.lease(worker, now, &P).unwrap();
+            leased
+                .fail(
+                    a,
+                    Failure::Infrastructure,
+                    "out of memory (killed)",
+                    now,
+                    &P,
+                )
+                .unwrap()
+        };
+        // One machine failing it again and again does not fail it...
+        for _ in 0..5 {
+            s = fail_on(&s, "w1");
+        }
+        s = fail_on(&s, "w2");
+        assert_eq!(s.state, ShardState::Pending);
+        // ... a third machine does, saying why and with the budget untouched.
+        s = fail_on(&s, "w3");
+        assert_eq!((s.state.clone(), s.failures), (ShardState::Failed, 0));
+        let why = s.last_error.clone().unwrap();
+        assert!(
+            why.contains("3 different workers (w1, w2, w3)")
+                && why.contains("out of memory (killed)"),
+            "{why}"
+        );
+        // A user retry starts the count again.
+        s = s.retry().unwrap();
+        assert!(s.infra_workers.is_empty());
+        s = fail_on(&s, "w3");
+        assert_eq!(s.state, ShardState::Pending);
     }
 
     #[test]

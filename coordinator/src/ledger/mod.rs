@@ -198,6 +198,8 @@ create table if not exists shards (
     interruptions integer not null default 0,
     last_error text,
     config_z blob,
+    -- JSON list of the workers an attempt failed on with an infrastructure failure
+    infra_workers text,
     primary key (sweep, id)
 );
 create index if not exists shards_by_state on shards(state);
@@ -1040,6 +1042,14 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     if !has_packed {
         conn.execute_batch("alter table shards add column config_z blob")?;
     }
+    let has_infra: bool = conn.query_row(
+        "select exists(select 1 from pragma_table_info('shards') where name = 'infra_workers')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_infra {
+        conn.execute_batch("alter table shards add column infra_workers text")?;
+    }
     Ok(())
 }
 
@@ -1097,11 +1107,13 @@ fn store(conn: &Connection, sweep: &str, shard: &str, s: &Shard) -> Result<(), L
         }
         _ => (None, None, None),
     };
+    let infra_workers =
+        (!s.infra_workers.is_empty()).then(|| serde_json::json!(s.infra_workers).to_string());
     conn.prepare_cached(
         "update shards set state = ?3, attempts = ?4, worker = ?5, expires_at = ?6, committed_attempt = ?7,
-         failures = ?8, interruptions = ?9, last_error = ?10 where sweep = ?1 and id = ?2",
+         failures = ?8, interruptions = ?9, last_error = ?10, infra_workers = ?11 where sweep = ?1 and id = ?2",
     )?
-    .execute(params![sweep, shard, s.state.name(), s.attempts, worker, expires_at, committed, s.failures, s.interruptions, s.last_error])?;
+    .execute(params![sweep, shard, s.state.name(), s.attempts, worker, expires_at, committed, s.failures, s.interruptions, s.last_error, infra_workers])?;
     Ok(())
 }
 
@@ -1266,6 +1278,40 @@ mod tests {
             (ShardState::Committed { attempt: at(2) }, 1, 0)
         );
         assert_eq!(l.events("sw", "s0", "committed").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_shard_that_fails_for_infrastructure_on_three_workers_is_failed_and_stays_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.db");
+        let mut l = Ledger::open(&path, P).unwrap();
+        l.submit("sw", &shards(1), 0).unwrap();
+        for (i, worker) in ["w1", "w1", "w2", "w3"].into_iter().enumerate() {
+            let now = i as i64 * 10;
+            let a = l.lease(worker, now).unwrap().unwrap();
+            let oom = (Failure::Infrastructure, "killed by the OOM killer");
+            let state = l.fail("sw", &a.shard, a.attempt, oom, now + 1).unwrap();
+            let want = if worker == "w3" {
+                ShardState::Failed
+            } else {
+                ShardState::Pending
+            };
+            assert_eq!(state, want, "after {worker}");
+        }
+        drop(l);
+        // The workers are stored: the ledger read back holds them and the reason.
+        let l = Ledger::open(&path, P).unwrap();
+        let s = l.shard("sw", "s0").unwrap();
+        assert_eq!(s.infra_workers, ["w1", "w2", "w3"]);
+        assert!(s.last_error.unwrap().contains("3 different workers"));
+        drop(l);
+        // A ledger written before the column existed opens, its shards with no such workers.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("alter table shards drop column infra_workers")
+            .unwrap();
+        drop(old);
+        let l = Ledger::open(&path, P).unwrap();
+        assert!(l.shard("sw", "s0").unwrap().infra_workers.is_empty());
     }
 
     #[test]

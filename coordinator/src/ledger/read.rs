@@ -19,7 +19,7 @@ use linesweep_storage::ids::{IdError, LeaseToken, ShardId, SweepName};
 pub const STATUS_LIST_LIMIT: usize = 100;
 
 /// The columns [`decode`] reads, in its order.
-pub(super) const SHARD_COLUMNS: &str = "id, state, attempts, worker, expires_at, committed_attempt, failures, interruptions, last_error";
+pub(super) const SHARD_COLUMNS: &str = "id, state, attempts, worker, expires_at, committed_attempt, failures, interruptions, last_error, infra_workers";
 
 /// Queries over one connection.
 pub struct Reads<'a> {
@@ -110,8 +110,25 @@ pub(super) fn decode_offset(
         failures: r.get(at + 6)?,
         interruptions: r.get(at + 7)?,
         last_error: r.get(at + 8)?,
+        infra_workers: workers(r.get(at + 9)?, path, sweep, &id)?,
     };
     Ok(ShardRow { id, shard })
+}
+
+/// The `infra_workers` column: a JSON list of names, or NULL for none.
+fn workers(
+    column: Option<String>,
+    path: &str,
+    sweep: &str,
+    id: &str,
+) -> Result<Vec<String>, LedgerError> {
+    match column {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
+            path: path.into(),
+            message: format!("shard {sweep}/{id}: infra_workers `{text}`: {e}"),
+        }),
+    }
 }
 
 /// One shard's state and counters.
@@ -135,6 +152,22 @@ pub(super) fn load(
 }
 
 impl Reads<'_> {
+    /// The `infra_workers` column: a JSON list of names, or NULL for none.
+    fn workers(
+        column: Option<String>,
+        path: &str,
+        sweep: &str,
+        id: &str,
+    ) -> Result<Vec<String>, LedgerError> {
+        match column {
+            None => Ok(Vec::new()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
+                path: path.into(),
+                message: format!("shard {sweep}/{id}: infra_workers `{text}`: {e}"),
+            }),
+        }
+    }
+
     /// One shard's state and counters.
     pub fn shard(&self, sweep: &str, shard: &str) -> Result<Shard, LedgerError> {
         load(self.conn, self.path, sweep, shard)
