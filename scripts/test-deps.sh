@@ -14,15 +14,16 @@ python3 -m pip install --quiet --disable-pip-version-check \
 # Debian: a real one-node Slurm cluster (slurmctld, slurmd, munge), which
 # tests/deploy_slurm.rs starts on loopback for deploy/slurm/, headless Chromium, which
 # tests/cli_report.rs opens the HTML report in, and Mesa's software Vulkan driver lavapipe,
-# on which tests/cli_vulkan.rs runs the GPU code path (CubeCL's kernels) on the CPU.
+# on which tests/cli_vulkan.rs runs the GPU code path (CubeCL's kernels) on the CPU, and
+# openssl, which makes tests/cli_tls.rs an X.509 version 1 certificate (rcgen makes only v3).
 if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null \
-    || ! command -v chromium > /dev/null \
+    || ! command -v chromium > /dev/null || ! command -v openssl > /dev/null \
     || ! [[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ]]; then
     sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-        slurm-wlm munge chromium mesa-vulkan-drivers libvulkan1 > /dev/null
+        slurm-wlm munge chromium mesa-vulkan-drivers libvulkan1 openssl > /dev/null
 fi
 
 # The S3 tests start a real S3-protocol server on loopback: s3s-fs serves a folder as S3 with

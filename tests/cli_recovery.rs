@@ -67,6 +67,53 @@ fn results_deleted_under_the_sweep_state_are_rerun_not_reported_committed() {
     );
 }
 
+/// Modification times of the published `runs` files: equal before and after means nothing
+/// was trained or published again.
+fn runs_mtimes(root: &Path, sweep: &str) -> Vec<std::time::SystemTime> {
+    committed(root, sweep)
+        .iter()
+        .map(|id| {
+            let f = root.join(format!("results/runs/sweep={sweep}/{id}.parquet"));
+            std::fs::metadata(f).unwrap().modified().unwrap()
+        })
+        .collect()
+}
+
+/// A results folder moved elsewhere is resumed by `run` where it is now: with the sweep state
+/// kept inside it (which follows the folder), and without it (rebuilt from the results,
+/// taking over from the lost ledger its owner marker names). Nothing is trained again.
+#[test]
+fn a_moved_results_folder_resumes_with_or_without_its_sweep_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = tiny_grid_spec(dir, "moved", "");
+    let run = |out: &Path| {
+        let args = ["run", spec.to_str().unwrap(), "--workers", "2", "--out"];
+        let mut args = args.to_vec();
+        args.push(out.to_str().unwrap());
+        linesweep(&args, dir, Duration::from_secs(300))
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let published = runs_mtimes(&a, "moved");
+    assert_eq!(published.len(), 8);
+    std::fs::rename(&a, &b).unwrap();
+    let o = run(&b);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("8 committed"), "{out}");
+    assert!(err.contains("the results folder was moved"), "{err}");
+    assert_eq!(runs_mtimes(&b, "moved"), published);
+    // The sweep state lost as well: rebuilt from the results, it takes over.
+    std::fs::remove_dir_all(b.join(".linesweep")).unwrap();
+    let o = run(&b);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("8 committed"), "{out}");
+    assert_eq!(runs_mtimes(&b, "moved"), published);
+}
+
 /// `retry --committed --shard X` on a coordinator: X's published results and snapshots are
 /// removed, X runs again and is published exactly once more; the other shards are untouched.
 #[test]

@@ -234,6 +234,26 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
         "every failure with its error: {dom}"
     );
     assert_eq!(dom.matches("<figure>").count(), 0);
+    // A state file that is not a ledger is named as such; a ledger without this sweep (a
+    // coordinator's, here new) leaves the page drawn from the results, saying so.
+    std::fs::write(dir.join("empty.db"), b"").unwrap();
+    let o = linesweep(
+        &["report", "broken", "--state", "empty.db", "--out", "e.html"],
+        dir,
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("empty.db") && err.contains("holds no linesweep ledger"), "{err}");
+    drop(serve(&["--listen", "127.0.0.1:0"], &dir.join("other.db")));
+    let o = linesweep(
+        &["report", "broken", "--state", "other.db", "--out", "other.html"],
+        dir,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let other = std::fs::read_to_string(dir.join("other.html")).unwrap();
+    assert!(other.contains("has no sweep named broken"), "{other}");
     // An empty results folder.
     let empty = tempfile::tempdir().unwrap();
     let o = linesweep(

@@ -179,6 +179,19 @@ fn a_wrong_ca_or_a_plain_text_client_is_told_what_to_do() {
     let (_tls, url) = serve_tls(&pki, &dir.join("tls.db"));
     let status = ["status", "any"];
 
+    // A CA file whose certificate block holds junk is named, not taken for an empty trust
+    // store (every handshake would then fail as "unknown issuer").
+    let junk = dir.join("junk-ca.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (ok, _, err) = client(&status, &url, &["--token", TOKEN, "--tls-ca", path(&junk)], dir);
+    assert!(
+        !ok && err.contains("junk-ca.pem") && err.contains("cannot be parsed"),
+        "{err}"
+    );
     let wrong = ["--token", TOKEN, "--tls-ca", path(&pki.other_ca)];
     let (ok, _, err) = client(&status, &url, &wrong, dir);
     assert!(
@@ -258,6 +271,21 @@ fn serve_refuses_an_expired_certificate_or_a_key_that_is_not_its_own() {
     );
     let err = start(&pki.key, &pki.key);
     assert!(err.contains("no certificate in it"), "{err}");
+    // An X.509 version 1 certificate (openssl x509 -req without extensions makes one).
+    let (v1, v1_key) = (dir.join("v1.pem"), dir.join("v1.key"));
+    let sh = format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+         -keyout {k} 2>/dev/null | openssl x509 -req -signkey {k} -days 30 -out {c} 2>/dev/null",
+        k = v1_key.display(),
+        c = v1.display()
+    );
+    let made = std::process::Command::new("bash").args(["-c", &sh]).status();
+    assert!(made.unwrap().success(), "openssl made no v1 certificate");
+    let err = start(&v1, &v1_key);
+    assert!(
+        err.contains("X.509 version 1") && err.contains("v1.pem"),
+        "{err}"
+    );
     // One flag without the other is a usage error.
     let out = linesweep(
         &["serve", "--state", "s.db", "--tls-cert", path(&pki.cert)],

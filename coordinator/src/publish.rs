@@ -301,6 +301,16 @@ pub enum OwnerError {
     Storage(#[from] StorageError),
 }
 
+/// The owner marker of `sweep` in `storage`: `None` when there is none or it does not read
+/// (an unreadable marker is nobody's).
+pub fn read_owner(storage: &Storage, sweep: &SweepName) -> Result<Option<Owner>, StorageError> {
+    let key = linesweep_storage::layout::owner_key(sweep);
+    if !storage.exists(&key)? {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice(&storage.get(&key)?).ok())
+}
+
 /// Makes `me` the owner of `sweep` in `storage`: a create-only marker, so that two ledgers
 /// never publish one sweep into one location (each would refuse the other's results as
 /// conflicts, after training them). The marker is `me`'s already when it names `me`'s id, or

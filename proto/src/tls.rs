@@ -32,9 +32,19 @@ pub enum TlsError {
         what: &'static str,
         hint: &'static str,
     },
-    /// The first certificate is PEM but not a certificate that parses.
-    #[error("--tls-cert {}: the first certificate cannot be parsed: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    /// A certificate is PEM but not one that parses.
+    #[error("{flag} {}: a certificate in it cannot be parsed: {message}", path.display())]
+    Parse {
+        flag: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    /// The certificate is X.509 version 1 or 2: rustls's callers refuse it.
+    #[error(
+        "--tls-cert {}: the certificate is X.509 version {version}; TLS clients accept only version 3 (issue it with subject alternative names, e.g. openssl's -addext subjectAltName=DNS:host)",
+        path.display()
+    )]
+    Version { path: PathBuf, version: u32 },
     /// The certificate is outside its validity period.
     #[error(
         "--tls-cert {}: the certificate {when}; issue a new one (the coordinator's clients would refuse it)",
@@ -78,13 +88,31 @@ fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Vec<u
     Ok(certs)
 }
 
-/// Refuses a leaf certificate that has expired or is not valid yet: the coordinator would start
+/// The certificate `der` of the file `path` given with `flag`, parsed.
+fn parse<'a>(
+    flag: &'static str,
+    path: &Path,
+    der: &'a [u8],
+) -> Result<x509_parser::certificate::X509Certificate<'a>, TlsError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| TlsError::Parse {
+            flag,
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Refuses a leaf certificate that is not version 3, has expired or is not valid yet: the coordinator would start
 /// and every caller would then fail its handshake.
 fn check_validity(path: &Path, der: &[u8]) -> Result<(), TlsError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let cert = parse("--tls-cert", path, der)?;
+    if cert.version() != x509_parser::x509::X509Version::V3 {
+        return Err(TlsError::Version {
+            path: path.to_owned(),
+            version: cert.version().0 + 1,
+        });
+    }
     let validity = cert.validity();
     let now = x509_parser::time::ASN1Time::now();
     let when = if now > validity.not_after {
@@ -169,7 +197,11 @@ pub fn endpoint(
             config = match ca {
                 Some(path) => {
                     let pem = read("--tls-ca", path)?;
-                    certificates("--tls-ca", path, &pem)?;
+                    // A CA that does not parse would be dropped from the trust store silently,
+                    // and every handshake then fail as "unknown issuer".
+                    for der in certificates("--tls-ca", path, &pem)? {
+                        parse("--tls-ca", path, &der)?;
+                    }
                     config.ca_certificate(Certificate::from_pem(pem))
                 }
                 None => config.with_native_roots(),
@@ -259,6 +291,9 @@ fn rustls_hint(e: &rustls::Error) -> Option<&'static str> {
             }
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 "the coordinator's certificate does not name the host in the URL: use a host name its certificate lists"
+            }
+            C::Other(e) if e.to_string().contains("UnsupportedCertVersion") => {
+                "the coordinator's certificate is X.509 version 1; TLS clients accept only version 3: issue it again as version 3 with subject alternative names"
             }
             _ => "the coordinator's certificate was refused",
         }),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use base64::Engine as _;
-use linesweep_coordinator::ledger::{LedgerReader, SweepStatus};
+use linesweep_coordinator::ledger::{LedgerError, LedgerReader, SweepStatus};
 use linesweep_storage::ids::SweepName;
 use linesweep_storage::layout;
 use linesweep_worker::results::read::{Row, Value};
@@ -63,13 +63,15 @@ pub(crate) fn page(
         Some(s) => SweepName::parse(s.to_owned())?,
         None => plot::pick_sweep(&storage, None, results)?,
     };
-    let status = match &ledger {
-        Some(l) => Some(
-            l.reads()
-                .status(sweep.as_str())
-                .with_context(|| format!("sweep {sweep} in the ledger"))?,
-        ),
-        None => None,
+    let status = match (&ledger, &state) {
+        (Some(l), Some(path)) => match l.reads().status(sweep.as_str()) {
+            Ok(st) => Status::Found(st, path),
+            // Results without their sweep in this ledger (another ledger's, or one rebuilt):
+            // the page is still drawn from the results.
+            Err(LedgerError::UnknownSweep(_)) => Status::NotInLedger(path),
+            Err(e) => return Err(e).with_context(|| format!("sweep {sweep} in the ledger")),
+        },
+        _ => Status::NoLedger,
     };
     let data = plot::SweepData::read(&storage, sweep.clone())?;
     let runs = &data.runs;
@@ -80,7 +82,7 @@ pub(crate) fn page(
         s = esc(sweep.as_str()),
         r = esc(storage.root())
     );
-    status_section(&mut html, status.as_ref(), state.as_deref(), runs.len());
+    status_section(&mut html, &status, &sweep, runs.len());
     if runs.is_empty() {
         html.push_str("<p class=\"empty\">No shard of this sweep is committed yet: there is nothing to summarise or draw.</p>");
     } else {
@@ -95,19 +97,36 @@ pub(crate) fn page(
 
 const CSS: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f2f2f2}td.t,th.t{text-align:left}figure{margin:1.5em 0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto}.empty,.note{color:#a33}";
 
-fn status_section(
-    html: &mut String,
-    status: Option<&SweepStatus>,
-    state: Option<&Path>,
-    committed: usize,
-) {
+/// What the ledger says of the sweep.
+enum Status<'a> {
+    /// No ledger was given or found.
+    NoLedger,
+    /// The ledger does not know the sweep.
+    NotInLedger(&'a Path),
+    /// The sweep's status, and the ledger it comes from.
+    Found(SweepStatus, &'a Path),
+}
+
+fn status_section(html: &mut String, status: &Status<'_>, sweep: &SweepName, committed: usize) {
     html.push_str("<section id=\"status\"><h2>Status</h2>");
-    let Some(st) = status else {
-        let _ = write!(
-            html,
-            "<p class=\"note\">No ledger found beside the results (pass <code>--state</code>): {committed} shards are committed; pending and failed shards are not known here.</p></section>"
-        );
-        return;
+    let (st, state) = match status {
+        Status::Found(st, state) => (st, *state),
+        Status::NoLedger => {
+            let _ = write!(
+                html,
+                "<p class=\"note\">No ledger found beside the results (pass <code>--state</code>): {committed} shards are committed; pending and failed shards are not known here.</p></section>"
+            );
+            return;
+        }
+        Status::NotInLedger(state) => {
+            let _ = write!(
+                html,
+                "<p class=\"note\">The ledger <code>{}</code> has no sweep named {}: {committed} shards are committed in the results; pending and failed shards are not known here.</p></section>",
+                esc(&state.display().to_string()),
+                esc(sweep.as_str())
+            );
+            return;
+        }
     };
     html.push_str("<table><tr>");
     for k in st.counts.keys() {
@@ -122,7 +141,7 @@ fn status_section(
         "</tr></table><p>failures {} (retried up to the budget), interruptions {}; ledger <code>{}</code></p>",
         st.failures,
         st.interruptions,
-        esc(&state.map(|p| p.display().to_string()).unwrap_or_default())
+        esc(&state.display().to_string())
     );
     if st.failed.is_empty() {
         html.push_str("<p>No failed shards.</p>");

@@ -16,7 +16,7 @@ use linesweep_proto::pb;
 use linesweep_worker::agent::{self, AgentConfig, AgentEvents, Outcome, ProgressLine};
 use linesweep_worker::device;
 use linesweep_worker::results::{self, RunSummary};
-use linesweep_worker::storage::ids::{LeaseToken, ShardId};
+use linesweep_worker::storage::ids::{LeaseToken, ShardId, SweepName};
 use linesweep_worker::storage::{Storage, layout};
 use linesweep_worker::sweep::{self, SweepPlan};
 
@@ -140,6 +140,30 @@ pub(crate) fn state_dir(storage: &Storage) -> anyhow::Result<PathBuf> {
         .join(format!("{readable}-{}", &digest[..12])))
 }
 
+/// Makes a results folder that was moved runnable where it is now: the ledger kept inside it
+/// follows it, and a ledger rebuilt from its results (the old one lost) takes over the sweep
+/// when the ledger its owner marker names is not on this machine. Returns whether to take
+/// over (`serve --recover`'s rule, for `run`).
+fn adopt_location(
+    ledger: &mut Ledger,
+    storage: &Storage,
+    sweep: &SweepName,
+    new_ledger: bool,
+) -> anyhow::Result<bool> {
+    let root = storage.root();
+    // Local results keep their ledger inside them: it describes them wherever they are.
+    if storage.local_dir().is_some()
+        && let Some(old) = ledger.relocate(sweep.as_str(), root)?
+    {
+        tracing::info!(%sweep, from = %old, to = %root, "the results folder was moved; its sweep state follows it");
+    }
+    if !new_ledger {
+        return Ok(false);
+    }
+    let owner = linesweep_coordinator::publish::read_owner(storage, sweep)?;
+    Ok(owner.is_some_and(|o| !std::path::Path::new(&o.state).exists()))
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
     device::parse(&args.device)?;
@@ -164,17 +188,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = state_dir.join(STATE_FILE);
     let policy = LeasePolicy::default();
     let new_ledger = !state.exists();
-    let mut ledger = Ledger::open(&state, policy).with_context(|| {
-        format!(
-            "the sweep state in {} (is another `linesweep run` using it?)",
-            state.display()
-        )
+    let mut ledger = Ledger::open(&state, policy).map_err(|e| {
+        // Only a held lock means another run; a full disk or a corrupt file says so itself.
+        let hint = match e {
+            LedgerError::Locked { .. } => " (is another `linesweep run` using it?)",
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("the sweep state in {}{hint}", state.display()))
     })?;
     // A new state file beside existing results (it was deleted or lost): the results are the
     // truth of what was committed, so they are not trained again.
     if new_ledger {
         super::remote::recover_from(&mut ledger, &root)?;
     }
+    let take_over = adopt_location(&mut ledger, &storage, &plan.name, new_ledger)?;
     let now = (system_clock())();
     // Leases in this file belong to workers of an earlier run of this command, which died
     // with it: give them back now instead of waiting a TTL.
@@ -207,8 +234,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             clock: system_clock(),
             default_results: root.clone(),
             check_shard: Some(super::remote::shard_check()),
-            // The same state file owns the location again, however it was lost.
-            take_over: false,
+            take_over,
             tls: None,
             summaries: Default::default(),
             max_connections: linesweep_coordinator::limits::DEFAULT_MAX_CONNECTIONS,

@@ -70,9 +70,35 @@ pub enum LedgerError {
     /// The state file is not a ledger, or a row is inconsistent; nothing was overwritten.
     #[error("{path}: corrupt coordinator state: {message}")]
     Corrupt { path: String, message: String },
+    /// The disk holding the state file is full; nothing was changed.
+    #[error("{path}: the disk holding it is full ({message}): free space there, then start again")]
+    Full { path: String, message: String },
     /// Any other SQLite failure.
     #[error("coordinator state: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// A SQLite error of the state file `path` as what it means to the user: in use, corrupt, a
+/// full disk, or anything else.
+fn classify(e: rusqlite::Error, path: &str) -> LedgerError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            LedgerError::Locked {
+                path: path.to_owned(),
+            }
+        }
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            LedgerError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => LedgerError::Full {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+        _ => LedgerError::Sqlite(e),
+    }
 }
 
 /// A lease handed to a worker.
@@ -321,20 +347,6 @@ impl Ledger {
     }
 
     fn init(conn: Connection, policy: LeasePolicy, path: String) -> Result<Self, LedgerError> {
-        let classify = |e: rusqlite::Error, path: &str| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                LedgerError::Locked {
-                    path: path.to_owned(),
-                }
-            }
-            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
-                LedgerError::Corrupt {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                }
-            }
-            _ => LedgerError::Sqlite(e),
-        };
         // Readers of this process (status) may hold the WAL briefly; nobody else writes.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| classify(e, &path))?;
@@ -740,6 +752,22 @@ impl Ledger {
             |s| s.preempt(attempt, now),
         )
         .map(|_| ())
+    }
+
+    /// Records that `sweep`'s results are now at `results`: a results folder moved together
+    /// with the ledger kept inside it (`linesweep run`'s). Returns the old location when it
+    /// changed; an unknown sweep changes nothing.
+    pub fn relocate(&mut self, sweep: &str, results: &str) -> Result<Option<String>, LedgerError> {
+        let old = match self.reads().results(sweep) {
+            Ok(old) if old != results => old,
+            Ok(_) | Err(LedgerError::UnknownSweep(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.conn.execute(
+            "update sweeps set results = ?2 where name = ?1",
+            params![sweep, results],
+        )?;
+        Ok(Some(old))
     }
 
     /// Returns every lease past its expiry to pending; reports `(sweep, shard, attempt)`.
@@ -1278,6 +1306,25 @@ mod tests {
             (ShardState::Committed { attempt: at(2) }, 1, 0)
         );
         assert_eq!(l.events("sw", "s0", "committed").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let e = classify(full, "/state/state.db").to_string();
+        assert!(
+            e.starts_with("/state/state.db: the disk holding it is full")
+                && e.contains("free space there"),
+            "{e}"
+        );
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(classify(busy, "p"), LedgerError::Locked { .. }));
     }
 
     #[test]

@@ -41,10 +41,26 @@ impl LedgerReader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self {
-            conn,
-            path: path.display().to_string(),
-        })
+        let path = path.display().to_string();
+        // An empty file, or another SQLite database, opens too: say what it is not instead of
+        // failing every query with "no such table".
+        let is_ledger: bool = conn
+            .query_row(
+                "select exists(select 1 from sqlite_master where type = 'table' and name = 'sweeps')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| LedgerError::Corrupt {
+                path: path.clone(),
+                message: format!("not a SQLite database ({e})"),
+            })?;
+        if !is_ledger {
+            return Err(LedgerError::Corrupt {
+                path,
+                message: "it holds no linesweep ledger (no sweeps table): pass the state file of `serve --state`, or leave --state out for the one `run` keeps".into(),
+            });
+        }
+        Ok(Self { conn, path })
     }
 
     /// The queries.
@@ -152,22 +168,6 @@ pub(super) fn load(
 }
 
 impl Reads<'_> {
-    /// The `infra_workers` column: a JSON list of names, or NULL for none.
-    fn workers(
-        column: Option<String>,
-        path: &str,
-        sweep: &str,
-        id: &str,
-    ) -> Result<Vec<String>, LedgerError> {
-        match column {
-            None => Ok(Vec::new()),
-            Some(text) => serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
-                path: path.into(),
-                message: format!("shard {sweep}/{id}: infra_workers `{text}`: {e}"),
-            }),
-        }
-    }
-
     /// One shard's state and counters.
     pub fn shard(&self, sweep: &str, shard: &str) -> Result<Shard, LedgerError> {
         load(self.conn, self.path, sweep, shard)

@@ -64,6 +64,7 @@ pub(super) fn status(e: LedgerError) -> Status {
         }
         LedgerError::Refused(_) => Status::aborted(e.to_string()),
         LedgerError::Locked { .. } => Status::unavailable(e.to_string()),
+        LedgerError::Full { .. } => Status::resource_exhausted(e.to_string()),
         LedgerError::Corrupt { .. } | LedgerError::Sqlite(_) => Status::internal(e.to_string()),
     }
 }
