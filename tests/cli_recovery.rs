@@ -182,3 +182,50 @@ fn retry_committed_reruns_a_committed_shard_and_publishes_it_once() {
         text(&o.stdout)
     );
 }
+
+/// Two sweeps in one results root that share shards but differ in `snapshot.keep` (which is
+/// not part of a shard id): the second sweep's shards fail at once, before training, saying
+/// which setting differs and what to do — not as a publish conflict with a misleading way out.
+#[test]
+fn a_shard_shared_by_two_sweeps_with_other_snapshot_settings_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let all = tiny_grid_spec(dir, "keepall", "");
+    let text_all = std::fs::read_to_string(&all).unwrap();
+    let lines = dir.join("keeplines.toml");
+    std::fs::write(
+        &lines,
+        text_all.replace("name = \"keepall\"", "name = \"keeplines\"")
+            + "\n[snapshot]\nkeep = \"lines\"\n",
+    )
+    .unwrap();
+    let run = |spec: &Path| {
+        linesweep(
+            &["run", spec.to_str().unwrap(), "--workers", "2"],
+            dir,
+            Duration::from_secs(300),
+        )
+    };
+    let o = run(&all);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(&lines);
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("8 failed"), "{}", text(&o.stdout));
+    let o = linesweep(
+        &["report", "keeplines", "--out", "r.html"],
+        dir,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let page = std::fs::read_to_string(dir.join("r.html")).unwrap();
+    assert_eq!(
+        page.matches("another sweep in").count(),
+        8,
+        "every shard says why: {page}"
+    );
+    assert!(
+        page.contains("snapshot.keep: default published, &quot;lines&quot; here"),
+        "{page}"
+    );
+    assert!(!page.contains("retry SWEEP --committed"), "{page}");
+}

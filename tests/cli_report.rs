@@ -244,10 +244,20 @@ fn a_sweep_whose_shards_all_failed_gets_a_page_that_says_so() {
     );
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    assert!(err.contains("empty.db") && err.contains("holds no linesweep ledger"), "{err}");
+    assert!(
+        err.contains("empty.db") && err.contains("holds no linesweep ledger"),
+        "{err}"
+    );
     drop(serve(&["--listen", "127.0.0.1:0"], &dir.join("other.db")));
     let o = linesweep(
-        &["report", "broken", "--state", "other.db", "--out", "other.html"],
+        &[
+            "report",
+            "broken",
+            "--state",
+            "other.db",
+            "--out",
+            "other.html",
+        ],
         dir,
         Duration::from_secs(60),
     );

@@ -187,7 +187,12 @@ fn a_wrong_ca_or_a_plain_text_client_is_told_what_to_do() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let (ok, _, err) = client(&status, &url, &["--token", TOKEN, "--tls-ca", path(&junk)], dir);
+    let (ok, _, err) = client(
+        &status,
+        &url,
+        &["--token", TOKEN, "--tls-ca", path(&junk)],
+        dir,
+    );
     assert!(
         !ok && err.contains("junk-ca.pem") && err.contains("cannot be parsed"),
         "{err}"
@@ -279,7 +284,9 @@ fn serve_refuses_an_expired_certificate_or_a_key_that_is_not_its_own() {
         k = v1_key.display(),
         c = v1.display()
     );
-    let made = std::process::Command::new("bash").args(["-c", &sh]).status();
+    let made = std::process::Command::new("bash")
+        .args(["-c", &sh])
+        .status();
     assert!(made.unwrap().success(), "openssl made no v1 certificate");
     let err = start(&v1, &v1_key);
     assert!(

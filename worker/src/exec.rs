@@ -466,6 +466,7 @@ pub fn run(
         return run_pair(cfg, pair, device, &at, progress);
     }
 
+    check_shared_snapshots(storage, &shard, cfg)?;
     let staged = matches!(placement, Placement::Staged { .. });
     let mut files = Vec::new();
     // Stores `bytes` at `key` (relative to the results root) under this attempt's prefix and,
@@ -671,6 +672,64 @@ pub fn check_outside_parents(
         }
     }
     Ok(())
+}
+
+/// Refuses, before training, a shard whose snapshots another sweep of this results root
+/// already published with other settings. Snapshots are keyed by shard id, which leaves out
+/// what does not change the training (`snapshot.keep`, say): two sweeps that share a shard
+/// share its snapshots, and this attempt could never publish its own over them.
+fn check_shared_snapshots(
+    storage: &Storage,
+    shard: &ShardId,
+    cfg: &ShardConfig,
+) -> Result<(), ExecError> {
+    let key = layout::snapshot_config_key(shard);
+    if !storage.exists(&key)? {
+        return Ok(());
+    }
+    let published: serde_json::Value = match serde_json::from_slice(&storage.get(&key)?) {
+        Ok(v) => v,
+        // Not ours to judge here: the publish check compares bytes and says what to do.
+        Err(_) => return Ok(()),
+    };
+    let mine = serde_json::to_value(cfg).unwrap_or_default();
+    let mut changed = Vec::new();
+    differences(Some(&published), Some(&mine), "", &mut changed);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(ExecError::Engine(EngineError::Config(format!(
+        "shard {shard}: another sweep in {} already published this shard's snapshots ({key}) \
+         with other settings ({}); the sweeps of one results root share a shard's snapshots, so \
+         give this sweep the same settings there, or another results root",
+        storage.root(),
+        changed.join("; ")
+    ))))
+}
+
+/// `key: a published, b here` for each leaf where `a` and `b` differ, objects compared key by
+/// key; an absent key (a setting left at its default, which is not written) reads "default".
+fn differences(
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if let (Some(Value::Object(x)), Some(Value::Object(y))) = (a, b) {
+        let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+        for k in keys {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            differences(x.get(k), y.get(k), &path, out);
+        }
+    } else if a != b {
+        let show = |v: Option<&Value>| v.map_or("default".to_owned(), Value::to_string);
+        out.push(format!("{at}: {} published, {} here", show(a), show(b)));
+    }
 }
 
 /// A committed snapshot that cannot be used. Storage trouble stays the machine's
