@@ -136,6 +136,8 @@ fn missing_config_file() {
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("nope.toml: cannot read the config"), "{err}");
+    // The cause once, not once per error in the chain that prints it.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 #[test]
