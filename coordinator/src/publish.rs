@@ -169,9 +169,8 @@ pub struct RunsRow {
 /// first of a `pairs` file, whose every row must name the same shard, schema, attempt and
 /// config.
 pub fn read_runs_row(bytes: bytes::Bytes, kind: ShardKind) -> Result<RunsRow, String> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let what = |e: &dyn std::fmt::Display| format!("the marker file does not read: {e}");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    let reader = linesweep_storage::parquet_file::open(bytes)
         .map_err(|e| what(&e))?
         .build()
         .map_err(|e| what(&e))?;

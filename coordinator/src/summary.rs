@@ -20,7 +20,6 @@ use linesweep_storage::ids::{ShardId, SweepName};
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -91,7 +90,7 @@ fn read_batches(key: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, SummaryErro
 
 /// Every batch of a Parquet file, and the coverage record in its footer (if any).
 fn read_file(key: &str, bytes: Bytes) -> Result<(Vec<RecordBatch>, Option<String>), SummaryError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(key, e))?;
+    let builder = linesweep_storage::parquet_file::open(bytes).map_err(|e| bad(key, e))?;
     let footer = builder.metadata().file_metadata().key_value_metadata();
     let coverage = in_footer(
         footer

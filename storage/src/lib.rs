@@ -14,6 +14,7 @@ pub mod attempt;
 pub mod coverage;
 pub mod ids;
 pub mod layout;
+pub mod parquet_file;
 pub mod s3;
 pub mod snapshots;
 

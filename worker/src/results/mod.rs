@@ -565,14 +565,13 @@ pub struct PairBarrier {
 /// order of its rows.
 pub fn read_pair_barriers(bytes: bytes::Bytes) -> Result<Vec<PairBarrier>, ResultsError> {
     use arrow_array::Array;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let err = |message: String| ResultsError {
         table: "pairs",
         message,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| err(e.to_string()))?;
+    let reader = crate::storage::parquet_file::open(bytes)
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .map_err(err)?;
     let mut out: Vec<PairBarrier> = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| err(e.to_string()))?;
@@ -612,14 +611,13 @@ pub fn read_pair_barriers(bytes: bytes::Bytes) -> Result<Vec<PairBarrier>, Resul
 /// Reads the summary columns of every row of a `runs` Parquet file.
 pub fn read_run_summaries(bytes: bytes::Bytes) -> Result<Vec<RunSummary>, ResultsError> {
     use arrow_array::Array;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let err = |message: String| ResultsError {
         table: "runs",
         message,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| err(e.to_string()))?;
+    let reader = crate::storage::parquet_file::open(bytes)
+        .and_then(|b| b.build().map_err(|e| e.to_string()))
+        .map_err(err)?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| err(e.to_string()))?;

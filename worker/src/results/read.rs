@@ -11,7 +11,6 @@ use linesweep_storage::ids::SweepName;
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The config columns of `runs` that a grid can vary (the axes figures group by).
 pub const CONFIG_COLUMNS: [&str; 33] = [
@@ -140,6 +139,16 @@ pub fn read_rows(key: &str, bytes: bytes::Bytes, columns: &[&str]) -> Result<Vec
     Ok(read_file(key, bytes, columns)?.0)
 }
 
+/// The rows of a summary file (only `columns`) and the coverage record in its footer, if any,
+/// read as [`read_table`] reads them before it checks the record.
+pub fn read_with_coverage(
+    key: &str,
+    bytes: bytes::Bytes,
+    columns: &[&str],
+) -> Result<(Vec<Row>, Option<String>), ReadError> {
+    read_file(key, bytes, columns)
+}
+
 /// The rows of one Parquet file (only `columns`), and the summary coverage record in its
 /// footer, if any.
 fn read_file(
@@ -151,7 +160,7 @@ fn read_file(
         key: key.to_owned(),
         message: e.to_string(),
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(&e))?;
+    let builder = crate::storage::parquet_file::open(bytes).map_err(|e| bad(&e))?;
     let footer = builder.metadata().file_metadata().key_value_metadata();
     let coverage = in_footer(
         footer
