@@ -170,14 +170,12 @@ pub struct RunsRow {
 /// config.
 pub fn read_runs_row(bytes: bytes::Bytes, kind: ShardKind) -> Result<RunsRow, String> {
     let what = |e: &dyn std::fmt::Display| format!("the marker file does not read: {e}");
-    let reader = linesweep_storage::parquet_file::open(bytes)
+    let batches = linesweep_storage::parquet_file::read(bytes, None)
         .map_err(|e| what(&e))?
-        .build()
-        .map_err(|e| what(&e))?;
+        .batches;
     let mut first: Option<RunsRow> = None;
     let mut rows = 0usize;
-    for batch in reader {
-        let batch = batch.map_err(|e| what(&e))?;
+    for batch in batches {
         for i in 0..batch.num_rows() {
             let row = marker_row(&batch, i)?;
             match &first {

@@ -90,19 +90,9 @@ fn read_batches(key: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, SummaryErro
 
 /// Every batch of a Parquet file, and the coverage record in its footer (if any).
 fn read_file(key: &str, bytes: Bytes) -> Result<(Vec<RecordBatch>, Option<String>), SummaryError> {
-    let builder = linesweep_storage::parquet_file::open(bytes).map_err(|e| bad(key, e))?;
-    let footer = builder.metadata().file_metadata().key_value_metadata();
-    let coverage = in_footer(
-        footer
-            .into_iter()
-            .flatten()
-            .map(|kv| (kv.key.as_str(), kv.value.as_deref())),
-    );
-    let batches = builder
-        .build()
-        .map_err(|e| bad(key, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(key, e))?;
+    let file = linesweep_storage::parquet_file::read(bytes, None).map_err(|e| bad(key, e))?;
+    let coverage = in_footer(file.footer.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+    let batches = file.batches;
     Ok((batches, coverage))
 }
 

@@ -7,7 +7,17 @@ use linesweep_storage::coverage::Coverage;
 use linesweep_storage::ids::SweepName;
 use linesweep_worker::results::read::read_with_coverage;
 
+/// libfuzzer-sys's panic hook aborts before any unwinding: the Parquet reader's own panic
+/// boundary (`storage::parquet_file`, around a decoder that panics on some damaged files) must
+/// be allowed to catch. A panic that escapes the target still aborts it (libfuzzer-sys
+/// catches at the top), so crashes are still found.
+fn unwind_to_the_reader() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
 fuzz_target!(|data: &[u8]| {
+    unwind_to_the_reader();
     let bytes = bytes::Bytes::copy_from_slice(data);
     let key = "summaries/runs/sweep=fuzz/all.parquet";
     if let Ok((rows, coverage)) =

@@ -569,12 +569,11 @@ pub fn read_pair_barriers(bytes: bytes::Bytes) -> Result<Vec<PairBarrier>, Resul
         table: "pairs",
         message,
     };
-    let reader = crate::storage::parquet_file::open(bytes)
-        .and_then(|b| b.build().map_err(|e| e.to_string()))
-        .map_err(err)?;
+    let reader = crate::storage::parquet_file::read(bytes, None)
+        .map_err(err)?
+        .batches;
     let mut out: Vec<PairBarrier> = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| err(e.to_string()))?;
         let text = |name: &str| -> Result<StringArray, ResultsError> {
             batch
                 .column_by_name(name)
@@ -615,12 +614,11 @@ pub fn read_run_summaries(bytes: bytes::Bytes) -> Result<Vec<RunSummary>, Result
         table: "runs",
         message,
     };
-    let reader = crate::storage::parquet_file::open(bytes)
-        .and_then(|b| b.build().map_err(|e| e.to_string()))
-        .map_err(err)?;
+    let reader = crate::storage::parquet_file::read(bytes, None)
+        .map_err(err)?
+        .batches;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| err(e.to_string()))?;
         let col = |name: &str| {
             batch
                 .column_by_name(name)

@@ -10,7 +10,6 @@ use linesweep_storage::coverage::{Coverage, in_footer};
 use linesweep_storage::ids::SweepName;
 use linesweep_storage::layout;
 use linesweep_storage::{Storage, StorageError};
-use parquet::arrow::ProjectionMask;
 
 /// The config columns of `runs` that a grid can vary (the axes figures group by).
 pub const CONFIG_COLUMNS: [&str; 33] = [
@@ -160,27 +159,10 @@ fn read_file(
         key: key.to_owned(),
         message: e.to_string(),
     };
-    let builder = crate::storage::parquet_file::open(bytes).map_err(|e| bad(&e))?;
-    let footer = builder.metadata().file_metadata().key_value_metadata();
-    let coverage = in_footer(
-        footer
-            .into_iter()
-            .flatten()
-            .map(|kv| (kv.key.as_str(), kv.value.as_deref())),
-    );
-    let present: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| columns.contains(&f.name().as_str()))
-        .map(|(i, _)| i)
-        .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), present);
-    let reader = builder.with_projection(mask).build().map_err(|e| bad(&e))?;
+    let file = crate::storage::parquet_file::read(bytes, Some(columns)).map_err(|e| bad(&e))?;
+    let coverage = in_footer(file.footer.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(&e))?;
+    for batch in file.batches {
         for i in 0..batch.num_rows() {
             let row = columns
                 .iter()
