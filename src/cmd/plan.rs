@@ -7,17 +7,17 @@ use crate::cli::PlanArgs;
 /// The snapshot storage the sweep will leave, where every shard's training length is known.
 fn storage_line(plan: &sweep::SweepPlan) -> String {
     // Pair shards train nothing and keep no snapshots.
-    let sizes: Option<Vec<u128>> = plan
-        .shards
-        .iter()
+    let sizes = plan
+        .shards()
         .filter(|s| s.config.pair.is_none())
         .map(|s| s.config.snapshot_bytes_at_least())
-        .collect();
-    let Some(sizes) = sizes else {
+        .try_fold((0u128, 0u128), |(total, n), size| {
+            Some((total + size?, n + 1))
+        });
+    let Some((total, n)) = sizes else {
         return "snapshots: size unknown until the datasets are read (set data.max_train_examples to estimate)\n".into();
     };
-    let total: u128 = sizes.iter().sum();
-    let per = total / sizes.len().max(1) as u128;
+    let per = total / n.max(1);
     format!(
         "snapshots: {} per shard, {} in all (snapshot.keep = \"lines\" keeps only θ_i, θ_c and the line starts)\n",
         human(per),
@@ -39,7 +39,7 @@ fn human(bytes: u128) -> String {
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let plan = sweep::plan_file(&args.spec)?;
     if args.json {
-        for s in &plan.shards {
+        for s in plan.shards() {
             crate::render::emit(&format!(
                 "{}\n",
                 serde_json::json!({ "sweep": plan.name, "shard": s.id, "config": s.config })
@@ -48,33 +48,29 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     // Columns: every key that some shard sets from the grid or an include.
-    let mut keys: Vec<&str> = Vec::new();
-    for s in &plan.shards {
-        for (k, _) in &s.point {
-            if !keys.contains(&k.as_str()) {
-                keys.push(k);
+    // One pass over the points (cheap: no config is built) finds the columns and widths.
+    let mut keys: Vec<String> = Vec::new();
+    let mut widths: Vec<usize> = Vec::new();
+    for (_, point) in plan.points() {
+        for (k, v) in point {
+            match keys.iter().position(|c| *c == k) {
+                Some(i) => widths[i] = widths[i].max(v.len()),
+                None => {
+                    widths.push(k.len().max(v.len()));
+                    keys.push(k);
+                }
             }
         }
     }
-    let width = |k: &str| {
-        plan.shards
-            .iter()
-            .filter_map(|s| s.point.iter().find(|(p, _)| p == k).map(|(_, v)| v.len()))
-            .chain([k.len()])
-            .max()
-            .unwrap_or(k.len())
-    };
-    let widths: Vec<usize> = keys.iter().map(|k| width(k)).collect();
     let mut header = format!("{:<16}", "shard");
     for (k, w) in keys.iter().zip(&widths) {
         header.push_str(&format!("  {k:<w$}"));
     }
     crate::render::emit(&format!("{}\n", header.trim_end()))?;
-    for s in &plan.shards {
-        let mut row = format!("{:<16}", s.id);
+    for (id, point) in plan.points() {
+        let mut row = format!("{id:<16}");
         for (k, w) in keys.iter().zip(&widths) {
-            let v = s
-                .point
+            let v = point
                 .iter()
                 .find(|(p, _)| p == k)
                 .map_or("·", |(_, v)| v.as_str());
@@ -85,7 +81,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     crate::render::emit(&format!(
         "sweep {}: {} shards{}\n{}",
         plan.name,
-        plan.shards.len(),
+        plan.len(),
         plan.results
             .as_deref()
             .map(|r| format!(", results in {r}"))

@@ -217,18 +217,25 @@ pub(crate) async fn submit_plan(
     allow_changed: bool,
 ) -> anyhow::Result<Submitted> {
     let (mut added, mut existing, mut rerun, mut location) = (0, 0, 0, String::new());
-    for (i, chunk) in plan.shards.chunks(SUBMIT_CHUNK).enumerate() {
+    // Streamed: each chunk's configs are built as it is sent, so memory holds one chunk.
+    let mut shards = plan.shards();
+    for i in 0.. {
+        let chunk: Vec<pb::ShardSpec> = shards
+            .by_ref()
+            .take(SUBMIT_CHUNK)
+            .map(|s| pb::ShardSpec {
+                id: s.id.to_string(),
+                config_json: s.config.canonical_json(),
+                needs: s.needs.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        if chunk.is_empty() {
+            break;
+        }
         let msg = pb::SubmitRequest {
             protocol_version: PROTOCOL_VERSION,
             sweep: plan.name.to_string(),
-            shards: chunk
-                .iter()
-                .map(|s| pb::ShardSpec {
-                    id: s.id.to_string(),
-                    config_json: s.config.canonical_json(),
-                    needs: s.needs.iter().map(ToString::to_string).collect(),
-                })
-                .collect(),
+            shards: chunk,
             results: results.to_owned(),
             allow_changed,
             continuation: i > 0,
@@ -273,7 +280,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     // coordinator's default location, unknown here, the workers find out instead).
     if !results.is_empty() {
         let storage = linesweep_worker::storage::Storage::open(&results)?;
-        linesweep_worker::exec::check_outside_parents(&plan.shards, &storage)?;
+        linesweep_worker::exec::check_outside_parents(&plan, &storage)?;
     }
     let token = args.client.token.as_deref();
     let s = runtime()?.block_on(async {
@@ -291,7 +298,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     emit(&format!(
         "sweep {}: {} shards, {} added, {} already known; results in {}{rerun}\n",
         plan.name,
-        plan.shards.len(),
+        plan.len(),
         s.added,
         s.existing,
         s.location,

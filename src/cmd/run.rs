@@ -177,7 +177,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or(DEFAULT_OUT),
     )?;
     let storage = Storage::open(&location)?;
-    linesweep_worker::exec::check_outside_parents(&plan.shards, &storage)?;
+    linesweep_worker::exec::check_outside_parents(&plan, &storage)?;
     let root = storage.root().to_owned();
     let state_dir = state_dir(&storage)?;
     if !args.json {
@@ -255,7 +255,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let first = fetch_status(&mut control, Some(&token), plan.name.as_str()).await?;
         let committed = count(&first, StateKind::Committed);
         tracing::info!(
-            sweep = %plan.name, shards = plan.shards.len(), new = added, known = existing, committed,
+            sweep = %plan.name, shards = plan.len(), new = added, known = existing, committed,
             workers = args.workers, threads_per_worker = child_threads, results = %root,
             "running sweep"
         );
@@ -483,7 +483,7 @@ fn group_name(point: &[(String, String)], skip: impl Fn(&str) -> bool) -> String
 fn pair_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<render::PairGroupRow>> {
     let mut groups: Vec<(String, Vec<results::PairBarrier>, usize)> = Vec::new();
     let apart = pair_apart(plan);
-    for shard in plan.shards.iter().filter(|s| s.config.pair.is_some()) {
+    for shard in plan.shards().filter(|s| s.config.pair.is_some()) {
         let key = layout::result_key("pairs", &plan.name, &shard.id);
         let group = group_name(&shard.point, |k| {
             ["seed", "pair"].contains(&k) || apart.contains(k)
@@ -538,10 +538,9 @@ fn pair_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<render::
 /// The keys the two ends of some pair differ in: a pair shard carries its `a` end's value
 /// of them, which says nothing about the pair.
 fn pair_apart(plan: &SweepPlan) -> std::collections::HashSet<String> {
-    let points: std::collections::HashMap<_, _> =
-        plan.shards.iter().map(|s| (&s.id, &s.point)).collect();
+    let points: std::collections::HashMap<_, _> = plan.points().collect();
     let mut apart = std::collections::HashSet::new();
-    for p in plan.shards.iter().filter_map(|s| s.config.pair.as_ref()) {
+    for p in plan.shards().filter_map(|s| s.config.pair) {
         let (Some(a), Some(b)) = (points.get(&p.a), points.get(&p.b)) else {
             continue;
         };
@@ -559,7 +558,7 @@ fn group_rows(plan: &SweepPlan, storage: &Storage) -> anyhow::Result<Vec<GroupRo
     let mut groups: BTreeMap<String, Vec<RunSummary>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     // Pair shards have no `runs` row: their lines are in the `pairs` table.
-    for shard in plan.shards.iter().filter(|s| s.config.pair.is_none()) {
+    for shard in plan.shards().filter(|s| s.config.pair.is_none()) {
         let group = group_name(&shard.point, |k| k == "seed");
         if !order.contains(&group) {
             order.push(group.clone());

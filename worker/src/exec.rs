@@ -649,11 +649,14 @@ fn run_pair(
 /// parent must already be committed there, by an earlier sweep. Parents inside the sweep are
 /// the coordinator's to wait for.
 pub fn check_outside_parents(
-    shards: &[crate::sweep::PlannedShard],
+    plan: &crate::sweep::SweepPlan,
     storage: &Storage,
 ) -> Result<(), ExecError> {
-    let inside: std::collections::HashSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
-    for s in shards {
+    if !plan.has_children() {
+        return Ok(());
+    }
+    let inside: std::collections::HashSet<&ShardId> = plan.ids().collect();
+    for s in plan.shards() {
         let Some(from) = &s.config.train.init_from else {
             continue;
         };

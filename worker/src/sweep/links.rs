@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::Value;
 
 use super::{PlannedShard, resolve};
-use crate::config::{ConfigError, PairOf, ShardConfig, locate_key};
+use crate::config::{ConfigError, ShardConfig, locate_key};
 use crate::storage::ids::ShardId;
 
 /// Keys a child may differ in from its parent without saying so.
@@ -218,13 +218,14 @@ pub(super) fn resolve_parents(
 }
 
 /// Pair shards for every `[[pairs]]` table: each shard of group `a` joined with the one shard
-/// of group `b` that agrees with it on every key but those the two groups name.
+/// of group `b` that agrees with it on every key but those the two groups name, as the
+/// positions `(a, b)` of its two ends in `shards`.
 pub(super) fn plan_pairs(
     shards: &[PlannedShard],
     tables: &[toml::Table],
     src: &str,
     file: &str,
-) -> Result<Vec<PlannedShard>, ConfigError> {
+) -> Result<Vec<(usize, usize)>, ConfigError> {
     let mut out = Vec::new();
     let mut index = Parents::new(shards);
     for (n, table) in tables.iter().enumerate() {
@@ -252,8 +253,8 @@ pub(super) fn plan_pairs(
                 continue;
             }
             let partners = index.matching(&flat, (&apart, &b), &|s| s.config.pair.is_none());
-            let y = match partners.as_slice() {
-                [one] => &shards[*one],
+            let (j, y) = match partners.as_slice() {
+                [one] => (*one, &shards[*one]),
                 [] => {
                     return Err(err(
                         "b",
@@ -286,29 +287,13 @@ pub(super) fn plan_pairs(
                     ),
                 ));
             }
-            out.push(pair_shard(x, y));
+            out.push((i, j));
         }
         if out.len() == before {
             return Err(err("a", "group `a` matches no shard of the sweep".into()));
         }
     }
     Ok(out)
-}
-
-fn pair_shard(x: &PlannedShard, y: &PlannedShard) -> PlannedShard {
-    let mut config = x.config.clone();
-    config.pair = Some(PairOf {
-        a: x.id.clone(),
-        b: y.id.clone(),
-    });
-    let mut point = x.point.clone();
-    point.push(("pair".into(), format!("{} ↔ {}", x.id, y.id)));
-    PlannedShard {
-        id: config.shard_id(),
-        config,
-        point,
-        needs: vec![x.id.clone(), y.id.clone()],
-    }
 }
 
 fn describe(point: &[(String, String)]) -> String {

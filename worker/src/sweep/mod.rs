@@ -31,9 +31,11 @@ mod links;
 
 use std::path::Path;
 
+use std::hash::BuildHasher;
+
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ShardConfig, locate_key, toml_error};
+use crate::config::{ConfigError, PairOf, ShardConfig, locate_key, toml_error};
 
 /// Top-level keys that belong to the sweep, not to its shards.
 const SWEEP_KEYS: [&str; 7] = [
@@ -50,7 +52,7 @@ const SWEEP_KEYS: [&str; 7] = [
 /// seed range of 10⁷) should be an error in a second, not a plan that fills memory.
 pub const DEFAULT_MAX_SHARDS: usize = 1_000_000;
 
-/// One shard of a planned sweep.
+/// One shard of a planned sweep, with its config built ([`SweepPlan::shards`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedShard {
     /// Stable shard id (config hash).
@@ -65,19 +67,146 @@ pub struct PlannedShard {
 }
 
 /// A parsed and expanded sweep spec.
+///
+/// It holds each shard as its id and where its config comes from (a grid point's index, an
+/// include, the two ends of a pair: about 100 bytes) rather than the config itself (about
+/// 7 KB): a 10⁶-shard plan fits in memory, and [`SweepPlan::shards`] rebuilds the configs one
+/// at a time, as a submission streams them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPlan {
     /// Sweep name: the results partition `sweep=<name>`.
     pub name: SweepName,
     /// `[storage] results`, if given.
     pub results: Option<String>,
-    /// Shards in grid order (the first grid key in the file varies slowest), then includes,
-    /// then pair shards; a shard that needs another comes after it; no duplicates.
-    pub shards: Vec<PlannedShard>,
     /// The shared settings (everything outside `[grid]`, `[[include]]`, `[[exclude]]`) as a
     /// canonical JSON object of dotted keys: the coordinator refuses a resubmission that
     /// changes them, so that one sweep name never silently mixes two experiments.
     pub base_json: String,
+    /// The shared values every shard starts from.
+    base: toml::Table,
+    axes: Vec<Axis>,
+    includes: Vec<Point>,
+    /// Where a relative `data.dir` is relative to (the spec file's folder).
+    spec_dir: Option<std::path::PathBuf>,
+    /// Shards in grid order (the first grid key in the file varies slowest), then includes,
+    /// then pair shards; a shard that needs another comes after it; no duplicates.
+    slots: Vec<Slot>,
+    /// Whether some shard has `train.init_from`.
+    children: bool,
+}
+
+/// A grid axis: resolved path and its values.
+type Axis = (String, Vec<toml::Value>);
+
+/// Where a planned shard's config comes from.
+#[derive(Debug, Clone, PartialEq)]
+enum Origin {
+    /// Grid point n of the mixed-radix product ([`grid_point`]).
+    Grid(usize),
+    /// `[[include]]` number k.
+    Include(usize),
+    /// A spec without grid and includes: the shared values alone.
+    Lone,
+    /// The pair line between the shards at these positions: the `a` end's config with
+    /// `pair` set.
+    Pair { a: usize, b: usize },
+}
+
+/// One shard of a plan, compactly.
+#[derive(Debug, Clone, PartialEq)]
+struct Slot {
+    id: ShardId,
+    origin: Origin,
+    /// Its `train.init_from` names `needs[0]`, the parent its selector resolved to.
+    resolved_parent: bool,
+    needs: Box<[ShardId]>,
+}
+
+impl SweepPlan {
+    /// How many shards the sweep has.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether it has none (a plan never does: an empty sweep is refused).
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The shard ids in plan order.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = &ShardId> {
+        self.slots.iter().map(|s| &s.id)
+    }
+
+    /// Whether some shard starts from another's snapshot (`train.init_from`).
+    pub fn has_children(&self) -> bool {
+        self.children
+    }
+
+    /// The shards in plan order, each config built as it is reached.
+    pub fn shards(&self) -> impl ExactSizeIterator<Item = PlannedShard> + DoubleEndedIterator + '_ {
+        self.slots.iter().map(|slot| PlannedShard {
+            id: slot.id.clone(),
+            config: self.config_of(slot),
+            point: self.point_of(slot),
+            needs: slot.needs.to_vec(),
+        })
+    }
+
+    /// Each shard's id and grid point, without building its config.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = (&ShardId, Vec<(String, String)>)> {
+        self.slots.iter().map(|s| (&s.id, self.point_of(s)))
+    }
+
+    /// The values that made a shard, as planned.
+    fn raw_point(&self, origin: &Origin) -> Point {
+        match origin {
+            Origin::Grid(n) => grid_point(&self.axes, *n),
+            Origin::Include(k) => self.includes[*k].clone(),
+            Origin::Lone | Origin::Pair { .. } => Vec::new(),
+        }
+    }
+
+    fn point_of(&self, slot: &Slot) -> Vec<(String, String)> {
+        if let Origin::Pair { a, b } = slot.origin {
+            let mut point = self.point_of(&self.slots[a]);
+            let (a, b) = (&self.slots[a].id, &self.slots[b].id);
+            point.push(("pair".into(), format!("{a} ↔ {b}")));
+            return point;
+        }
+        displayed(&self.raw_point(&slot.origin))
+    }
+
+    /// Rebuilds a shard's config exactly as planning built it.
+    fn config_of(&self, slot: &Slot) -> ShardConfig {
+        if let Origin::Pair { a, b } = slot.origin {
+            let mut config = self.config_of(&self.slots[a]);
+            config.pair = Some(PairOf {
+                a: self.slots[a].id.clone(),
+                b: self.slots[b].id.clone(),
+            });
+            return config;
+        }
+        let point = self.raw_point(&slot.origin);
+        // The same values deserialised at plan time without error: they cannot fail now.
+        let mut config = config_at(&self.base, &point)
+            .expect("a planned shard's values deserialise as they did when planned");
+        if slot.resolved_parent
+            && let (Some(init), Some(parent)) =
+                (config.train.init_from.as_mut(), slot.needs.first())
+        {
+            init.shard = parent.to_string();
+        }
+        debug_assert_eq!(config.shard_id(), slot.id);
+        // As in a shard config: a relative `data.dir` means relative to the spec file. Ids do
+        // not change (the dataset's location is not part of them).
+        if let (Some(base), Some(dir)) = (&self.spec_dir, &config.data.dir)
+            && dir.is_relative()
+        {
+            config.data.dir = Some(base.join(dir));
+        }
+        config
+    }
 }
 
 use crate::storage::ids::{ShardId, SweepName};
@@ -96,16 +225,7 @@ pub fn plan_file(path: &Path) -> Result<SweepPlan, ConfigError> {
         source,
     })?;
     let mut plan = plan(&src, &file)?;
-    // As in a shard config: a relative `data.dir` means relative to the spec file. Ids do not
-    // change (the dataset's location is not part of them).
-    let base = path.parent().unwrap_or_else(|| Path::new("."));
-    for shard in &mut plan.shards {
-        if let Some(dir) = &shard.config.data.dir
-            && dir.is_relative()
-        {
-            shard.config.data.dir = Some(base.join(dir));
-        }
-    }
+    plan.spec_dir = Some(path.parent().unwrap_or_else(|| Path::new(".")).to_owned());
     Ok(plan)
 }
 
@@ -144,46 +264,112 @@ pub fn plan(src: &str, file: &str) -> Result<SweepPlan, ConfigError> {
         .into_iter()
         .map(|inc| resolve_table(inc, "include"))
         .collect::<Result<_, _>>()?;
+    let mut plan = SweepPlan {
+        name: spec.name,
+        results: spec.results,
+        base_json,
+        base: spec.base,
+        axes,
+        includes,
+        spec_dir: None,
+        slots: Vec::new(),
+        children: false,
+    };
+    expand(&mut plan, total, &excludes, file, &invalid)?;
+    if plan.children || !spec.pairs.is_empty() {
+        link(&mut plan, &spec.pairs, src, file)?;
+    }
+    Ok(plan)
+}
+
+/// Plans every grid point (less the excluded), then the includes, as slots: each config is
+/// built and validated once here and dropped, only its id kept.
+fn expand(
+    plan: &mut SweepPlan,
+    total: usize,
+    excludes: &[Point],
+    file: &str,
+    invalid: Invalid<'_>,
+) -> Result<(), ConfigError> {
     // A spec without a grid and without includes is a sweep of one shard: its shared values
     // (so any shard config, such as examples/shard-mnist-mlp.toml, plans as itself).
-    let lone = (axes.is_empty() && includes.is_empty()).then(Vec::new);
+    let lone = (plan.axes.is_empty() && plan.includes.is_empty()).then_some(Origin::Lone);
     // Streamed: a combination that fails validation is reported at its own point, not after
     // the whole product has been built.
-    let points = grid_points(&axes, total)
-        .filter(|p| !excluded(p, &excludes))
+    let origins = (0..total)
+        .map(Origin::Grid)
         .chain(lone)
-        .chain(includes);
-    let mut shards: Vec<PlannedShard> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for point in points {
-        let shard = shard_of(&spec.base, point, file, &invalid)?;
-        if seen.insert(shard.id.clone()) {
-            shards.push(shard);
+        .chain((0..plan.includes.len()).map(Origin::Include));
+    // Two points can plan one shard (a value equal to its default): the first is kept. The
+    // set of ids seen holds positions in `slots`, not copies of the ids (a tenth the memory).
+    let hasher = std::hash::RandomState::new();
+    let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(total + plan.includes.len() + 1);
+    for origin in origins {
+        let point = plan.raw_point(&origin);
+        if matches!(origin, Origin::Grid(_)) && excluded(&point, excludes) {
+            continue;
         }
+        let config = shard_of(&plan.base, &point, file, invalid)?;
+        plan.children |= config.train.init_from.is_some();
+        let id = config.shard_id();
+        let hash = hasher.hash_one(&id);
+        if seen.find(hash, |&i| slots[i].id == id).is_some() {
+            continue;
+        }
+        seen.insert_unique(hash, slots.len(), |&i| hasher.hash_one(&slots[i].id));
+        slots.push(Slot {
+            id,
+            origin,
+            resolved_parent: false,
+            needs: Box::new([]),
+        });
     }
-    if shards.is_empty() {
+    if slots.is_empty() {
         return Err(invalid(
             "",
             "grid",
             "the sweep has no shards: every grid point is excluded".into(),
         ));
     }
+    plan.slots = slots;
+    Ok(())
+}
+
+/// Resolves `train.init_from` selectors and expands `[[pairs]]` (links.rs) on the built
+/// configs, then keeps what they decided in the slots, in dependency order.
+fn link(
+    plan: &mut SweepPlan,
+    pairs: &[toml::Table],
+    src: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
     let located = |field: &str, message: String| ConfigError::Invalid {
         file: file.to_owned(),
         line: first_line_naming(src, field.rsplit('.').next().unwrap_or(field)),
         field: field.to_owned(),
         message,
     };
+    let mut shards: Vec<PlannedShard> = plan.shards().collect();
     links::resolve_parents(&mut shards, &located)?;
-    let pairs = links::plan_pairs(&shards, &spec.pairs, src, file)?;
-    shards.extend(pairs);
-    let shards = in_dependency_order(shards);
-    Ok(SweepPlan {
-        name: spec.name,
-        results: spec.results,
-        shards,
-        base_json,
-    })
+    for (slot, shard) in plan.slots.iter_mut().zip(&shards) {
+        slot.resolved_parent = !shard.needs.is_empty();
+        slot.id = shard.id.clone();
+        slot.needs = shard.needs.clone().into();
+    }
+    for (a, b) in links::plan_pairs(&shards, pairs, src, file)? {
+        let needs = Box::new([shards[a].id.clone(), shards[b].id.clone()]);
+        let mut slot = Slot {
+            id: shards[a].id.clone(),
+            origin: Origin::Pair { a, b },
+            resolved_parent: false,
+            needs,
+        };
+        slot.id = plan.config_of(&slot).shard_id();
+        plan.slots.push(slot);
+    }
+    plan.slots = in_dependency_order(std::mem::take(&mut plan.slots));
+    Ok(())
 }
 
 /// How a spec error is reported: `(section, key, message)` → an error naming file and line.
@@ -273,44 +459,75 @@ fn first_line_naming(src: &str, key: &str) -> usize {
 
 /// Drops duplicates (two selectors can resolve to one child) and puts every shard after
 /// the shards it needs, otherwise keeping the plan's order: the coordinator records a need
-/// only on a shard it already has.
-fn in_dependency_order(shards: Vec<PlannedShard>) -> Vec<PlannedShard> {
-    let mut seen = std::collections::HashSet::new();
-    let shards: Vec<PlannedShard> = shards
-        .into_iter()
-        .filter(|s| seen.insert(s.id.clone()))
+/// only on a shard it already has. Pair slots point at their ends' new positions.
+fn in_dependency_order(slots: Vec<Slot>) -> Vec<Slot> {
+    use std::collections::HashMap;
+    let ends: Vec<Option<(ShardId, ShardId)>> = slots
+        .iter()
+        .map(|s| match s.origin {
+            Origin::Pair { a, b } => Some((slots[a].id.clone(), slots[b].id.clone())),
+            _ => None,
+        })
         .collect();
-    let index: std::collections::HashMap<&ShardId, usize> =
-        shards.iter().enumerate().map(|(i, s)| (&s.id, i)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let kept: Vec<(Slot, Option<(ShardId, ShardId)>)> = slots
+        .into_iter()
+        .zip(ends)
+        .filter(|(s, _)| seen.insert(s.id.clone()))
+        .collect();
+    let index: HashMap<&ShardId, usize> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (&s.id, i))
+        .collect();
     // Depth: 0 for a shard that needs none of the sweep, else one more than its deepest need.
     // Ids are hashes of configs that name their needs, so needs cannot form a cycle.
-    let mut depth: Vec<Option<usize>> = vec![None; shards.len()];
+    let mut depth: Vec<Option<usize>> = vec![None; kept.len()];
     fn depth_of(
         i: usize,
-        shards: &[PlannedShard],
-        index: &std::collections::HashMap<&ShardId, usize>,
+        kept: &[(Slot, Option<(ShardId, ShardId)>)],
+        index: &HashMap<&ShardId, usize>,
         depth: &mut [Option<usize>],
     ) -> usize {
         if let Some(d) = depth[i] {
             return d;
         }
         depth[i] = Some(0);
-        let d = shards[i]
+        let d = kept[i]
+            .0
             .needs
             .iter()
             .filter_map(|n| index.get(n).copied())
-            .map(|j| 1 + depth_of(j, shards, index, depth))
+            .map(|j| 1 + depth_of(j, kept, index, depth))
             .max()
             .unwrap_or(0);
         depth[i] = Some(d);
         d
     }
-    let depths: Vec<usize> = (0..shards.len())
-        .map(|i| depth_of(i, &shards, &index, &mut depth))
+    let depths: Vec<usize> = (0..kept.len())
+        .map(|i| depth_of(i, &kept, &index, &mut depth))
         .collect();
-    let mut order: Vec<(usize, PlannedShard)> = depths.into_iter().zip(shards).collect();
+    drop(index);
+    let mut order: Vec<(usize, (Slot, Option<(ShardId, ShardId)>))> =
+        depths.into_iter().zip(kept).collect();
     order.sort_by_key(|(d, _)| *d);
-    order.into_iter().map(|(_, s)| s).collect()
+    let position: HashMap<ShardId, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, (_, (s, _)))| (s.id.clone(), i))
+        .collect();
+    order
+        .into_iter()
+        .map(|(_, (mut slot, ends))| {
+            if let Some((a, b)) = ends {
+                slot.origin = Origin::Pair {
+                    a: position[&a],
+                    b: position[&b],
+                };
+            }
+            slot
+        })
+        .collect()
 }
 
 /// The shared values are checked key by key here, where lines are still known; the per-shard
@@ -444,17 +661,26 @@ fn check_axis_values(
 /// A grid point: `(path, value)` per axis.
 type Point = Vec<(String, toml::Value)>;
 
-/// The cartesian product in mixed radix: point n picks digit k of n for axis k, the last axis
-/// varying fastest. No axes, no grid points.
-fn grid_points(axes: &[(String, Vec<toml::Value>)], total: usize) -> impl Iterator<Item = Point> {
-    (0..total).map(move |mut n| {
-        let mut point = vec![(String::new(), toml::Value::Boolean(false)); axes.len()];
-        for (k, (path, values)) in axes.iter().enumerate().rev() {
-            point[k] = (path.clone(), values[n % values.len()].clone());
-            n /= values.len();
-        }
-        point
-    })
+/// Point n of the cartesian product in mixed radix: digit k of n picks axis k's value, the
+/// last axis varying fastest.
+fn grid_point(axes: &[Axis], mut n: usize) -> Point {
+    let mut point = vec![(String::new(), toml::Value::Boolean(false)); axes.len()];
+    for (k, (path, values)) in axes.iter().enumerate().rev() {
+        point[k] = (path.clone(), values[n % values.len()].clone());
+        n /= values.len();
+    }
+    point
+}
+
+/// A point's values as text, for display.
+fn displayed(point: &Point) -> Vec<(String, String)> {
+    point
+        .iter()
+        .map(|(p, v)| match v {
+            toml::Value::String(s) => (p.clone(), s.clone()),
+            other => (p.clone(), other.to_string()),
+        })
+        .collect()
 }
 
 /// Whether every key of some `[[exclude]]` matches the point.
@@ -469,14 +695,10 @@ fn excluded(point: &Point, excludes: &[Point]) -> bool {
 /// normalised and validated; errors name the grid key when the point set it.
 fn shard_of(
     base: &toml::Table,
-    point: Point,
+    point: &Point,
     file: &str,
     invalid: Invalid<'_>,
-) -> Result<PlannedShard, ConfigError> {
-    let mut table = base.clone();
-    for (path, value) in &point {
-        set_path(&mut table, path, value.clone());
-    }
+) -> Result<ShardConfig, ConfigError> {
     let describe = || {
         point
             .iter()
@@ -484,16 +706,14 @@ fn shard_of(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let config = ShardConfig::deserialize(toml::Value::Table(table))
-        .map(ShardConfig::normalized)
-        .map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
-            message: format!(
-                "shard ({}): {}",
-                describe(),
-                e.message().trim().replace('\n', " ")
-            ),
-        })?;
+    let config = config_at(base, point).map_err(|e| ConfigError::Parse {
+        file: file.to_owned(),
+        message: format!(
+            "shard ({}): {}",
+            describe(),
+            e.message().trim().replace('\n', " ")
+        ),
+    })?;
     // `train.init_from` selectors are resolved once every shard is planned (links.rs).
     if let Err(v) = config.validate() {
         let key = format!("{}.{}", v.section, v.key);
@@ -511,19 +731,16 @@ fn shard_of(
         }
         return Err(err);
     }
-    let point = point
-        .iter()
-        .map(|(p, v)| match v {
-            toml::Value::String(s) => (p.clone(), s.clone()),
-            other => (p.clone(), other.to_string()),
-        })
-        .collect();
-    Ok(PlannedShard {
-        id: config.shard_id(),
-        needs: Vec::new(),
-        config,
-        point,
-    })
+    Ok(config)
+}
+
+/// The shared values with a point's over them, deserialised and normalised.
+fn config_at(base: &toml::Table, point: &Point) -> Result<ShardConfig, toml::de::Error> {
+    let mut table = base.clone();
+    for (path, value) in point {
+        set_path(&mut table, path, value.clone());
+    }
+    ShardConfig::deserialize(toml::Value::Table(table)).map(ShardConfig::normalized)
 }
 
 /// Resolves a grid key to a dotted shard-config path: `train.lr` stays, `lr` becomes
@@ -593,6 +810,12 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
 mod tests {
     use super::*;
 
+    impl SweepPlan {
+        fn all(&self) -> Vec<PlannedShard> {
+            self.shards().collect()
+        }
+    }
+
     const SPEC: &str = r#"
 name = "mli"
 
@@ -615,30 +838,30 @@ epochs = 3
     #[test]
     fn grid_expands_with_excludes_and_includes() {
         let p = plan(SPEC, "s.toml").unwrap();
+        let shards = p.all();
         assert_eq!(p.name, "mli");
-        assert_eq!(p.shards.len(), 2 * 3 - 1 + 1);
-        assert!(p.shards.iter().all(|s| s.config.train.epochs == 3));
-        let adam = p
-            .shards
+        assert_eq!(p.len(), 2 * 3 - 1 + 1);
+        assert!(shards.iter().all(|s| s.config.train.epochs == 3));
+        let adam = shards
             .iter()
             .filter(|s| s.config.train.optimizer.as_str() == "adam")
             .count();
         assert_eq!(adam, 2);
-        assert_eq!(p.shards.last().unwrap().config.train.lr, 0.5);
+        assert_eq!(shards.last().unwrap().config.train.lr, 0.5);
         // Stable: planning twice gives the same ids; adding a seed adds only new shards.
         let again = plan(SPEC, "s.toml").unwrap();
         assert_eq!(
-            p.shards.iter().map(|s| &s.id).collect::<Vec<_>>(),
-            again.shards.iter().map(|s| &s.id).collect::<Vec<_>>()
+            shards.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            again.all().iter().map(|s| &s.id).collect::<Vec<_>>()
         );
         let more = plan(
             &SPEC.replace("seed = [0, 1, 2]", "seed = [0, 1, 2, 3]"),
             "s.toml",
         )
         .unwrap();
-        let old: std::collections::HashSet<_> = p.shards.iter().map(|s| s.id.clone()).collect();
-        let new: Vec<_> = more
-            .shards
+        let more_shards = more.all();
+        let old: std::collections::HashSet<_> = shards.iter().map(|s| s.id.clone()).collect();
+        let new: Vec<_> = more_shards
             .iter()
             .filter(|s| !old.contains(&s.id))
             .collect();
@@ -653,8 +876,8 @@ epochs = 3
             "o.toml",
         )
         .unwrap();
-        let order: Vec<(u64, &str)> = p
-            .shards
+        let shards = p.all();
+        let order: Vec<(u64, &str)> = shards
             .iter()
             .map(|s| (s.config.seed, s.config.train.optimizer.as_str()))
             .collect();
@@ -691,7 +914,7 @@ epochs = 3
             "{err}"
         );
         // No grid: one shard, the shared values. A grid whose every point is excluded: none.
-        assert_eq!(plan("name = \"x\"\n", "s.toml").unwrap().shards.len(), 1);
+        assert_eq!(plan("name = \"x\"\n", "s.toml").unwrap().len(), 1);
         let err = plan(
             "name = \"x\"\n[grid]\nseed = [1]\n[[exclude]]\nseed = 1\n",
             "s.toml",
@@ -742,14 +965,14 @@ epochs = 3
         let spec = "name = \"c\"\n[grid]\ninit_from = [{ shard = \"0123456789abcdef\", step = 0 }, \
                     { shard = \"0123456789abcdef\", step = 50 }]\ndata_seed = [1, 2]\n";
         let p = plan(spec, "c.toml").unwrap();
-        assert_eq!(p.shards.len(), 4);
-        let steps: Vec<u64> = p
-            .shards
+        let shards = p.all();
+        assert_eq!(p.len(), 4);
+        let steps: Vec<u64> = shards
             .iter()
             .map(|s| s.config.train.init_from.as_ref().unwrap().step)
             .collect();
         assert_eq!(steps, [0, 0, 50, 50]);
-        let ids: std::collections::HashSet<_> = p.shards.iter().map(|s| &s.id).collect();
+        let ids: std::collections::HashSet<_> = shards.iter().map(|s| &s.id).collect();
         assert_eq!(ids.len(), 4, "the parent's step is part of the id");
         // A selector that matches no shard of the sweep: refused, naming the field and line.
         let spec = "name = \"c\"\n[train]\ninit_from = { shard = \"seed=0\", step = 0 }\n";
@@ -787,13 +1010,13 @@ b = { data_seed = 8 }
     #[test]
     fn children_find_their_parents_and_pairs_their_partners() {
         let p = plan(LMC, "lmc.toml").unwrap();
-        let (pairs, rest): (Vec<_>, Vec<_>) =
-            p.shards.iter().partition(|s| s.config.pair.is_some());
+        let shards = p.all();
+        let (pairs, rest): (Vec<_>, Vec<_>) = shards.iter().partition(|s| s.config.pair.is_some());
         let (children, parents): (Vec<_>, Vec<_>) = rest
             .into_iter()
             .partition(|s| s.config.train.init_from.is_some());
         assert_eq!((parents.len(), children.len(), pairs.len()), (2, 8, 4));
-        let position = |id: &ShardId| p.shards.iter().position(|s| &s.id == id).unwrap();
+        let position = |id: &ShardId| shards.iter().position(|s| &s.id == id).unwrap();
         for child in &children {
             let from = child.config.train.init_from.as_ref().unwrap();
             let parent = parents
@@ -807,7 +1030,7 @@ b = { data_seed = 8 }
         }
         for pair in &pairs {
             let of = pair.config.pair.as_ref().unwrap();
-            let [a, b] = [&of.a, &of.b].map(|id| &p.shards[position(id)].config);
+            let [a, b] = [&of.a, &of.b].map(|id| &shards[position(id)].config);
             assert_eq!((a.train.data_seed, b.train.data_seed), (Some(7), Some(8)));
             assert_eq!(
                 (a.seed, a.train.init_from.as_ref()),
@@ -844,7 +1067,7 @@ b = { data_seed = 8 }
             "[[pairs]]",
             "[[include]]\nseed = 2\n\"train.batch_size\" = 100\n[[pairs]]",
         );
-        assert_eq!(plan(&twice, "lmc.toml").unwrap().shards.len(), 14);
+        assert_eq!(plan(&twice, "lmc.toml").unwrap().len(), 14);
         let selector = err(LMC.replace("{ step = 0 }", "{ shard = \"lr=0.5\", step = 0 }"));
         assert!(selector.starts_with("lmc.toml:"), "{selector}");
         assert!(selector.contains("field `train.init_from`"), "{selector}");
@@ -871,8 +1094,9 @@ b = { data_seed = 8 }
         let text = "name = \"s\"\n[data]\ndataset = \"mnist\"\ndir = \"../data/mnist\"\n[grid]\nseed = [0, 1]\n";
         std::fs::write(&spec, text).unwrap();
         let p = plan_file(&spec).unwrap();
+        let shards = p.all();
         let from_text = plan(text, "s.toml").unwrap();
-        for (a, b) in p.shards.iter().zip(&from_text.shards) {
+        for (a, b) in shards.iter().zip(&from_text.all()) {
             assert_eq!(
                 a.config.data.dir,
                 Some(tmp.path().join("specs/../data/mnist"))
@@ -894,7 +1118,7 @@ b = { data_seed = 8 }
             "{err}"
         );
         let allowed = "name = \"s\"\nmax_shards = 4\n[grid]\nseed = [0, 1, 2, 3]\n";
-        assert_eq!(plan(allowed, "s.toml").unwrap().shards.len(), 4);
+        assert_eq!(plan(allowed, "s.toml").unwrap().len(), 4);
         let over = "name = \"s\"\nmax_shards = 3\n[grid]\nseed = [0, 1, 2, 3]\n";
         assert!(plan(over, "s.toml").is_err());
     }
