@@ -4,6 +4,7 @@
 # sample (fuzz/README.md says how).
 set -euo pipefail
 cd "$(dirname "$0")"
+mkdir -p seeds/sweep_spec seeds/shard_config
 for f in ../examples/*.toml; do
     cp "$f" "seeds/sweep_spec/example-$(basename "$f")"
     cp "$f" "seeds/shard_config/example-$(basename "$f")"
