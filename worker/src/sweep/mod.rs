@@ -457,12 +457,15 @@ fn first_line_naming(src: &str, key: &str) -> usize {
         .map_or(1, |i| i + 1)
 }
 
+/// A pair slot's two ends by id, while positions change.
+type Ends = Option<(ShardId, ShardId)>;
+
 /// Drops duplicates (two selectors can resolve to one child) and puts every shard after
 /// the shards it needs, otherwise keeping the plan's order: the coordinator records a need
 /// only on a shard it already has. Pair slots point at their ends' new positions.
 fn in_dependency_order(slots: Vec<Slot>) -> Vec<Slot> {
     use std::collections::HashMap;
-    let ends: Vec<Option<(ShardId, ShardId)>> = slots
+    let ends: Vec<Ends> = slots
         .iter()
         .map(|s| match s.origin {
             Origin::Pair { a, b } => Some((slots[a].id.clone(), slots[b].id.clone())),
@@ -470,7 +473,7 @@ fn in_dependency_order(slots: Vec<Slot>) -> Vec<Slot> {
         })
         .collect();
     let mut seen = std::collections::HashSet::new();
-    let kept: Vec<(Slot, Option<(ShardId, ShardId)>)> = slots
+    let kept: Vec<(Slot, Ends)> = slots
         .into_iter()
         .zip(ends)
         .filter(|(s, _)| seen.insert(s.id.clone()))
@@ -485,7 +488,7 @@ fn in_dependency_order(slots: Vec<Slot>) -> Vec<Slot> {
     let mut depth: Vec<Option<usize>> = vec![None; kept.len()];
     fn depth_of(
         i: usize,
-        kept: &[(Slot, Option<(ShardId, ShardId)>)],
+        kept: &[(Slot, Ends)],
         index: &HashMap<&ShardId, usize>,
         depth: &mut [Option<usize>],
     ) -> usize {
@@ -508,8 +511,7 @@ fn in_dependency_order(slots: Vec<Slot>) -> Vec<Slot> {
         .map(|i| depth_of(i, &kept, &index, &mut depth))
         .collect();
     drop(index);
-    let mut order: Vec<(usize, (Slot, Option<(ShardId, ShardId)>))> =
-        depths.into_iter().zip(kept).collect();
+    let mut order: Vec<(usize, (Slot, Ends))> = depths.into_iter().zip(kept).collect();
     order.sort_by_key(|(d, _)| *d);
     let position: HashMap<ShardId, usize> = order
         .iter()
