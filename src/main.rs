@@ -50,18 +50,7 @@ fn main() -> std::process::ExitCode {
                 .downcast_ref::<cmd::exec::Failed>()
                 .map_or(ExitReason::Application, |f| f.reason)
                 .code();
-            // One line a user can act on: the chain of causes, outermost first. Errors that
-            // already print their source (`{source}` in their message) are not repeated.
-            let mut line = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !line.contains(&cause) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&cause);
-                }
-            }
-            eprintln!("error: {line}");
+            eprintln!("error: {}", cmd::error_line(&e));
             std::process::ExitCode::from(code as u8)
         }
     }

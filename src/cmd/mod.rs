@@ -56,3 +56,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::CheckDevice(args) => check_device::run(args),
     }
 }
+
+/// One line a user can act on: an error's chain of causes, outermost first. Errors that
+/// already print their source (`{source}` in their message) are not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !line.contains(&cause) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&cause);
+        }
+    }
+    line
+}
